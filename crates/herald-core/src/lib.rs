@@ -1,1 +1,19 @@
-pub fn x(){}
+//! Herald's engine: the single owner of live state.
+//!
+//! [`Engine`] is a cheap `Clone` handle with verbs (`connect`, `subscribe`, `publish`, …). State is
+//! kept per app and sharded by channel name, so publishing on one channel does not contend with
+//! subscribing on another. No lock is held across an `.await` (the engine never awaits).
+//! What varies sits behind small traits: [`AppStore`] (where apps come from), [`ClusterAdapter`]
+//! (other nodes) and [`LifecycleSink`] (who hears about state changes: webhooks, metrics, console).
+
+mod app;
+mod cluster;
+mod conn;
+mod engine;
+mod lifecycle;
+
+pub use app::{App, AppStore, StaticAppStore};
+pub use cluster::{ClusterAdapter, LocalAdapter};
+pub use conn::{Conn, Frame, Outbound, OUTBOX_MAX_BYTES, OUTBOX_MAX_FRAMES};
+pub use engine::{ChannelStats, Engine, EngineConfig, SubscribeError, Subscribed};
+pub use lifecycle::{LifecycleEvent, LifecycleSink};

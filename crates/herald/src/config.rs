@@ -1,0 +1,346 @@
+//! One typed configuration: defaults, then a TOML file, then `HERALD_*` environment variables.
+//! Validated once before anything binds; an unknown key or a bad value stops startup with a
+//! message that names it.
+
+use herald_core::App;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use toml::Value;
+
+/// Server-wide settings (`[server]`, `HERALD_SERVER_*`; host and port also `HERALD_HOST`/`HERALD_PORT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Mounted under this path (e.g. `/pusher`); stripped before routing and signing.
+    pub path_prefix: String,
+    /// Seconds of client silence before the server probes it; sent in the handshake.
+    pub activity_timeout: u64,
+    /// Seconds to wait for any frame after a probe before closing with 4201.
+    pub pong_timeout: u64,
+    pub max_ws_message_bytes: usize,
+    pub max_request_body_bytes: usize,
+    /// `text` (human-readable) or `json`.
+    pub log_format: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 6001,
+            path_prefix: String::new(),
+            activity_timeout: 120,
+            pong_timeout: 30,
+            max_ws_message_bytes: 65_536,
+            max_request_body_bytes: 1 << 20,
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The apps served. Empty in the file means: the embedded default app.
+    #[serde(default)]
+    pub apps: Vec<App>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { server: ServerConfig::default(), apps: vec![App::default_app()] }
+    }
+}
+
+/// Environment variables that belong to Herald's tooling, not to the configuration.
+const NOT_SETTINGS: &[&str] = &["HERALD_LOG", "HERALD_CONFIG", "HERALD_BIN"];
+
+/// Sections that `HERALD_<SECTION>_<KEY>` may address.
+const SECTIONS: &[&str] = &["server"];
+
+impl Config {
+    /// Loads from an optional TOML text and an environment (name, value) list.
+    pub fn load(
+        file: Option<(&str, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, String> {
+        let mut root = match file {
+            Some((path, text)) => text
+                .parse::<toml::Table>()
+                .map_err(|e| format!("{path}: {}", e.message().trim()))?,
+            None => toml::Table::new(),
+        };
+        let file_has_apps = root.contains_key("apps");
+        if !file_has_apps {
+            root.insert("apps".into(), Value::Array(vec![to_value(&App::default_app())]));
+        }
+        let template = to_table(&Config::default());
+        let app_template = to_table(&App::default_app());
+
+        let env: BTreeMap<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("HERALD_")).collect();
+        for (name, raw) in &env {
+            if NOT_SETTINGS.contains(&name.as_str()) {
+                continue;
+            }
+            let rest = &name["HERALD_".len()..];
+            let (table_path, key): (Vec<String>, String) = match rest {
+                "HOST" => (vec!["server".into()], "host".into()),
+                "PORT" => (vec!["server".into()], "port".into()),
+                _ if rest.starts_with("DEFAULT_APP_") => {
+                    if file_has_apps {
+                        return Err(format!(
+                            "{name} applies to the embedded default app, but the config file lists its own [[apps]]; set the value in the file instead"
+                        ));
+                    }
+                    let key = rest["DEFAULT_APP_".len()..].to_ascii_lowercase();
+                    if app_template.contains_key(&key) {
+                        (vec![], key)
+                    } else {
+                        (vec!["limits".into()], key)
+                    }
+                }
+                _ => {
+                    let lower = rest.to_ascii_lowercase();
+                    let Some(section) =
+                        SECTIONS.iter().find(|s| lower.starts_with(&format!("{s}_")))
+                    else {
+                        return Err(format!(
+                            "unknown environment variable {name}: settings are HERALD_HOST, HERALD_PORT, HERALD_DEFAULT_APP_<KEY> and HERALD_<SECTION>_<KEY> with SECTION one of {SECTIONS:?}"
+                        ));
+                    };
+                    (vec![(*section).to_owned()], lower[section.len() + 1..].to_owned())
+                }
+            };
+            let is_app = rest.starts_with("DEFAULT_APP_");
+            let tmpl = lookup(if is_app { &app_template } else { &template }, &table_path, &key)
+                .ok_or_else(|| format!("unknown setting {name}: no key `{key}`"))?;
+            let value = parse_like(tmpl, raw).map_err(|e| format!("invalid value for {name}: {e}"))?;
+            let target = if is_app {
+                match root.get_mut("apps").and_then(Value::as_array_mut).and_then(|a| a.first_mut()) {
+                    Some(Value::Table(t)) => t,
+                    _ => return Err("the default app is missing".into()),
+                }
+            } else {
+                &mut root
+            };
+            insert(target, &table_path, key, value);
+        }
+
+        let config: Config = Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("invalid configuration: {}", e.message().trim()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.apps.is_empty() {
+            return Err("invalid configuration: `apps` is empty; list at least one app".into());
+        }
+        for (i, a) in self.apps.iter().enumerate() {
+            for (field, v) in [("id", &a.id), ("key", &a.key), ("secret", &a.secret)] {
+                if v.is_empty() {
+                    return Err(format!("invalid configuration: apps[{i}].{field} is empty"));
+                }
+            }
+            if a.id.contains('/') || a.key.contains('/') {
+                return Err(format!("invalid configuration: apps[{i}] id and key may not contain '/'"));
+            }
+        }
+        let s = &self.server;
+        if s.activity_timeout == 0 {
+            return Err("invalid configuration: server.activity_timeout must be at least 1 second".into());
+        }
+        if s.pong_timeout == 0 {
+            return Err("invalid configuration: server.pong_timeout must be at least 1 second".into());
+        }
+        if !(s.path_prefix.is_empty() || (s.path_prefix.starts_with('/') && !s.path_prefix.ends_with('/'))) {
+            return Err(format!(
+                "invalid configuration: server.path_prefix `{}` must start with '/' and not end with '/'",
+                s.path_prefix
+            ));
+        }
+        if !matches!(s.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "invalid configuration: server.log_format `{}` must be \"text\" or \"json\"",
+                s.log_format
+            ));
+        }
+        herald_core::StaticAppStore::new(self.apps.clone())
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        Ok(())
+    }
+
+    /// The configuration as TOML, secrets replaced.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        for a in &mut c.apps {
+            a.secret = "<redacted>".into();
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    Value::try_from(v).expect("config types serialize to TOML")
+}
+
+fn to_table<T: Serialize>(v: &T) -> toml::Table {
+    match to_value(v) {
+        Value::Table(t) => t,
+        _ => unreachable!("structs serialize to tables"),
+    }
+}
+
+fn lookup<'a>(t: &'a toml::Table, path: &[String], key: &str) -> Option<&'a Value> {
+    let mut cur = t;
+    for p in path {
+        cur = cur.get(p)?.as_table()?;
+    }
+    cur.get(key)
+}
+
+fn insert(t: &mut toml::Table, path: &[String], key: String, value: Value) {
+    let mut cur = t;
+    for p in path {
+        cur = cur
+            .entry(p.clone())
+            .or_insert_with(|| Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("config sections are tables");
+    }
+    cur.insert(key, value);
+}
+
+/// Reads an environment string as the type the default value has.
+fn parse_like(template: &Value, raw: &str) -> Result<Value, String> {
+    match template {
+        Value::String(_) => Ok(Value::String(raw.to_owned())),
+        Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(Value::Integer)
+            .map_err(|_| format!("`{raw}` is not an integer")),
+        Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
+            _ => Err(format!("`{raw}` is not a boolean (true/false)")),
+        },
+        Value::Float(_) => raw
+            .trim()
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| format!("`{raw}` is not a number")),
+        Value::Array(_) | Value::Table(_) | Value::Datetime(_) => {
+            let json: serde_json::Value =
+                serde_json::from_str(raw).map_err(|e| format!("expected JSON: {e}"))?;
+            Value::try_from(json).map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_serve_the_embedded_app_on_6001() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.server.port, 6001);
+        assert_eq!(c.apps.len(), 1);
+        assert_eq!(c.apps[0].id, "app-id");
+        assert_eq!(c.apps[0].key, "app-key");
+        assert_eq!(c.apps[0].secret, "app-secret");
+        assert!(c.apps[0].enable_client_messages);
+    }
+
+    #[test]
+    fn env_overrides_with_types() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HERALD_PORT", "7000"),
+                ("HERALD_HOST", "127.0.0.1"),
+                ("HERALD_DEFAULT_APP_ID", "123"),
+                ("HERALD_DEFAULT_APP_SECRET", "456"),
+                ("HERALD_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "false"),
+                ("HERALD_DEFAULT_APP_MAX_CONNECTIONS", "5"),
+                ("HERALD_SERVER_ACTIVITY_TIMEOUT", "30"),
+                ("HERALD_LOG", "debug"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.port, 7000);
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.server.activity_timeout, 30);
+        assert_eq!(c.apps[0].id, "123");
+        assert_eq!(c.apps[0].secret, "456");
+        assert!(!c.apps[0].enable_client_messages);
+        assert_eq!(c.apps[0].limits.max_connections, 5);
+    }
+
+    #[test]
+    fn errors_name_the_culprit() {
+        let e = Config::load(None, env(&[("HERALD_PORT", "x")])).unwrap_err();
+        assert!(e.contains("HERALD_PORT"), "{e}");
+        let e = Config::load(None, env(&[("HERALD_NOPE", "1")])).unwrap_err();
+        assert!(e.contains("HERALD_NOPE"), "{e}");
+        let e = Config::load(None, env(&[("HERALD_SERVER_NOPE", "1")])).unwrap_err();
+        assert!(e.contains("HERALD_SERVER_NOPE"), "{e}");
+        let e = Config::load(Some(("h.toml", "[server]\nbogus = 1\n")), env(&[])).unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Config::load(Some(("h.toml", "[server]\nport = \"x\"\n")), env(&[])).unwrap_err();
+        assert!(e.contains("port") || e.contains("invalid type"), "{e}");
+        let e = Config::load(Some(("h.toml", "[[apps]]\nid='a'\nkey='k'\nsecret='s'\nfoo=1\n")), env(&[]))
+            .unwrap_err();
+        assert!(e.contains("foo"), "{e}");
+        let e = Config::load(Some(("h.toml", "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n[apps.limits]\nmax_x=1\n")), env(&[]))
+            .unwrap_err();
+        assert!(e.contains("max_x"), "{e}");
+        let e = Config::load(Some(("h.toml", "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n")), env(&[("HERALD_DEFAULT_APP_KEY", "x")]))
+            .unwrap_err();
+        assert!(e.contains("HERALD_DEFAULT_APP_KEY"), "{e}");
+        let e = Config::load(Some(("h.toml", "not toml [")), env(&[])).unwrap_err();
+        assert!(e.starts_with("h.toml"), "{e}");
+    }
+
+    #[test]
+    fn file_apps_replace_the_default() {
+        let c = Config::load(
+            Some((
+                "h.toml",
+                "[server]\nport = 0\n[[apps]]\nid='a'\nkey='k'\nsecret='s'\n[apps.limits]\nmax_connections=2\n[[apps]]\nid='b'\nkey='k2'\nsecret='s2'\nenabled=false\n",
+            )),
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.apps.len(), 2);
+        assert_eq!(c.apps[0].limits.max_connections, 2);
+        assert!(!c.apps[1].enabled);
+        assert!(!c.apps[0].enable_client_messages);
+        let e = Config::load(
+            Some(("h.toml", "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n[[apps]]\nid='a'\nkey='k2'\nsecret='s'\n")),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.contains("defined twice"), "{e}");
+    }
+
+    #[test]
+    fn print_config_redacts_secrets() {
+        let c = Config::load(None, env(&[("HERALD_DEFAULT_APP_SECRET", "topsecret")])).unwrap();
+        let t = c.redacted_toml();
+        assert!(!t.contains("topsecret"));
+        assert!(t.contains("<redacted>"));
+    }
+}

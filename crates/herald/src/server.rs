@@ -1,0 +1,344 @@
+//! The HTTP/WebSocket front: the router (a value, so tests can drive it without a port) and
+//! `run`, the library entry point that binaries and tests call with a listener.
+
+use crate::api::{self, AppRef, Executor, SignedRequest};
+use crate::config::Config;
+use crate::ws::{self, ConnectParams};
+use axum::body::Body;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use herald_core::{Engine, EngineConfig, LocalAdapter, StaticAppStore};
+use herald_protocol::api::ApiError;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+
+/// State shared by every request and connection.
+#[derive(Debug)]
+pub struct Shared {
+    pub engine: Engine,
+    pub executor: Executor,
+    pub config: Config,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Result<Arc<Self>, String> {
+        let store = StaticAppStore::new(config.apps.clone())?;
+        let engine = Engine::new(
+            Arc::new(store),
+            Arc::new(LocalAdapter::new()),
+            vec![],
+            EngineConfig::default(),
+        );
+        Ok(Arc::new(Self {
+            executor: Executor::new(engine.clone()),
+            engine,
+            config,
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+type AppState = State<Arc<Shared>>;
+
+fn error_response(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}\n", e.message),
+    )
+        .into_response()
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The API operation a route performs once the request is authenticated.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Trigger,
+    Batch,
+    Channels,
+    Channel,
+    Users,
+    Stats,
+    RawTrigger,
+    Terminate,
+}
+
+async fn api_call(
+    shared: &Shared,
+    op: Op,
+    app_ref: AppRef<'_>,
+    name: Option<&str>,
+    method: &Method,
+    uri: &Uri,
+    body: Body,
+) -> Response {
+    let limit = shared.config.server.max_request_body_bytes;
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return error_response(ApiError::new(
+            413,
+            format!("Request body too large (max {limit} bytes)"),
+        ));
+    };
+    let req = SignedRequest {
+        method: method.as_str(),
+        path: uri.path(),
+        raw_query: uri.query().unwrap_or(""),
+        body: &body,
+    };
+    let (app, query) = match api::authenticate(&shared.engine, app_ref, &req, now_unix()) {
+        Ok(v) => v,
+        Err(e) => return error_response(e),
+    };
+    let x = &shared.executor;
+    let name = name.unwrap_or("");
+    let result = match op {
+        Op::Trigger => x.trigger(&app, &body),
+        Op::Batch => x.trigger_batch(&app, &body),
+        Op::Channels => x.channels(&app, &query),
+        Op::Channel => x.channel(&app, name, &query),
+        Op::Users => x.users(&app, name),
+        Op::Stats => x.channel_stats(&app, name),
+        Op::RawTrigger => x.trigger_raw(&app, name, &query, &body),
+        Op::Terminate => x.terminate(&app, name),
+    };
+    match result {
+        Ok(v) => {
+            let status = if matches!(op, Op::RawTrigger) { StatusCode::ACCEPTED } else { StatusCode::OK };
+            json_response(status, &v)
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+macro_rules! app_route {
+    ($fn_name:ident, $op:expr) => {
+        async fn $fn_name(
+            State(s): AppState,
+            Path(app_id): Path<String>,
+            method: Method,
+            uri: Uri,
+            body: Body,
+        ) -> Response {
+            api_call(&s, $op, AppRef::Id(&app_id), None, &method, &uri, body).await
+        }
+    };
+    ($fn_name:ident, $op:expr, named) => {
+        async fn $fn_name(
+            State(s): AppState,
+            Path((app_id, name)): Path<(String, String)>,
+            method: Method,
+            uri: Uri,
+            body: Body,
+        ) -> Response {
+            api_call(&s, $op, AppRef::Id(&app_id), Some(&name), &method, &uri, body).await
+        }
+    };
+}
+
+app_route!(events, Op::Trigger);
+app_route!(batch_events, Op::Batch);
+app_route!(channels, Op::Channels);
+app_route!(channel, Op::Channel, named);
+app_route!(users, Op::Users, named);
+app_route!(stats, Op::Stats, named);
+app_route!(raw_events, Op::RawTrigger, named);
+app_route!(terminate, Op::Terminate, named);
+
+/// pusher-http-python's terminate route has no `/apps/{id}`: the app comes from `auth_key`.
+async fn terminate_by_key(
+    State(s): AppState,
+    Path(user_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    api_call(&s, Op::Terminate, AppRef::ByAuthKey, Some(&user_id), &method, &uri, body).await
+}
+
+fn connect_params(uri: &Uri, headers: &HeaderMap, key: Option<String>) -> ConnectParams {
+    let mut protocol = None;
+    for (k, v) in herald_protocol::sign::decode_query(uri.query().unwrap_or("")) {
+        if k == "protocol" && protocol.is_none() {
+            protocol = Some(v);
+        }
+    }
+    let tls = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    ConnectParams { key, protocol, tls }
+}
+
+fn upgrade(shared: Arc<Shared>, ws: WebSocketUpgrade, params: ConnectParams, path_ok: bool) -> Response {
+    let max = shared.config.server.max_ws_message_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4096)
+        .write_buffer_size(8192)
+        .on_upgrade(move |socket| ws::serve(socket, shared, params, path_ok))
+}
+
+async fn ws_app(
+    State(s): AppState,
+    Path(key): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => upgrade(s, ws, connect_params(&uri, &headers, Some(key)), true),
+        Err(_) => error_response(ApiError::bad_request(
+            "This is the WebSocket endpoint: connect with a WebSocket client",
+        )),
+    }
+}
+
+/// Unknown paths: WebSocket upgrades are completed and closed with 4005, the rest get 404.
+async fn fallback(
+    State(s): AppState,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => upgrade(s, ws, connect_params(&uri, &headers, None), false),
+        Err(_) => error_response(ApiError::new(404, "404 NOT FOUND")),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_response(ApiError::new(
+        405,
+        format!("405 METHOD NOT ALLOWED: {method} is not supported on {}", uri.path()),
+    ))
+}
+
+/// The whole HTTP surface as a value.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/app/{key}", get(ws_app))
+        .route("/apps/{app_id}/events", post(events))
+        .route("/apps/{app_id}/batch_events", post(batch_events))
+        .route("/apps/{app_id}/channels", get(channels))
+        .route("/apps/{app_id}/channels/{channel}", get(channel))
+        .route("/apps/{app_id}/channels/{channel}/users", get(users))
+        .route("/apps/{app_id}/channels/{channel}/stats", get(stats))
+        .route("/apps/{app_id}/channels/{channel}/events", post(raw_events))
+        .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(terminate))
+        .route("/users/{user_id}/terminate_connections", post(terminate_by_key))
+        .method_not_allowed_fallback(method_not_allowed);
+    let prefix = shared.config.server.path_prefix.clone();
+    let app = if prefix.is_empty() { api } else { Router::new().nest(&prefix, api) };
+    app.fallback(fallback).with_state(shared)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let shared = Shared::new(config).map_err(std::io::Error::other)?;
+    let sweeper = {
+        let engine = shared.engine.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                engine.sweep();
+            }
+        })
+    };
+    use axum::serve::ListenerExt;
+    // Small frames must leave at once: latency matters more than packet count here.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let result = axum::serve(listener, router(shared.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    result
+}
+
+/// Sets up `tracing` from the config (`HERALD_LOG` or `RUST_LOG` pick the level; default info).
+pub fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HERALD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.server.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Binds the configured address and serves until SIGINT or SIGTERM.
+pub async fn serve_until_signal(config: Config) -> std::io::Result<()> {
+    let addr = format!("{}:{}", config.server.host, config.server.port);
+    let socket = bind(&addr)?;
+    let local = socket.local_addr()?;
+    // A stable line on stdout for scripts and tests to find the port.
+    println!("Herald listening on {local}");
+    tracing::info!(%local, apps = config.apps.len(), "serving WebSocket and HTTP API");
+    run(socket, config, shutdown_signal()).await
+}
+
+/// A listener with a backlog sized for connection bursts.
+fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let std_addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
+    let socket = if std_addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(std_addr)?;
+    socket.listen(8192)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
