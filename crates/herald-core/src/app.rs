@@ -34,6 +34,61 @@ pub struct App {
     pub tls_only: bool,
     #[serde(default)]
     pub limits: Limits,
+    /// Where this app's webhooks go.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookTarget>,
+    /// Several events per webhook body (otherwise exactly one).
+    #[serde(default)]
+    pub batch_webhooks: bool,
+}
+
+/// Webhook event names, as sent in the body's `events[].name`.
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+    "subscription_count",
+];
+
+/// One webhook receiver of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    pub url: String,
+    /// Event names this target receives; all of them when left out.
+    #[serde(default = "all_event_types")]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub filter: WebhookFilter,
+    /// Extra request headers (they cannot replace Content-Type or the X-Pusher headers).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+fn all_event_types() -> Vec<String> {
+    WEBHOOK_EVENT_TYPES.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Only events whose channel matches are sent to the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFilter {
+    #[serde(default, alias = "channel_prefix", skip_serializing_if = "Option::is_none")]
+    pub channel_name_starts_with: Option<String>,
+    #[serde(default, alias = "channel_suffix", skip_serializing_if = "Option::is_none")]
+    pub channel_name_ends_with: Option<String>,
+}
+
+impl WebhookTarget {
+    /// Does this target want an event of type `name` on `channel`?
+    pub fn wants(&self, name: &str, channel: &str) -> bool {
+        self.event_types.iter().any(|t| t == name)
+            && self.filter.channel_name_starts_with.as_deref().is_none_or(|p| channel.starts_with(p))
+            && self.filter.channel_name_ends_with.as_deref().is_none_or(|s| channel.ends_with(s))
+    }
 }
 
 fn yes() -> bool {
@@ -59,6 +114,8 @@ impl App {
             emit_subscription_error: false,
             tls_only: false,
             limits: Limits::default(),
+            webhooks: Vec::new(),
+            batch_webhooks: false,
         }
     }
 

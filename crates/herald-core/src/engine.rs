@@ -151,11 +151,17 @@ struct Users {
 struct AppState {
     id: Arc<str>,
     shards: Box<[Shard]>,
+    /// Every open connection, for drain and termination; sharded like channels.
+    conns: Box<[Mutex<HashMap<SocketId, Arc<Conn>>>]>,
     connections: AtomicU64,
     users: Mutex<Users>,
 }
 
 impl AppState {
+    fn conn_shard(&self, id: SocketId) -> &Mutex<HashMap<SocketId, Arc<Conn>>> {
+        &self.conns[(id.seq as usize) & (self.conns.len() - 1)]
+    }
+
     fn shard(&self, channel: &str) -> &Shard {
         // FNV-1a: cheap and stable; the shard count is a power of two.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -231,6 +237,7 @@ impl Engine {
                 Arc::new(AppState {
                     id: Arc::from(app_id),
                     shards: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+                    conns: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
                     connections: AtomicU64::new(0),
                     users: Mutex::new(Users::default()),
                 })
@@ -252,6 +259,7 @@ impl Engine {
             self.inner.seq.fetch_add(1, Ordering::Relaxed),
         );
         let (conn, rx) = Conn::new(id, app);
+        st.conn_shard(id).lock().insert(id, conn.clone());
         self.emit(|| LifecycleEvent::Connected { app: st.id.clone(), socket_id: id });
         Ok((conn, rx))
     }
@@ -270,6 +278,7 @@ impl Engine {
             self.signout(conn, user_id, watchlist);
         }
         let st = self.state(&conn.app.id);
+        st.conn_shard(conn.socket_id).lock().remove(&conn.socket_id);
         st.connections.fetch_sub(1, Ordering::Relaxed);
         self.emit(|| LifecycleEvent::Disconnected { app: st.id.clone(), socket_id: conn.socket_id });
     }
@@ -651,6 +660,23 @@ impl Engine {
             c.request_close(codes::UNAUTHORIZED);
         }
         conns.len()
+    }
+
+    /// Every open connection of every app.
+    pub fn all_connections(&self) -> Vec<Arc<Conn>> {
+        let states: Vec<Arc<AppState>> = self.inner.states.read().values().cloned().collect();
+        let mut out = Vec::new();
+        for st in states {
+            for shard in st.conns.iter() {
+                out.extend(shard.lock().values().cloned());
+            }
+        }
+        out
+    }
+
+    /// Open connections across all apps.
+    pub fn total_connections(&self) -> u64 {
+        self.inner.states.read().values().map(|s| s.connections.load(Ordering::Relaxed)).sum()
     }
 
     /// Drops expired cache entries of channels nobody is subscribed to.

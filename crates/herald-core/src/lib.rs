@@ -12,7 +12,7 @@ mod conn;
 mod engine;
 mod lifecycle;
 
-pub use app::{App, AppStore, StaticAppStore};
+pub use app::{App, AppStore, StaticAppStore, WebhookFilter, WebhookTarget, WEBHOOK_EVENT_TYPES};
 pub use cluster::{ClusterAdapter, LocalAdapter};
 pub use conn::{Conn, Frame, Outbound, OUTBOX_MAX_BYTES, OUTBOX_MAX_FRAMES};
 pub use engine::{ChannelStats, Engine, EngineConfig, SubscribeError, Subscribed};

@@ -23,6 +23,46 @@ pub struct ServerConfig {
     pub max_request_body_bytes: usize,
     /// `text` (human-readable) or `json`.
     pub log_format: String,
+    /// Milliseconds over which a shutdown closes connections (4200) in paced batches.
+    pub drain_window_ms: u64,
+    /// Hard deadline in milliseconds for the whole shutdown, webhook flushing included.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// Webhook delivery settings (`[webhooks]`, `HERALD_WEBHOOKS_*`); targets are set per app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Delay before `channel_vacated`/`member_removed`; a re-join within it cancels both sides.
+    pub vacate_delay_ms: u64,
+    /// With batching on: how long events are collected into one body.
+    pub batch_window_ms: u64,
+    pub batch_max_events: usize,
+    pub request_timeout_ms: u64,
+    /// No attempt is made later than this many seconds after the webhook was created.
+    pub retry_window_secs: u64,
+    /// Events an app may have waiting; more are counted and logged as dropped.
+    pub queue_capacity: usize,
+    /// At most one `cache_miss` webhook per channel per this many milliseconds.
+    pub cache_miss_debounce_ms: u64,
+    /// Webhooks still undelivered at the shutdown deadline are written here and sent on the
+    /// next start.
+    pub spool_file: String,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            vacate_delay_ms: 3000,
+            batch_window_ms: 50,
+            batch_max_events: 100,
+            request_timeout_ms: 10_000,
+            retry_window_secs: 300,
+            queue_capacity: 10_000,
+            cache_miss_debounce_ms: 10_000,
+            spool_file: "herald-webhooks.spool".into(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -36,8 +76,18 @@ impl Default for ServerConfig {
             max_ws_message_bytes: 65_536,
             max_request_body_bytes: 1 << 20,
             log_format: "text".into(),
+            drain_window_ms: 5000,
+            shutdown_timeout_ms: 15_000,
         }
     }
+}
+
+/// The built-in debug console (`[console]`, `HERALD_CONSOLE_*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Admin token for `/console`; the console is off while it is empty.
+    pub token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +95,10 @@ impl Default for ServerConfig {
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// The apps served. Empty in the file means: the embedded default app.
     #[serde(default)]
     pub apps: Vec<App>,
@@ -52,7 +106,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { server: ServerConfig::default(), apps: vec![App::default_app()] }
+        Self {
+            server: ServerConfig::default(),
+            webhooks: WebhookSettings::default(),
+            console: ConsoleConfig::default(),
+            apps: vec![App::default_app()],
+        }
     }
 }
 
@@ -60,7 +119,7 @@ impl Default for Config {
 const NOT_SETTINGS: &[&str] = &["HERALD_LOG", "HERALD_CONFIG", "HERALD_BIN"];
 
 /// Sections that `HERALD_<SECTION>_<KEY>` may address.
-const SECTIONS: &[&str] = &["server"];
+const SECTIONS: &[&str] = &["server", "webhooks", "console"];
 
 impl Config {
     /// Loads from an optional TOML text and an environment (name, value) list.
@@ -148,6 +207,20 @@ impl Config {
                     return Err(format!("invalid configuration: apps[{i}].{field} is empty"));
                 }
             }
+            for (j, w) in a.webhooks.iter().enumerate() {
+                if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                    return Err(format!(
+                        "invalid configuration: apps[{i}].webhooks[{j}].url `{}` must start with http:// or https://",
+                        w.url
+                    ));
+                }
+                if let Some(t) = w.event_types.iter().find(|t| !herald_core::WEBHOOK_EVENT_TYPES.contains(&t.as_str())) {
+                    return Err(format!(
+                        "invalid configuration: apps[{i}].webhooks[{j}].event_types has unknown type `{t}`; known: {}",
+                        herald_core::WEBHOOK_EVENT_TYPES.join(", ")
+                    ));
+                }
+            }
             if a.id.contains('/') || a.key.contains('/') {
                 return Err(format!("invalid configuration: apps[{i}] id and key may not contain '/'"));
             }
@@ -181,6 +254,9 @@ impl Config {
         let mut c = self.clone();
         for a in &mut c.apps {
             a.secret = "<redacted>".into();
+        }
+        if !c.console.token.is_empty() {
+            c.console.token = "<redacted>".into();
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
@@ -334,6 +410,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("defined twice"), "{e}");
+    }
+
+    #[test]
+    fn webhooks_from_env_json() {
+        let c = Config::load(
+            None,
+            env(&[(
+                "HERALD_DEFAULT_APP_WEBHOOKS",
+                r#"[{"url":"http://127.0.0.1:9000/hook","event_types":["channel_occupied","member_added"]}]"#,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.apps[0].webhooks.len(), 1);
+        assert_eq!(c.apps[0].webhooks[0].event_types, ["channel_occupied", "member_added"]);
+        let e = Config::load(
+            None,
+            env(&[("HERALD_DEFAULT_APP_WEBHOOKS", r#"[{"url":"http://x","event_types":["nope"]}]"#)]),
+        )
+        .unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+        let c = Config::load(None, env(&[("HERALD_WEBHOOKS_VACATE_DELAY_MS", "0")])).unwrap();
+        assert_eq!(c.webhooks.vacate_delay_ms, 0);
     }
 
     #[test]

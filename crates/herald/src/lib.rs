@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod server;
+pub mod webhook;
 pub mod ws;
 
 pub use config::Config;

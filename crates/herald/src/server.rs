@@ -11,9 +11,13 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use herald_core::{Engine, EngineConfig, LocalAdapter, StaticAppStore};
+use crate::console::Console;
+use crate::webhook::Webhooks;
+use herald_core::{AppStore, Engine, EngineConfig, LocalAdapter, StaticAppStore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use herald_protocol::api::ApiError;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,25 +27,34 @@ use tokio::net::TcpListener;
 #[derive(Debug)]
 pub struct Shared {
     pub engine: Engine,
+    pub webhooks: Webhooks,
+    pub console: Arc<Console>,
     pub executor: Executor,
     pub config: Config,
     draining: AtomicBool,
+    /// Connection tasks, so shutdown can wait for their cleanup.
+    connections: TaskTracker,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
-        let store = StaticAppStore::new(config.apps.clone())?;
+        let store: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps.clone())?);
+        let webhooks = Webhooks::new(config.webhooks.clone(), store.clone());
+        let console = Arc::new(Console::new());
         let engine = Engine::new(
-            Arc::new(store),
+            store,
             Arc::new(LocalAdapter::new()),
-            vec![],
+            vec![Arc::new(webhooks.clone()), console.clone()],
             EngineConfig::default(),
         );
         Ok(Arc::new(Self {
+            webhooks,
+            console,
             executor: Executor::new(engine.clone()),
             engine,
             config,
             draining: AtomicBool::new(false),
+            connections: TaskTracker::new(),
         }))
     }
 
@@ -195,7 +208,10 @@ fn upgrade(shared: Arc<Shared>, ws: WebSocketUpgrade, params: ConnectParams, pat
         .max_frame_size(max)
         .read_buffer_size(4096)
         .write_buffer_size(8192)
-        .on_upgrade(move |socket| ws::serve(socket, shared, params, path_ok))
+        .on_upgrade(move |socket| {
+            let tracker = shared.connections.clone();
+            tracker.track_future(ws::serve(socket, shared, params, path_ok))
+        })
 }
 
 async fn ws_app(
@@ -248,17 +264,21 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/users/{user_id}/terminate_connections", post(terminate_by_key))
         .method_not_allowed_fallback(method_not_allowed);
     let prefix = shared.config.server.path_prefix.clone();
+    let api = api.merge(crate::console::router());
     let app = if prefix.is_empty() { api } else { Router::new().nest(&prefix, api) };
     app.fallback(fallback).with_state(shared)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves, then shuts down gracefully: stop accepting, close
+/// connections with 4200 in paced batches over the drain window, let their cleanup run, flush
+/// webhooks, all within the hard shutdown deadline.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let shared = Shared::new(config).map_err(std::io::Error::other)?;
+    shared.webhooks.load_spool();
     let sweeper = {
         let engine = shared.engine.clone();
         tokio::spawn(async move {
@@ -274,11 +294,48 @@ pub async fn run(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let result = axum::serve(listener, router(shared.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let stop_accepting = CancellationToken::new();
+    let server = tokio::spawn(
+        axum::serve(listener, router(shared.clone()))
+            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
+            .into_future(),
+    );
+    shutdown.await;
+    let cfg = &shared.config.server;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
+    shared.draining.store(true, Ordering::Relaxed);
+    stop_accepting.cancel();
+    drain(&shared, Duration::from_millis(cfg.drain_window_ms)).await;
+    shared.connections.close();
+    if tokio::time::timeout_at(deadline, shared.connections.wait()).await.is_err() {
+        tracing::warn!("shutdown deadline reached before every connection finished closing");
+    }
+    shared.webhooks.shutdown(deadline).await;
     sweeper.abort();
-    result
+    match tokio::time::timeout_at(deadline, server).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Closes every connection with 4200, spread over `window` so clients do not all reconnect at once.
+async fn drain(shared: &Shared, window: Duration) {
+    const TICK: Duration = Duration::from_millis(50);
+    let conns = shared.engine.all_connections();
+    if conns.is_empty() {
+        return;
+    }
+    let ticks = (window.as_millis() / TICK.as_millis()).max(1) as usize;
+    let per_tick = conns.len().div_ceil(ticks);
+    tracing::info!(connections = conns.len(), window_ms = window.as_millis() as u64, "draining connections");
+    let mut interval = tokio::time::interval(TICK);
+    for chunk in conns.chunks(per_tick) {
+        interval.tick().await;
+        for c in chunk {
+            c.request_close(herald_protocol::codes::RECONNECT);
+        }
+    }
 }
 
 /// Sets up `tracing` from the config (`HERALD_LOG` or `RUST_LOG` pick the level; default info).

@@ -1,0 +1,495 @@
+//! Webhooks: built from the engine's lifecycle events, delayed and de-duplicated where the
+//! protocol says so, batched per app if asked, signed, and delivered with retries.
+//!
+//! Flow: `emit` (engine thread, never blocks) → per-app dispatcher task (vacate/member-removed
+//! delay, cache-miss de-duplication, batching, per-target filtering and signing) → per-target
+//! delivery worker (FIFO, retries with back-off within the retry window). At shutdown every
+//! delayed event fires at once, workers deliver until the deadline, and what is left is written to
+//! the spool file, which the next start sends first.
+
+use crate::config::WebhookSettings;
+use herald_core::{App, AppStore, LifecycleEvent, LifecycleSink, WebhookTarget};
+use herald_protocol::sign;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Counters for operators (and metrics).
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    pub created: AtomicU64,
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+    pub dropped: AtomicU64,
+    pub spooled: AtomicU64,
+}
+
+/// One event in a webhook body.
+#[derive(Debug, Clone)]
+struct HookEvent {
+    name: &'static str,
+    channel: Arc<str>,
+    body: Map<String, Value>,
+}
+
+impl HookEvent {
+    fn new(name: &'static str, channel: &Arc<str>) -> Self {
+        let mut body = Map::new();
+        body.insert("name".into(), json!(name));
+        body.insert("channel".into(), json!(&**channel));
+        Self { name, channel: channel.clone(), body }
+    }
+
+    fn with(mut self, k: &str, v: Value) -> Self {
+        self.body.insert(k.into(), v);
+        self
+    }
+}
+
+/// A signed request, ready to (re)send; also the spool file's line format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Delivery {
+    app_id: String,
+    url: String,
+    key: String,
+    signature: String,
+    body: String,
+    headers: Vec<(String, String)>,
+    /// Creation time (Unix ms): the retry window counts from here.
+    created_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Inner {
+    settings: WebhookSettings,
+    apps: Arc<dyn AppStore>,
+    client: reqwest::Client,
+    dispatchers: Mutex<HashMap<String, mpsc::Sender<HookEvent>>>,
+    /// Dispatcher tasks still running (workers keep going while any may still queue work).
+    live_dispatchers: AtomicU64,
+    workers: Mutex<HashMap<(String, String), Arc<Worker>>>,
+    stats: Arc<WebhookStats>,
+    tracker: TaskTracker,
+    /// Cancelled when shutdown begins: dispatchers flush delayed events and stop.
+    stopping: CancellationToken,
+    /// Cancelled at the shutdown deadline: workers stop and spool what is left.
+    deadline: CancellationToken,
+    spool: Mutex<Vec<Delivery>>,
+}
+
+/// A FIFO of deliveries for one (app, url) and the task that sends them.
+struct Worker {
+    queue: Mutex<VecDeque<Delivery>>,
+    notify: Notify,
+}
+
+/// Handle to the webhook machinery; also the engine's lifecycle sink.
+#[derive(Clone)]
+pub struct Webhooks {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks").finish_non_exhaustive()
+    }
+}
+
+impl Webhooks {
+    pub fn new(settings: WebhookSettings, apps: Arc<dyn AppStore>) -> Self {
+        let client = reqwest::Client::builder()
+            .http1_only()
+            // PHP receivers read `X-Pusher-Key` case-sensitively.
+            .http1_title_case_headers()
+            .timeout(Duration::from_millis(settings.request_timeout_ms))
+            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client builds with static settings");
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                apps,
+                client,
+                dispatchers: Mutex::new(HashMap::new()),
+                live_dispatchers: AtomicU64::new(0),
+                workers: Mutex::new(HashMap::new()),
+                stats: Arc::new(WebhookStats::default()),
+                tracker: TaskTracker::new(),
+                stopping: CancellationToken::new(),
+                deadline: CancellationToken::new(),
+                spool: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<WebhookStats> {
+        &self.inner.stats
+    }
+
+    /// Sends what an earlier run left in the spool file, then removes the file.
+    pub fn load_spool(&self) {
+        let path = &self.inner.settings.spool_file;
+        if path.is_empty() {
+            return;
+        }
+        let Ok(text) = std::fs::read_to_string(path) else { return };
+        let mut n = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<Delivery>(line) {
+                Ok(d) => {
+                    self.enqueue(d);
+                    n += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable webhook spool line"),
+            }
+        }
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(error = %e, path, "cannot remove the webhook spool file");
+        }
+        tracing::info!(count = n, path, "resending webhooks spooled at the last shutdown");
+    }
+
+    fn to_hook(ev: &LifecycleEvent) -> Option<(&Arc<str>, HookEvent)> {
+        Some(match ev {
+            LifecycleEvent::ChannelOccupied { app, channel } => (app, HookEvent::new("channel_occupied", channel)),
+            LifecycleEvent::ChannelVacated { app, channel } => (app, HookEvent::new("channel_vacated", channel)),
+            LifecycleEvent::MemberAdded { app, channel, user_id } => {
+                (app, HookEvent::new("member_added", channel).with("user_id", json!(&**user_id)))
+            }
+            LifecycleEvent::MemberRemoved { app, channel, user_id } => {
+                (app, HookEvent::new("member_removed", channel).with("user_id", json!(&**user_id)))
+            }
+            LifecycleEvent::ClientEvent { app, channel, event, data, socket_id, user_id } => {
+                let mut h = HookEvent::new("client_event", channel)
+                    .with("event", json!(&**event))
+                    .with("data", json!(&**data))
+                    .with("socket_id", json!(socket_id.to_string()));
+                if let Some(u) = user_id {
+                    h = h.with("user_id", json!(&**u));
+                }
+                (app, h)
+            }
+            LifecycleEvent::CacheMiss { app, channel } => (app, HookEvent::new("cache_miss", channel)),
+            LifecycleEvent::SubscriptionCount { app, channel, count } => {
+                (app, HookEvent::new("subscription_count", channel).with("subscription_count", json!(count)))
+            }
+            _ => return None,
+        })
+    }
+
+    fn dispatcher(&self, app: &App) -> Option<mpsc::Sender<HookEvent>> {
+        if self.inner.stopping.is_cancelled() {
+            return None;
+        }
+        let mut d = self.inner.dispatchers.lock();
+        if let Some(tx) = d.get(&app.id) {
+            return Some(tx.clone());
+        }
+        let (tx, rx) = mpsc::channel(self.inner.settings.queue_capacity.max(1));
+        d.insert(app.id.clone(), tx.clone());
+        let this = self.clone();
+        let app_id = app.id.clone();
+        self.inner.live_dispatchers.fetch_add(1, Ordering::SeqCst);
+        self.inner.tracker.spawn(async move {
+            this.clone().dispatch(app_id, rx).await;
+            this.inner.live_dispatchers.fetch_sub(1, Ordering::SeqCst);
+        });
+        Some(tx)
+    }
+
+    /// The per-app dispatcher loop.
+    async fn dispatch(self, app_id: String, mut rx: mpsc::Receiver<HookEvent>) {
+        let s = &self.inner.settings;
+        let delay = Duration::from_millis(s.vacate_delay_ms);
+        let debounce = Duration::from_millis(s.cache_miss_debounce_ms);
+        // Delayed vacate/member-removed events, keyed by what a re-join cancels.
+        let mut delayed: HashMap<(Arc<str>, Option<String>), (Instant, HookEvent)> = HashMap::new();
+        let mut last_miss: HashMap<Arc<str>, Instant> = HashMap::new();
+        let mut batch: Vec<HookEvent> = Vec::new();
+        let mut batch_due: Option<Instant> = None;
+        let mut stopping = false;
+        loop {
+            let next_delay = delayed.values().map(|(t, _)| *t).min();
+            let wake = [next_delay, batch_due].into_iter().flatten().min();
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                () = async { tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)).await }, if wake.is_some() => None,
+                () = self.inner.stopping.cancelled(), if !stopping => {
+                    stopping = true;
+                    None
+                }
+            };
+            let now = Instant::now();
+            if let Some(ev) = ev {
+                let user = ev.body.get("user_id").and_then(Value::as_str).map(str::to_owned);
+                match ev.name {
+                    "channel_vacated" | "member_removed" if !delay.is_zero() && !stopping => {
+                        delayed.insert((ev.channel.clone(), user), (now + delay, ev));
+                    }
+                    "channel_occupied" | "member_added"
+                        if delayed.remove(&(ev.channel.clone(), user.clone())).is_some() => {
+                        // A quick return: neither the leave nor this join is reported.
+                    }
+                    "cache_miss" => {
+                        if last_miss.get(&ev.channel).is_none_or(|t| now.duration_since(*t) >= debounce) {
+                            last_miss.insert(ev.channel.clone(), now);
+                            self.push(&app_id, ev, &mut batch, &mut batch_due, now);
+                        }
+                    }
+                    _ => self.push(&app_id, ev, &mut batch, &mut batch_due, now),
+                }
+            } else if !stopping && rx.is_closed() && delayed.is_empty() {
+                break;
+            }
+            // Fire what is due (everything once shutdown began).
+            let due: Vec<_> = delayed
+                .iter()
+                .filter(|(_, (t, _))| stopping || *t <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut fired: Vec<(Instant, HookEvent)> = due.into_iter().filter_map(|k| delayed.remove(&k)).collect();
+            // Member removals before the vacate that follows them.
+            fired.sort_by_key(|(t, e)| (*t, e.name == "channel_vacated"));
+            for (_, ev) in fired {
+                self.push(&app_id, ev, &mut batch, &mut batch_due, now);
+            }
+            last_miss.retain(|_, t| now.duration_since(*t) < debounce);
+            if batch_due.is_some_and(|t| stopping || t <= now) {
+                self.flush(&app_id, std::mem::take(&mut batch));
+                batch_due = None;
+            }
+            if stopping {
+                // Drain whatever is still queued, without delays, then stop.
+                while let Ok(ev) = rx.try_recv() {
+                    self.push(&app_id, ev, &mut batch, &mut batch_due, now);
+                }
+                self.flush(&app_id, std::mem::take(&mut batch));
+                break;
+            }
+        }
+    }
+
+    fn push(&self, app_id: &str, ev: HookEvent, batch: &mut Vec<HookEvent>, due: &mut Option<Instant>, now: Instant) {
+        let Some(app) = self.inner.apps.by_id(app_id) else { return };
+        if !app.batch_webhooks {
+            self.flush(app_id, vec![ev]);
+            return;
+        }
+        batch.push(ev);
+        if batch.len() >= self.inner.settings.batch_max_events.max(1) {
+            self.flush(app_id, std::mem::take(batch));
+            *due = None;
+        } else if due.is_none() {
+            *due = Some(now + Duration::from_millis(self.inner.settings.batch_window_ms));
+        }
+    }
+
+    /// Builds one body per target from `events` (filtered per target, then signed) and queues it.
+    fn flush(&self, app_id: &str, events: Vec<HookEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let Some(app) = self.inner.apps.by_id(app_id) else { return };
+        let created_ms = now_ms();
+        for target in &app.webhooks {
+            let chosen: Vec<Value> = events
+                .iter()
+                .filter(|e| target.wants(e.name, &e.channel))
+                .map(|e| Value::Object(e.body.clone()))
+                .collect();
+            if chosen.is_empty() {
+                continue;
+            }
+            let body = json!({ "time_ms": created_ms, "events": chosen }).to_string();
+            self.inner.stats.created.fetch_add(1, Ordering::Relaxed);
+            self.enqueue(Delivery {
+                app_id: app.id.clone(),
+                url: target.url.clone(),
+                key: app.key.clone(),
+                signature: sign::hmac_hex(&app.secret, body.as_bytes()),
+                body,
+                headers: extra_headers(target),
+                created_ms,
+            });
+        }
+    }
+
+    fn enqueue(&self, d: Delivery) {
+        let key = (d.app_id.clone(), d.url.clone());
+        let worker = {
+            let mut w = self.inner.workers.lock();
+            if let Some(w) = w.get(&key) {
+                w.clone()
+            } else {
+                let worker = Arc::new(Worker { queue: Mutex::new(VecDeque::new()), notify: Notify::new() });
+                w.insert(key, worker.clone());
+                let this = self.clone();
+                let wk = worker.clone();
+                self.inner.tracker.spawn(async move { this.work(wk).await });
+                worker
+            }
+        };
+        {
+            let mut q = worker.queue.lock();
+            if q.len() >= self.inner.settings.queue_capacity.max(1) {
+                self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(app = %d.app_id, url = %d.url, "webhook queue full: dropping a webhook");
+                return;
+            }
+            q.push_back(d);
+        }
+        worker.notify.notify_one();
+    }
+
+    /// Delivers one target's queue in order; at the deadline, spools what is left.
+    async fn work(self, w: Arc<Worker>) {
+        loop {
+            let next = w.queue.lock().pop_front();
+            let Some(d) = next else {
+                if self.inner.stopping.is_cancelled() && self.inner.dispatchers_done() {
+                    return;
+                }
+                tokio::select! {
+                    () = w.notify.notified() => continue,
+                    () = self.inner.deadline.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)), if self.inner.stopping.is_cancelled() => continue,
+                }
+            };
+            tokio::select! {
+                () = self.deliver(&d) => {}
+                () = self.inner.deadline.cancelled() => {
+                    let mut spool = self.inner.spool.lock();
+                    spool.push(d);
+                    spool.extend(w.queue.lock().drain(..));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends `d` until a 2xx, or gives up at the end of the retry window.
+    async fn deliver(&self, d: &Delivery) {
+        let window_end = d.created_ms + self.inner.settings.retry_window_secs * 1000;
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let mut req = self
+                .inner
+                .client
+                .post(&d.url)
+                .header("Content-Type", "application/json")
+                .header("X-Pusher-Key", &d.key)
+                .header("X-Pusher-Signature", &d.signature)
+                .body(d.body.clone());
+            for (k, v) in &d.headers {
+                req = req.header(k, v);
+            }
+            let outcome = match req.send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(()) => {
+                    self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(reason) => {
+                    if now_ms() + wait.as_millis() as u64 > window_end {
+                        self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(app = %d.app_id, url = %d.url, %reason, "webhook failed; retry window over, giving up");
+                        return;
+                    }
+                    self.inner.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(app = %d.app_id, url = %d.url, %reason, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// Flushes delayed events, delivers until `deadline`, and spools what is left.
+    pub async fn shutdown(&self, deadline: Instant) {
+        self.inner.stopping.cancel();
+        self.inner.dispatchers.lock().clear();
+        self.inner.tracker.close();
+        if tokio::time::timeout_at(deadline, self.inner.tracker.wait()).await.is_err() {
+            self.inner.deadline.cancel();
+            self.inner.tracker.wait().await;
+        }
+        let left = std::mem::take(&mut *self.inner.spool.lock());
+        // Workers that never started on their queue leave it there.
+        let mut left = left;
+        for w in self.inner.workers.lock().values() {
+            left.extend(w.queue.lock().drain(..));
+        }
+        if left.is_empty() {
+            return;
+        }
+        let path = &self.inner.settings.spool_file;
+        if path.is_empty() {
+            tracing::error!(count = left.len(), "shutdown deadline reached with undelivered webhooks and no spool_file set: they are lost");
+            return;
+        }
+        let text: String = left
+            .iter()
+            .filter_map(|d| serde_json::to_string(d).ok())
+            .map(|l| l + "\n")
+            .collect();
+        match std::fs::write(path, text) {
+            Ok(()) => {
+                self.inner.stats.spooled.fetch_add(left.len() as u64, Ordering::Relaxed);
+                tracing::info!(count = left.len(), path, "undelivered webhooks saved for the next start");
+            }
+            Err(e) => tracing::error!(error = %e, path, count = left.len(), "cannot write the webhook spool file"),
+        }
+    }
+}
+
+impl Inner {
+    fn dispatchers_done(&self) -> bool {
+        self.live_dispatchers.load(Ordering::SeqCst) == 0
+    }
+}
+
+fn extra_headers(t: &WebhookTarget) -> Vec<(String, String)> {
+    t.headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            k != "content-type" && !k.starts_with("x-pusher-")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+impl LifecycleSink for Webhooks {
+    fn emit(&self, ev: &LifecycleEvent) {
+        let Some((app_id, hook)) = Self::to_hook(ev) else { return };
+        let Some(app) = self.inner.apps.by_id(app_id) else { return };
+        if app.webhooks.iter().all(|t| !t.event_types.iter().any(|n| n == hook.name)) {
+            return;
+        }
+        let Some(tx) = self.dispatcher(&app) else {
+            self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(app = %app.id, event = hook.name, "webhook event after shutdown began: not sent");
+            return;
+        };
+        if tx.try_send(hook).is_err() {
+            self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(app = %app.id, "webhook event queue full: dropping an event");
+        }
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine: installs what the tests need (npm
+# packages, Python packages, Debian packages), then lints, unit tests, and the end-to-end
+# suites against the real release binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "lint: cargo fmt, cargo clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit and integration tests (cargo test)"
+cargo test --workspace --locked
+
+step "release build"
+cargo build --release --workspace --locked
+export HERALD_BIN="$root/target/release/herald"
+
+if [ -d tests/compat ]; then
+  step "end-to-end: pusher-js and the pusher Node SDK"
+  (cd tests/compat && npm ci --no-audit --no-fund --loglevel=error && npm test)
+fi
+
+if [ -f tests/python/run.sh ]; then
+  step "end-to-end: the Python pusher SDK"
+  bash tests/python/run.sh
+fi
+
+if [ -f crates/herald-bench/smoke.sh ]; then
+  step "herald-bench smoke run (every scenario once, small)"
+  bash crates/herald-bench/smoke.sh
+fi
+
+step "all suites passed"
