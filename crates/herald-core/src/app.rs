@@ -131,17 +131,22 @@ pub trait AppStore: Send + Sync {
     fn all(&self) -> Vec<Arc<App>>;
 }
 
-/// Apps from the configuration file, fixed for the life of the store.
+/// Apps held in memory: from the configuration file (replaced on reload) or as the cache in front
+/// of a database store.
 #[derive(Debug, Default)]
 pub struct StaticAppStore {
+    snapshot: parking_lot::RwLock<Arc<Snapshot>>,
+}
+
+#[derive(Debug, Default)]
+struct Snapshot {
     by_key: HashMap<String, Arc<App>>,
     by_id: HashMap<String, Arc<App>>,
     ordered: Vec<Arc<App>>,
 }
 
-impl StaticAppStore {
-    /// Builds the store; ids and keys must be unique.
-    pub fn new(apps: Vec<App>) -> Result<Self, String> {
+impl Snapshot {
+    fn build(apps: Vec<App>) -> Result<Self, String> {
         let mut s = Self::default();
         for app in apps {
             let app = Arc::new(app);
@@ -157,14 +162,32 @@ impl StaticAppStore {
     }
 }
 
+impl StaticAppStore {
+    /// Builds the store; ids and keys must be unique.
+    pub fn new(apps: Vec<App>) -> Result<Self, String> {
+        Ok(Self { snapshot: parking_lot::RwLock::new(Arc::new(Snapshot::build(apps)?)) })
+    }
+
+    /// Replaces every app at once (a reload); on error the old apps stay.
+    pub fn replace(&self, apps: Vec<App>) -> Result<(), String> {
+        let next = Arc::new(Snapshot::build(apps)?);
+        *self.snapshot.write() = next;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.read().clone()
+    }
+}
+
 impl AppStore for StaticAppStore {
     fn by_key(&self, key: &str) -> Option<Arc<App>> {
-        self.by_key.get(key).cloned()
+        self.snapshot.read().by_key.get(key).cloned()
     }
     fn by_id(&self, id: &str) -> Option<Arc<App>> {
-        self.by_id.get(id).cloned()
+        self.snapshot.read().by_id.get(id).cloned()
     }
     fn all(&self) -> Vec<Arc<App>> {
-        self.ordered.clone()
+        self.current().ordered.clone()
     }
 }

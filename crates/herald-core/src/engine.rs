@@ -662,6 +662,21 @@ impl Engine {
         conns.len()
     }
 
+    /// Occupied channels (internal ones left out) and subscriptions of an app.
+    pub fn channel_totals(&self, app_id: &str) -> (usize, usize) {
+        let Some(st) = self.inner.states.read().get(app_id).cloned() else { return (0, 0) };
+        let (mut channels, mut subs) = (0, 0);
+        for shard in st.shards.iter() {
+            for ch in shard.lock().values() {
+                if !ch.subs.is_empty() && !ch.name.is_internal() {
+                    channels += 1;
+                }
+                subs += ch.subs.len();
+            }
+        }
+        (channels, subs)
+    }
+
     /// Every open connection of every app.
     pub fn all_connections(&self) -> Vec<Arc<Conn>> {
         let states: Vec<Arc<AppState>> = self.inner.states.read().values().cloned().collect();

@@ -102,7 +102,7 @@ pub fn check_event_name(name: &str, limits: &Limits) -> Result<(), ApiError> {
 /// Validates a channel name from a request.
 pub fn check_channel(name: &str, limits: &Limits) -> Result<ChannelName, ApiError> {
     ChannelName::parse(name, limits.max_channel_name_length)
-        .map_err(|e| ApiError::bad_request(format!("Invalid channel name: {name} ({e})")))
+        .map_err(|_| ApiError::bad_request(format!("Invalid channel name: {name}")))
 }
 
 fn check_socket_id(v: Option<&Value>) -> Result<Option<SocketId>, ApiError> {

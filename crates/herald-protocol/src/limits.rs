@@ -21,6 +21,10 @@ pub struct Limits {
     pub max_watchlist_size: usize,
     /// Seconds a cache channel keeps its last event.
     pub cache_ttl: u64,
+    /// Channels one connection may be subscribed to at once.
+    pub max_channels_per_connection: usize,
+    /// HTTP API requests per second for the app (429 beyond); 0 means unlimited.
+    pub api_requests_per_second: u32,
 }
 
 impl Default for Limits {
@@ -38,6 +42,8 @@ impl Default for Limits {
             max_presence_user_id_length: 128,
             max_watchlist_size: 100,
             cache_ttl: 1800,
+            max_channels_per_connection: 1000,
+            api_requests_per_second: 100_000,
         }
     }
 }

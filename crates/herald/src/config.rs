@@ -82,6 +82,55 @@ impl Default for ServerConfig {
     }
 }
 
+/// Where apps come from (`[store]`, `HERALD_STORE_*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `config` (the `[[apps]]` of this file), `sqlite` or `postgres`.
+    pub kind: String,
+    /// Database URL for `sqlite` (`sqlite://herald.db`) or `postgres` (`postgres://user@host/db`).
+    pub url: String,
+    /// How often a database store refreshes its in-memory cache of apps, in milliseconds.
+    pub refresh_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { kind: "config".into(), url: String::new(), refresh_interval_ms: 1000 }
+    }
+}
+
+/// Prometheus metrics (`[metrics]`, `HERALD_METRICS_*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Port of the metrics and health listener (same host as the server); 0 picks a free one.
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, port: 9601 }
+    }
+}
+
+/// TLS for both `wss://` and `https://` on the server port (`[tls]`, `HERALD_TLS_*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; TLS is on when this and `key_file` are set.
+    pub cert_file: String,
+    /// PEM private key.
+    pub key_file: String,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty() && !self.key_file.is_empty()
+    }
+}
+
 /// The built-in debug console (`[console]`, `HERALD_CONSOLE_*`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -99,6 +148,12 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     #[serde(default)]
     pub console: ConsoleConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// The apps served. Empty in the file means: the embedded default app.
     #[serde(default)]
     pub apps: Vec<App>,
@@ -110,6 +165,9 @@ impl Default for Config {
             server: ServerConfig::default(),
             webhooks: WebhookSettings::default(),
             console: ConsoleConfig::default(),
+            store: StoreConfig::default(),
+            metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
             apps: vec![App::default_app()],
         }
     }
@@ -119,7 +177,7 @@ impl Default for Config {
 const NOT_SETTINGS: &[&str] = &["HERALD_LOG", "HERALD_CONFIG", "HERALD_BIN"];
 
 /// Sections that `HERALD_<SECTION>_<KEY>` may address.
-const SECTIONS: &[&str] = &["server", "webhooks", "console"];
+const SECTIONS: &[&str] = &["server", "webhooks", "console", "store", "metrics", "tls"];
 
 impl Config {
     /// Loads from an optional TOML text and an environment (name, value) list.
@@ -237,6 +295,18 @@ impl Config {
                 "invalid configuration: server.path_prefix `{}` must start with '/' and not end with '/'",
                 s.path_prefix
             ));
+        }
+        if !matches!(self.store.kind.as_str(), "config" | "sqlite" | "postgres") {
+            return Err(format!(
+                "invalid configuration: store.kind `{}` must be \"config\", \"sqlite\" or \"postgres\"",
+                self.store.kind
+            ));
+        }
+        if self.store.kind != "config" && self.store.url.is_empty() {
+            return Err(format!("invalid configuration: store.kind is `{}` but store.url is empty", self.store.kind));
+        }
+        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
+            return Err("invalid configuration: set both tls.cert_file and tls.key_file, or neither".into());
         }
         if !matches!(s.log_format.as_str(), "text" | "json") {
             return Err(format!(

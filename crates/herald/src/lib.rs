@@ -2,11 +2,15 @@
 //! `run` is the entry point; `router` is the HTTP surface as a value.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod console;
+pub mod metrics;
 pub mod server;
+pub mod store;
+pub mod tls;
 pub mod webhook;
 pub mod ws;
 
 pub use config::Config;
-pub use server::{router, run, Shared};
+pub use server::{router, run, run_with, RunOptions, Shared};

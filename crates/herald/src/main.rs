@@ -1,59 +1,88 @@
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use herald::Config;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Herald: a Pusher Channels compatible realtime server.
 ///
 /// With no options it serves the embedded default app (id `app-id`, key `app-key`,
-/// secret `app-secret`) on port 6001.
+/// secret `app-secret`) on port 6001. Settings come from defaults, then the TOML file
+/// (`--config`), then `HERALD_*` environment variables.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file (settings not given keep their defaults).
-    #[arg(long, short, env = "HERALD_CONFIG")]
-    config: Option<std::path::PathBuf>,
+    #[arg(long, short, env = "HERALD_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Validate the configuration and exit (status 0 when it is valid).
+    CheckConfig,
+    /// Manage the apps of the configured store.
+    #[command(subcommand)]
+    Apps(herald::store::AppsCommand),
+    /// Publish an event through the HTTP API of a running server, signed with the app's secret.
+    Trigger(herald::cli::TriggerArgs),
+    /// List the occupied channels of a running server through its HTTP API.
+    Channels(herald::cli::ChannelsArgs),
+}
+
+fn load(cli: &Cli) -> Result<Config, String> {
+    let text = match &cli.config {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read config file {}: {e} (check the --config path)", p.display()))?,
+        ),
+        None => None,
+    };
+    let path = cli.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    Config::load(text.as_deref().map(|t| (path.as_str(), t)), std::env::vars())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let text = match &cli.config {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("herald: cannot read config file {}: {e}", p.display());
-                return ExitCode::from(2);
-            }
-        },
-        None => None,
-    };
-    let path = cli.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-    let config = match Config::load(text.as_deref().map(|t| (path.as_str(), t)), std::env::vars()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("herald: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if cli.print_config {
-        print!("{}", config.redacted_toml());
-        return ExitCode::SUCCESS;
-    }
-    herald::server::init_logging(&config);
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("herald: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(herald::server::serve_until_signal(config)) {
+    match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<(), String> {
+    let config = load(&cli)?;
+    if cli.print_config {
+        print!("{}", config.redacted_toml());
+        return Ok(());
+    }
+    match cli.command {
+        None | Some(Command::Serve) => {
+            herald::server::init_logging(&config);
+            let path = cli.config.clone();
+            runtime()?
+                .block_on(herald::server::serve_until_signal(config, path))
+                .map_err(|e| e.to_string())
+        }
+        Some(Command::CheckConfig) => {
+            println!("configuration is valid: {} app(s), store `{}`", config.apps.len(), config.store.kind);
+            Ok(())
+        }
+        Some(Command::Apps(cmd)) => runtime()?.block_on(herald::store::cli_apps(&config, cmd)),
+        Some(Command::Trigger(args)) => runtime()?.block_on(herald::cli::trigger(&config, args)),
+        Some(Command::Channels(args)) => runtime()?.block_on(herald::cli::channels(&config, args)),
     }
 }

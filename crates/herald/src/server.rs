@@ -12,11 +12,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use crate::console::Console;
+use crate::metrics::Metrics;
+use crate::store::OpenedStore;
 use crate::webhook::Webhooks;
-use herald_core::{AppStore, Engine, EngineConfig, LocalAdapter, StaticAppStore};
+use herald_core::{App, Engine, EngineConfig, LocalAdapter};
+use herald_protocol::api::ApiError;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use herald_protocol::api::ApiError;
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,37 +33,74 @@ pub struct Shared {
     pub engine: Engine,
     pub webhooks: Webhooks,
     pub console: Arc<Console>,
+    pub metrics: Arc<Metrics>,
     pub executor: Executor,
     pub config: Config,
+    pub store: OpenedStore,
+    /// Connections arrive over TLS (the server terminates it).
+    pub tls: bool,
     draining: AtomicBool,
     /// Connection tasks, so shutdown can wait for their cleanup.
     connections: TaskTracker,
+    /// HTTP API token buckets per app.
+    api_buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// A token bucket refilled continuously.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: tokio::time::Instant,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Result<Arc<Self>, String> {
-        let store: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps.clone())?);
-        let webhooks = Webhooks::new(config.webhooks.clone(), store.clone());
+    pub fn new(config: Config, store: OpenedStore) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let webhooks = Webhooks::new(config.webhooks.clone(), store.store.clone(), Some(metrics.clone()));
         let console = Arc::new(Console::new());
         let engine = Engine::new(
-            store,
+            store.store.clone(),
             Arc::new(LocalAdapter::new()),
-            vec![Arc::new(webhooks.clone()), console.clone()],
+            vec![Arc::new(webhooks.clone()), console.clone(), metrics.clone()],
             EngineConfig::default(),
         );
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             webhooks,
             console,
+            metrics,
             executor: Executor::new(engine.clone()),
             engine,
+            tls: config.tls.enabled(),
             config,
+            store,
             draining: AtomicBool::new(false),
             connections: TaskTracker::new(),
-        }))
+            api_buckets: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Takes one HTTP API token of `app`; false when its rate is exhausted.
+    fn api_allowed(&self, app: &App) -> bool {
+        let rate = app.limits.api_requests_per_second;
+        if rate == 0 {
+            return true;
+        }
+        let rate = f64::from(rate);
+        let now = tokio::time::Instant::now();
+        let mut buckets = self.api_buckets.lock();
+        let b = buckets.entry(app.id.clone()).or_insert(Bucket { tokens: rate, last: now });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(rate);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -118,10 +159,29 @@ async fn api_call(
         raw_query: uri.query().unwrap_or(""),
         body: &body,
     };
+    let route = op.route();
     let (app, query) = match api::authenticate(&shared.engine, app_ref, &req, now_unix()) {
         Ok(v) => v,
-        Err(e) => return error_response(e),
+        Err(e) => {
+            let app = match app_ref {
+                AppRef::Id(id) if shared.engine.apps().by_id(id).is_some() => id,
+                _ => "",
+            };
+            shared.metrics.http(app, route, e.status);
+            return error_response(e);
+        }
     };
+    if !shared.api_allowed(&app) {
+        shared.metrics.rejected(&app.id, "api_requests_per_second");
+        shared.metrics.http(&app.id, route, 429);
+        return error_response(ApiError::new(
+            429,
+            format!(
+                "Too many requests: app {} is limited to {} API requests per second",
+                app.id, app.limits.api_requests_per_second
+            ),
+        ));
+    }
     let x = &shared.executor;
     let name = name.unwrap_or("");
     let result = match op {
@@ -137,9 +197,29 @@ async fn api_call(
     match result {
         Ok(v) => {
             let status = if matches!(op, Op::RawTrigger) { StatusCode::ACCEPTED } else { StatusCode::OK };
+            shared.metrics.http(&app.id, route, status.as_u16());
             json_response(status, &v)
         }
-        Err(e) => error_response(e),
+        Err(e) => {
+            shared.metrics.http(&app.id, route, e.status);
+            error_response(e)
+        }
+    }
+}
+
+impl Op {
+    /// Route label for metrics.
+    fn route(self) -> &'static str {
+        match self {
+            Op::Trigger => "events",
+            Op::Batch => "batch_events",
+            Op::Channels => "channels",
+            Op::Channel => "channel",
+            Op::Users => "users",
+            Op::Stats => "channel_stats",
+            Op::RawTrigger => "channel_events",
+            Op::Terminate => "terminate_connections",
+        }
     }
 }
 
@@ -195,14 +275,15 @@ fn connect_params(uri: &Uri, headers: &HeaderMap, key: Option<String>) -> Connec
             protocol = Some(v);
         }
     }
-    let tls = headers
+    let forwarded_tls = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("https"));
-    ConnectParams { key, protocol, tls }
+    ConnectParams { key, protocol, tls: forwarded_tls }
 }
 
-fn upgrade(shared: Arc<Shared>, ws: WebSocketUpgrade, params: ConnectParams, path_ok: bool) -> Response {
+fn upgrade(shared: Arc<Shared>, ws: WebSocketUpgrade, mut params: ConnectParams, path_ok: bool) -> Response {
+    params.tls |= shared.tls;
     let max = shared.config.server.max_ws_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -249,9 +330,40 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     ))
 }
 
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): AppState) -> Response {
+    if s.draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics(State(s): AppState) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(&s.engine),
+    )
+        .into_response()
+}
+
+/// The metrics listener's routes: `/metrics`, `/healthz`, `/readyz`.
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
 /// The whole HTTP surface as a value.
 pub fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/app/{key}", get(ws_app))
         .route("/apps/{app_id}/events", post(events))
         .route("/apps/{app_id}/batch_events", post(batch_events))
@@ -269,17 +381,42 @@ pub fn router(shared: Arc<Shared>) -> Router {
     app.fallback(fallback).with_state(shared)
 }
 
-/// Serves until `shutdown` resolves, then shuts down gracefully: stop accepting, close
-/// connections with 4200 in paced batches over the drain window, let their cleanup run, flush
-/// webhooks, all within the hard shutdown deadline.
+/// What `run` needs besides the configuration.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Listener for `/metrics`, `/healthz` and `/readyz`, if metrics are served.
+    pub metrics_listener: Option<TcpListener>,
+    /// Reloaded on SIGHUP (apps only) when the store is the config file.
+    pub config_path: Option<std::path::PathBuf>,
+}
+
+/// Serves the default-app configuration on `listener` until `shutdown` resolves (for tests).
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let shared = Shared::new(config).map_err(std::io::Error::other)?;
+    run_with(listener, config, RunOptions::default(), shutdown).await
+}
+
+/// Serves until `shutdown` resolves, then shuts down gracefully: stop accepting, close
+/// connections with 4200 in paced batches over the drain window, let their cleanup run, flush
+/// webhooks, all within the hard shutdown deadline.
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let store = crate::store::open(&config).await.map_err(std::io::Error::other)?;
+    let tls = if config.tls.enabled() {
+        Some(crate::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
+    } else {
+        None
+    };
+    let shared = Shared::new(config, store);
     shared.webhooks.load_spool();
-    let sweeper = {
+    let mut background = vec![{
         let engine = shared.engine.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -288,18 +425,38 @@ pub async fn run(
                 engine.sweep();
             }
         })
-    };
-    use axum::serve::ListenerExt;
-    // Small frames must leave at once: latency matters more than packet count here.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    }];
+    if let Some(path) = options.config_path {
+        background.push(tokio::spawn(reload_on_sighup(shared.clone(), path)));
+    }
     let stop_accepting = CancellationToken::new();
-    let server = tokio::spawn(
-        axum::serve(listener, router(shared.clone()))
-            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
-            .into_future(),
-    );
+    if let Some(ml) = options.metrics_listener {
+        let app = metrics_router(shared.clone());
+        // Health must answer during the drain: this listener stops with the process.
+        background.push(tokio::spawn(async move {
+            let _ = axum::serve(ml, app).await;
+        }));
+    }
+    let app = router(shared.clone());
+    let server = match tls {
+        None => {
+            use axum::serve::ListenerExt;
+            // Small frames must leave at once: latency matters more than packet count here.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
+                    .into_future(),
+            )
+        }
+        Some(acceptor) => tokio::spawn(
+            axum::serve(crate::tls::TlsListener::new(listener, acceptor), app)
+                .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
+                .into_future(),
+        ),
+    };
     shutdown.await;
     let cfg = &shared.config.server;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
@@ -311,11 +468,43 @@ pub async fn run(
         tracing::warn!("shutdown deadline reached before every connection finished closing");
     }
     shared.webhooks.shutdown(deadline).await;
-    sweeper.abort();
+    for task in background {
+        task.abort();
+    }
     match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(std::io::Error::other(e)),
         Err(_) => Ok(()),
+    }
+}
+
+/// Re-reads the config file's apps on every SIGHUP; an invalid file keeps the old apps.
+async fn reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let Some(target) = shared.store.reloadable.clone() else {
+                tracing::warn!("SIGHUP ignored: apps come from a database store, which refreshes by itself");
+                continue;
+            };
+            let result = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|text| {
+                    Config::load(Some((&path.display().to_string(), &text)), std::env::vars())
+                })
+                .and_then(|c| target.replace(c.apps.clone()).map(|()| c.apps.len()));
+            match result {
+                Ok(n) => tracing::info!(apps = n, "configuration reloaded"),
+                Err(e) => tracing::error!(error = %e, "reload rejected; keeping the current apps"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (shared, path);
     }
 }
 
@@ -352,15 +541,23 @@ pub fn init_logging(config: &Config) {
     }
 }
 
-/// Binds the configured address and serves until SIGINT or SIGTERM.
-pub async fn serve_until_signal(config: Config) -> std::io::Result<()> {
+/// Binds the configured addresses and serves until SIGINT or SIGTERM.
+pub async fn serve_until_signal(config: Config, config_path: Option<std::path::PathBuf>) -> std::io::Result<()> {
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let socket = bind(&addr)?;
     let local = socket.local_addr()?;
+    let metrics_listener = if config.metrics.enabled {
+        let l = bind(&format!("{}:{}", config.server.host, config.metrics.port))?;
+        println!("Herald metrics on {}", l.local_addr()?);
+        Some(l)
+    } else {
+        None
+    };
     // A stable line on stdout for scripts and tests to find the port.
     println!("Herald listening on {local}");
-    tracing::info!(%local, apps = config.apps.len(), "serving WebSocket and HTTP API");
-    run(socket, config, shutdown_signal()).await
+    tracing::info!(%local, tls = config.tls.enabled(), "serving WebSocket and HTTP API");
+    let options = RunOptions { metrics_listener, config_path };
+    run_with(socket, config, options, shutdown_signal()).await
 }
 
 /// A listener with a backlog sized for connection bursts.

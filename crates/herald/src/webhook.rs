@@ -8,6 +8,7 @@
 //! the spool file, which the next start sends first.
 
 use crate::config::WebhookSettings;
+use crate::metrics::Metrics;
 use herald_core::{App, AppStore, LifecycleEvent, LifecycleSink, WebhookTarget};
 use herald_protocol::sign;
 use parking_lot::Mutex;
@@ -81,6 +82,7 @@ struct Inner {
     live_dispatchers: AtomicU64,
     workers: Mutex<HashMap<(String, String), Arc<Worker>>>,
     stats: Arc<WebhookStats>,
+    metrics: Option<Arc<Metrics>>,
     tracker: TaskTracker,
     /// Cancelled when shutdown begins: dispatchers flush delayed events and stop.
     stopping: CancellationToken,
@@ -108,7 +110,7 @@ impl std::fmt::Debug for Webhooks {
 }
 
 impl Webhooks {
-    pub fn new(settings: WebhookSettings, apps: Arc<dyn AppStore>) -> Self {
+    pub fn new(settings: WebhookSettings, apps: Arc<dyn AppStore>, metrics: Option<Arc<Metrics>>) -> Self {
         let client = reqwest::Client::builder()
             .http1_only()
             // PHP receivers read `X-Pusher-Key` case-sensitively.
@@ -126,6 +128,7 @@ impl Webhooks {
                 live_dispatchers: AtomicU64::new(0),
                 workers: Mutex::new(HashMap::new()),
                 stats: Arc::new(WebhookStats::default()),
+                metrics,
                 tracker: TaskTracker::new(),
                 stopping: CancellationToken::new(),
                 deadline: CancellationToken::new(),
@@ -344,7 +347,7 @@ impl Webhooks {
         {
             let mut q = worker.queue.lock();
             if q.len() >= self.inner.settings.queue_capacity.max(1) {
-                self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.inner.outcome(&d.app_id, "dropped", 1);
                 tracing::warn!(app = %d.app_id, url = %d.url, "webhook queue full: dropping a webhook");
                 return;
             }
@@ -402,16 +405,16 @@ impl Webhooks {
             };
             match outcome {
                 Ok(()) => {
-                    self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.inner.outcome(&d.app_id, "delivered", 1);
                     return;
                 }
                 Err(reason) => {
                     if now_ms() + wait.as_millis() as u64 > window_end {
-                        self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        self.inner.outcome(&d.app_id, "failed", 1);
                         tracing::warn!(app = %d.app_id, url = %d.url, %reason, "webhook failed; retry window over, giving up");
                         return;
                     }
-                    self.inner.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    self.inner.outcome(&d.app_id, "retried", 1);
                     tracing::info!(app = %d.app_id, url = %d.url, %reason, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(60));
@@ -450,7 +453,9 @@ impl Webhooks {
             .collect();
         match std::fs::write(path, text) {
             Ok(()) => {
-                self.inner.stats.spooled.fetch_add(left.len() as u64, Ordering::Relaxed);
+                for d in &left {
+                    self.inner.outcome(&d.app_id, "spooled", 1);
+                }
                 tracing::info!(count = left.len(), path, "undelivered webhooks saved for the next start");
             }
             Err(e) => tracing::error!(error = %e, path, count = left.len(), "cannot write the webhook spool file"),
@@ -459,6 +464,23 @@ impl Webhooks {
 }
 
 impl Inner {
+    /// Counts an outcome in the stats and, per app, in the metrics.
+    fn outcome(&self, app: &str, outcome: &str, n: u64) {
+        let c = match outcome {
+            "delivered" => &self.stats.delivered,
+            "retried" => &self.stats.retried,
+            "failed" => &self.stats.failed,
+            "spooled" => &self.stats.spooled,
+            _ => &self.stats.dropped,
+        };
+        c.fetch_add(n, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            for _ in 0..n {
+                m.webhook(app, outcome);
+            }
+        }
+    }
+
     fn dispatchers_done(&self) -> bool {
         self.live_dispatchers.load(Ordering::SeqCst) == 0
     }
@@ -483,12 +505,12 @@ impl LifecycleSink for Webhooks {
             return;
         }
         let Some(tx) = self.dispatcher(&app) else {
-            self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.inner.outcome(&app.id, "dropped", 1);
             tracing::warn!(app = %app.id, event = hook.name, "webhook event after shutdown began: not sent");
             return;
         };
         if tx.try_send(hook).is_err() {
-            self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.inner.outcome(&app.id, "dropped", 1);
             tracing::warn!(app = %app.id, "webhook event queue full: dropping an event");
         }
     }

@@ -3,6 +3,7 @@
 //! Every frame to the client goes through the connection's bounded outbox, so replies and
 //! published events keep the order in which the engine accepted them.
 
+use crate::metrics::ConnCounters;
 use crate::server::Shared;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -73,14 +74,22 @@ pub async fn serve(mut ws: WebSocket, shared: Arc<Shared>, params: ConnectParams
     if shared.draining() {
         return close_with(&mut ws, codes::RECONNECT).await;
     }
+    let app_id = app.id.clone();
     let (conn, outbox) = match engine.connect(app) {
         Ok(c) => c,
-        Err(code) => return close_with(&mut ws, code).await,
+        Err(code) => {
+            shared.metrics.rejected(&app_id, "max_connections");
+            return close_with(&mut ws, code).await;
+        }
     };
     let mut session = Session::new(shared.clone(), conn);
     let code = session.run(&mut ws, outbox).await;
     session.cleanup();
     if let Some(code) = code {
+        if code == codes::SLOW_CONSUMER {
+            shared.metrics.slow_consumer(&app_id);
+            tracing::info!(app = %app_id, socket_id = %session.socket_id, "closing a slow consumer");
+        }
         close_with(&mut ws, code).await;
     }
 }
@@ -119,6 +128,7 @@ impl Rate {
 struct Session {
     shared: Arc<Shared>,
     conn: Arc<Conn>,
+    counters: ConnCounters,
     socket_id: String,
     subs: HashMap<Arc<str>, Sub>,
     user: Option<SignedIn>,
@@ -132,6 +142,7 @@ impl Session {
         let per_sec = f64::from(conn.app.limits.client_event_rate.max(1));
         Self {
             socket_id: conn.socket_id.to_string(),
+            counters: shared.metrics.conn_counters(&conn.app.id),
             shared,
             subs: HashMap::new(),
             user: None,
@@ -176,7 +187,7 @@ impl Session {
                 code = conn.close_requested() => return Some(code),
                 frame = outbox.recv() => {
                     let Some(first) = frame else { return None };
-                    if !write_batch(ws, &conn, first, &mut outbox).await {
+                    if !write_batch(ws, &conn, first, &mut outbox, &self.counters).await {
                         return None;
                     }
                 }
@@ -193,6 +204,8 @@ impl Session {
                         },
                         Some(Ok(_)) => continue,
                     };
+                    self.counters.messages_in.inc();
+                    self.counters.bytes_in.inc_by(text.len() as u64);
                     self.handle(&text);
                 }
                 () = sleep_until(deadline) => {
@@ -271,6 +284,16 @@ impl Session {
         if self.subs.contains_key(ch.as_str()) {
             return self.error(None, &format!("Existing subscription to {ch}"));
         }
+        if self.subs.len() >= app.limits.max_channels_per_connection {
+            self.shared.metrics.rejected(&app.id, "max_channels_per_connection");
+            return self.error(
+                None,
+                &format!(
+                    "Cannot subscribe to {ch}: a connection may be subscribed to at most {} channels",
+                    app.limits.max_channels_per_connection
+                ),
+            );
+        }
         let mut member: Option<MemberData> = None;
         match ch.kind() {
             ChannelKind::Public => {}
@@ -329,7 +352,12 @@ impl Session {
                 }
                 self.subs.insert(ch.arc().clone(), Sub { name: ch, user_id });
             }
-            Err(e) => self.error(None, &e.to_string()),
+            Err(e) => {
+                if matches!(e, herald_core::SubscribeError::PresenceFull { .. }) {
+                    self.shared.metrics.rejected(&app.id, "max_presence_members");
+                }
+                self.error(None, &e.to_string());
+            }
         }
     }
 
@@ -411,6 +439,7 @@ impl Session {
             );
         }
         if !self.rate.allow(Instant::now()) {
+            self.shared.metrics.rejected(&app.id, "client_event_rate");
             return self.error(Some(codes::CLIENT_EVENT_RATE_LIMIT), codes::CLIENT_EVENT_RATE_LIMIT_MSG);
         }
         let user_id = sub.user_id.as_deref().filter(|_| ch.is_presence());
@@ -434,9 +463,16 @@ fn too_big(e: &axum::Error) -> bool {
 }
 
 /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
-async fn write_batch(ws: &mut WebSocket, conn: &Conn, first: Bytes, outbox: &mut Outbound) -> bool {
+async fn write_batch(
+    ws: &mut WebSocket,
+    conn: &Conn,
+    first: Bytes,
+    outbox: &mut Outbound,
+    counters: &ConnCounters,
+) -> bool {
     let mut next = Some(first);
     let mut n = 0;
+    let mut bytes = 0;
     while let Some(frame) = next.take() {
         let len = frame.len();
         // Frames are built from Rust strings, so the check cannot fail; it costs one pass.
@@ -446,9 +482,12 @@ async fn write_batch(ws: &mut WebSocket, conn: &Conn, first: Bytes, outbox: &mut
         }
         conn.sent(len);
         n += 1;
+        bytes += len;
         if n < WRITE_BATCH {
             next = outbox.try_recv().ok();
         }
     }
+    counters.messages_out.inc_by(n as u64);
+    counters.bytes_out.inc_by(bytes as u64);
     ws.flush().await.is_ok()
 }

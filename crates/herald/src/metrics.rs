@@ -1,0 +1,130 @@
+//! Prometheus metrics, labelled by app. Gauges are read from the engine at scrape time, so no
+//! extra bookkeeping runs on the hot path; counters on the hot path are taken per connection once
+//! and incremented per batch.
+
+use herald_core::{Engine, LifecycleEvent, LifecycleSink};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    connections: IntGaugeVec,
+    channels: IntGaugeVec,
+    subscriptions: IntGaugeVec,
+    connections_opened: IntCounterVec,
+    messages_in: IntCounterVec,
+    bytes_in: IntCounterVec,
+    messages_out: IntCounterVec,
+    bytes_out: IntCounterVec,
+    http_requests: IntCounterVec,
+    webhooks: IntCounterVec,
+    slow_consumers: IntCounterVec,
+    rejections: IntCounterVec,
+    adapter_up: IntGauge,
+}
+
+/// Hot-path counters of one connection's app.
+#[derive(Debug, Clone)]
+pub struct ConnCounters {
+    pub messages_in: IntCounter,
+    pub bytes_in: IntCounter,
+    pub messages_out: IntCounter,
+    pub bytes_out: IntCounter,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are valid");
+    reg.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are valid");
+    reg.register(Box::new(g.clone())).expect("metric names are unique");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let adapter_up = IntGauge::new("herald_cluster_adapter_up", "1 while the cluster adapter is connected (always 1 for a single node)")
+            .expect("metric names are valid");
+        r.register(Box::new(adapter_up.clone())).expect("metric names are unique");
+        adapter_up.set(1);
+        Self {
+            connections: gauge(&r, "herald_connections", "Open WebSocket connections", &["app"]),
+            channels: gauge(&r, "herald_channels", "Occupied channels", &["app"]),
+            subscriptions: gauge(&r, "herald_subscriptions", "Channel subscriptions", &["app"]),
+            connections_opened: counter(&r, "herald_connections_opened_total", "WebSocket connections accepted", &["app"]),
+            messages_in: counter(&r, "herald_ws_messages_received_total", "WebSocket messages received from clients", &["app"]),
+            bytes_in: counter(&r, "herald_ws_received_bytes_total", "WebSocket payload bytes received from clients", &["app"]),
+            messages_out: counter(&r, "herald_ws_messages_sent_total", "WebSocket messages sent to clients", &["app"]),
+            bytes_out: counter(&r, "herald_ws_sent_bytes_total", "WebSocket payload bytes sent to clients", &["app"]),
+            http_requests: counter(&r, "herald_http_requests_total", "HTTP API requests by route and status", &["app", "route", "status"]),
+            webhooks: counter(&r, "herald_webhooks_total", "Webhook requests by outcome (delivered, retried, failed, dropped, spooled)", &["app", "outcome"]),
+            slow_consumers: counter(&r, "herald_slow_consumer_disconnects_total", "Connections closed because their outbox overflowed", &["app"]),
+            rejections: counter(&r, "herald_limit_rejections_total", "Requests refused by a limit or rate limit", &["app", "limit"]),
+            adapter_up,
+            registry: r,
+        }
+    }
+
+    /// Reports the cluster adapter's connection state.
+    pub fn set_adapter_up(&self, up: bool) {
+        self.adapter_up.set(i64::from(up));
+    }
+
+    pub fn conn_counters(&self, app: &str) -> ConnCounters {
+        ConnCounters {
+            messages_in: self.messages_in.with_label_values(&[app]),
+            bytes_in: self.bytes_in.with_label_values(&[app]),
+            messages_out: self.messages_out.with_label_values(&[app]),
+            bytes_out: self.bytes_out.with_label_values(&[app]),
+        }
+    }
+
+    pub fn http(&self, app: &str, route: &str, status: u16) {
+        self.http_requests.with_label_values(&[app, route, &status.to_string()]).inc();
+    }
+
+    pub fn webhook(&self, app: &str, outcome: &str) {
+        self.webhooks.with_label_values(&[app, outcome]).inc();
+    }
+
+    pub fn slow_consumer(&self, app: &str) {
+        self.slow_consumers.with_label_values(&[app]).inc();
+    }
+
+    /// A limit refused something: `limit` names which (client_event_rate, api_rate, …).
+    pub fn rejected(&self, app: &str, limit: &str) {
+        self.rejections.with_label_values(&[app, limit]).inc();
+    }
+
+    /// Renders the text exposition format, reading gauges from the engine first.
+    pub fn render(&self, engine: &Engine) -> String {
+        for app in engine.apps().all() {
+            let (channels, subs) = engine.channel_totals(&app.id);
+            self.connections.with_label_values(&[&app.id]).set(engine.connection_count(&app.id) as i64);
+            self.channels.with_label_values(&[&app.id]).set(channels as i64);
+            self.subscriptions.with_label_values(&[&app.id]).set(subs as i64);
+        }
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl LifecycleSink for Metrics {
+    fn emit(&self, event: &LifecycleEvent) {
+        if let LifecycleEvent::Connected { app, .. } = event {
+            self.connections_opened.with_label_values(&[app]).inc();
+        }
+    }
+}
