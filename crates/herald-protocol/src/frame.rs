@@ -62,13 +62,23 @@ impl std::fmt::Display for FrameError {
     }
 }
 
+/// serde reads structs from JSON arrays too; the protocol only has objects.
+pub fn is_object(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+}
+
+/// Keeps a present `data` member even when it is `null` (Option alone would drop it).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
     event: std::borrow::Cow<'a, str>,
     #[serde(default)]
     channel: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
 }
 
@@ -88,11 +98,12 @@ struct ProtocolData {
 
 fn protocol_data(raw: Option<&RawValue>) -> ProtocolData {
     let Some(raw) = raw else { return ProtocolData::default() };
-    if let Ok(d) = serde_json::from_str::<ProtocolData>(raw.get()) {
-        return d;
+    if is_object(raw.get()) {
+        return serde_json::from_str::<ProtocolData>(raw.get()).unwrap_or_default();
     }
     serde_json::from_str::<String>(raw.get())
         .ok()
+        .filter(|s| is_object(s))
         .and_then(|s| serde_json::from_str::<ProtocolData>(&s).ok())
         .unwrap_or_default()
 }
@@ -116,6 +127,9 @@ fn string_value(v: Option<serde_json::Value>) -> Option<String> {
 
 /// Decodes one text frame.
 pub fn decode(text: &str) -> Result<ClientMessage, FrameError> {
+    if !is_object(text) {
+        return Err(FrameError::InvalidJson);
+    }
     let env: Envelope<'_> = serde_json::from_str(text).map_err(|_| FrameError::InvalidJson)?;
     let event = env.event;
     Ok(match &*event {
@@ -192,8 +206,24 @@ mod tests {
     }
 
     #[test]
+    fn null_data_is_kept() {
+        let ClientMessage::ClientEvent { data, .. } =
+            decode(r#"{"event":"client-x","channel":"private-a","data":null}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(data.unwrap().get(), "null");
+        let ClientMessage::ClientEvent { data, .. } =
+            decode(r#"{"event":"client-x","channel":"private-a"}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert!(data.is_none());
+    }
+
+    #[test]
     fn bad_frames() {
-        for bad in ["", "nope", "[]", "{}", r#"{"event":1}"#, r#"{"event":"x","data":"#] {
+        for bad in ["", "nope", "[]", r#"["pusher:ping"]"#, "{}", r#"{"event":1}"#, r#"{"event":"x","data":"#] {
             assert_eq!(decode(bad), Err(FrameError::InvalidJson), "{bad}");
         }
         assert_eq!(

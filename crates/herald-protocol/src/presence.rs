@@ -40,6 +40,9 @@ pub struct PresenceLimits {
 
 /// Parses `channel_data`; the error text completes `Invalid channel_data: …`.
 pub fn parse_channel_data(text: &str, limits: PresenceLimits) -> Result<MemberData, String> {
+    if !crate::frame::is_object(text) {
+        return Err("channel_data must be a JSON object with a user_id".to_owned());
+    }
     let wire: Wire = serde_json::from_str(text)
         .map_err(|_| "channel_data must be a JSON object with a user_id".to_owned())?;
     let raw_id = wire.user_id.ok_or("channel_data must include user_id")?;
@@ -89,6 +92,7 @@ mod tests {
         for bad in [
             "",
             "[]",
+            "[1]",
             "{}",
             r#"{"user_id":null}"#,
             r#"{"user_id":true}"#,

@@ -26,6 +26,9 @@ struct Wire {
 
 /// Parses `user_data`; the error text completes `Invalid user_data: …`.
 pub fn parse_user_data(text: &str, max_watchlist: usize) -> Result<UserData, String> {
+    if !crate::frame::is_object(text) {
+        return Err("user_data must be a JSON object".to_owned());
+    }
     let wire: Wire =
         serde_json::from_str(text).map_err(|_| "user_data must be a JSON object".to_owned())?;
     let id = match wire.id {
@@ -70,7 +73,7 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in ["x", "[]", "{}", r#"{"id":7}"#, r#"{"id":""}"#, r#"{"id":"1","watchlist":"a"}"#] {
+        for bad in ["x", "[]", r#"["id"]"#, "{}", r#"{"id":7}"#, r#"{"id":""}"#, r#"{"id":"1","watchlist":"a"}"#] {
             assert!(parse_user_data(bad, 100).is_err(), "{bad}");
         }
     }
