@@ -1,7 +1,7 @@
 //! The registry: the one module that mutates live state.
 
 use crate::app::{App, AppStore};
-use crate::cluster::ClusterAdapter;
+use crate::cluster::{ClusterAdapter, ClusterNote};
 use crate::conn::{Conn, Frame, Outbound};
 use crate::lifecycle::{LifecycleEvent, LifecycleSink};
 use herald_protocol::presence::MemberData;
@@ -295,6 +295,20 @@ impl Engine {
         channel: &ChannelName,
         member: Option<MemberData>,
     ) -> Result<Subscribed, SubscribeError> {
+        self.subscribe_with(conn, channel, member, &[])
+    }
+
+    /// As [`Engine::subscribe`]; `remote_members` (user id, raw user_info) are members present on
+    /// other nodes, merged into the presence snapshot.
+    pub fn subscribe_with(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+        member: Option<MemberData>,
+        remote_members: &[(String, String)],
+    ) -> Result<Subscribed, SubscribeError> {
+        let clustered = self.inner.adapter.clustered();
+        let mut notes: Vec<ClusterNote> = Vec::new();
         let st = self.state(&conn.app.id);
         let now = Instant::now();
         let mut shard = st.shard(channel.as_str()).lock();
@@ -308,15 +322,29 @@ impl Engine {
         let mut added_member = None;
         if let (true, Some(m)) = (channel.is_presence(), member) {
             let uid: Arc<str> = Arc::from(m.user_id.as_str());
+            let info_note: Arc<str> = Arc::from(m.user_info.get());
             match ch.members.get_mut(&uid) {
                 Some(existing) => {
                     existing.conns += 1;
                     // The latest user_info wins for later snapshots; members hear nothing.
                     existing.info = m.user_info;
+                    if clustered {
+                        notes.push(ClusterNote::MemberCount {
+                            app: st.id.clone(),
+                            channel: channel.clone(),
+                            user_id: uid.clone(),
+                            count: existing.conns,
+                            info: info_note,
+                            socket_id: conn.socket_id,
+                        });
+                    }
                 }
                 None => {
                     let max = conn.app.limits.max_presence_members;
-                    if ch.members.len() >= max {
+                    let known_remotely = remote_members.iter().any(|(id, _)| **id == *uid);
+                    let present = ch.members.len()
+                        + remote_members.iter().filter(|(id, _)| !ch.members.contains_key(id.as_str())).count();
+                    if present >= max && !known_remotely {
                         if ch.is_dead(now) {
                             shard.remove(channel.as_str());
                         }
@@ -325,10 +353,22 @@ impl Engine {
                             max,
                         });
                     }
-                    let frame: Frame = encode::member_added(channel.as_str(), &uid, &m.user_info).into();
-                    ch.broadcast(&frame, None);
+                    if clustered {
+                        // The adapter decides whether the user is new to the cluster.
+                        notes.push(ClusterNote::MemberCount {
+                            app: st.id.clone(),
+                            channel: channel.clone(),
+                            user_id: uid.clone(),
+                            count: 1,
+                            info: info_note,
+                            socket_id: conn.socket_id,
+                        });
+                    } else {
+                        let frame: Frame = encode::member_added(channel.as_str(), &uid, &m.user_info).into();
+                        ch.broadcast(&frame, None);
+                        added_member = Some(uid.clone());
+                    }
                     ch.members.insert(uid.clone(), Member { conns: 1, info: m.user_info });
-                    added_member = Some(uid.clone());
                 }
             }
             user_id = Some(uid);
@@ -337,11 +377,14 @@ impl Engine {
         let occupied = ch.subs.len() == 1;
 
         let succeeded: Frame = if channel.is_presence() {
-            encode::presence_succeeded(
-                channel.as_str(),
-                ch.members.iter().map(|(id, m)| (&**id, &*m.info)).collect::<Vec<_>>().into_iter(),
-            )
-            .into()
+            let remote: Vec<(&str, Box<RawValue>)> = remote_members
+                .iter()
+                .filter(|(id, _)| !ch.members.contains_key(id.as_str()))
+                .filter_map(|(id, info)| RawValue::from_string(info.clone()).ok().map(|r| (id.as_str(), r)))
+                .collect();
+            let mut all: Vec<(&str, &RawValue)> = ch.members.iter().map(|(id, m)| (&**id, &*m.info)).collect();
+            all.extend(remote.iter().map(|(id, r)| (*id, &**r)));
+            encode::presence_succeeded(channel.as_str(), all.into_iter()).into()
         } else {
             encode::subscription_succeeded(channel.as_str()).into()
         };
@@ -358,8 +401,21 @@ impl Engine {
                 }
             }
         }
-        self.after_count_change(&st, ch);
+        if clustered {
+            if !channel.is_internal() {
+                notes.push(ClusterNote::ChannelCount {
+                    app: st.id.clone(),
+                    channel: channel.clone(),
+                    count: ch.subs.len(),
+                });
+            }
+        } else {
+            self.after_count_change(&st, ch);
+        }
         drop(shard);
+        for n in notes {
+            self.inner.adapter.note(n);
+        }
 
         if !channel.is_internal() {
             let app = &st.id;
@@ -369,7 +425,7 @@ impl Engine {
                 channel: name.clone(),
                 socket_id: conn.socket_id,
             });
-            if occupied {
+            if occupied && !clustered {
                 self.emit(|| LifecycleEvent::ChannelOccupied { app: app.clone(), channel: name.clone() });
             }
             if let Some(uid) = added_member {
@@ -393,25 +449,51 @@ impl Engine {
         let mut shard = st.shard(channel.as_str()).lock();
         let Some(ch) = shard.get_mut(channel.as_str()) else { return };
         let Some(sub) = ch.subs.remove(&conn.socket_id) else { return };
+        let clustered = self.inner.adapter.clustered();
+        let mut notes: Vec<ClusterNote> = Vec::new();
         let mut removed_member = None;
         if let Some(uid) = sub.user_id {
             if let Some(m) = ch.members.get_mut(&uid) {
                 m.conns -= 1;
-                if m.conns == 0 {
+                let left = m.conns;
+                if clustered {
+                    notes.push(ClusterNote::MemberCount {
+                        app: st.id.clone(),
+                        channel: channel.clone(),
+                        user_id: uid.clone(),
+                        count: left,
+                        info: Arc::from(m.info.get()),
+                        socket_id: conn.socket_id,
+                    });
+                }
+                if left == 0 {
                     ch.members.remove(&uid);
-                    ch.broadcast(&encode::member_removed(channel.as_str(), &uid).into(), None);
-                    removed_member = Some(uid);
+                    if !clustered {
+                        ch.broadcast(&encode::member_removed(channel.as_str(), &uid).into(), None);
+                        removed_member = Some(uid);
+                    }
                 }
             }
         }
-        let vacated = ch.subs.is_empty();
-        if !vacated {
+        let vacated = ch.subs.is_empty() && !clustered;
+        if clustered {
+            if !channel.is_internal() {
+                notes.push(ClusterNote::ChannelCount {
+                    app: st.id.clone(),
+                    channel: channel.clone(),
+                    count: ch.subs.len(),
+                });
+            }
+        } else if !vacated {
             self.after_count_change(&st, ch);
         }
         if ch.is_dead(now) {
             shard.remove(channel.as_str());
         }
         drop(shard);
+        for n in notes {
+            self.inner.adapter.note(n);
+        }
         if !channel.is_internal() {
             let app = &st.id;
             let name = channel.arc();
@@ -511,7 +593,8 @@ impl Engine {
                 ch.broadcast(&frame, except);
             }
         }
-        self.inner.adapter.publish_remote(app_id, channel.as_str(), &frame, except);
+        let cache = channel.is_cache().then_some((data, cache_ttl));
+        self.inner.adapter.publish_remote(app_id, channel.as_str(), &frame, except, cache);
         self.emit(|| LifecycleEvent::ApiPublish {
             app: st.id.clone(),
             channel: channel.arc().clone(),
@@ -535,7 +618,7 @@ impl Engine {
         if let Some(ch) = st.shard(channel.as_str()).lock().get(channel.as_str()) {
             ch.broadcast(&frame, Some(conn.socket_id));
         }
-        self.inner.adapter.publish_remote(&st.id, channel.as_str(), &frame, Some(conn.socket_id));
+        self.inner.adapter.publish_remote(&st.id, channel.as_str(), &frame, Some(conn.socket_id), None);
         self.emit(|| {
             // Webhooks carry data as a string: a JSON string's content, else the compact JSON.
             let text = match data {
@@ -590,6 +673,11 @@ impl Engine {
     /// Records a sign-in. Queues the watchlist statuses for this connection (when the app has
     /// watchlist events on) and tells watchers when the user just came online.
     pub fn signin(&self, conn: &Arc<Conn>, user_id: &str, watchlist: &[String]) {
+        self.signin_with(conn, user_id, watchlist, &[]);
+    }
+
+    /// As [`Engine::signin`]; `remote_online` lists watched users online on other nodes.
+    pub fn signin_with(&self, conn: &Arc<Conn>, user_id: &str, watchlist: &[String], remote_online: &[String]) {
         let st = self.state(&conn.app.id);
         let watch = conn.app.enable_watchlist_events;
         let mut users = st.users.lock();
@@ -597,6 +685,7 @@ impl Engine {
         let conns = users.signed_in.entry(uid.clone()).or_default();
         let came_online = conns.is_empty();
         conns.push(conn.clone());
+        let count = conns.len();
         for w in watchlist {
             *users
                 .watchers
@@ -605,17 +694,21 @@ impl Engine {
                 .entry(uid.clone())
                 .or_default() += 1;
         }
+        let clustered = self.inner.adapter.clustered();
+        if clustered {
+            self.inner.adapter.note(ClusterNote::UserCount { app: st.id.clone(), user_id: uid.clone(), count });
+        }
         if !watch {
             return;
         }
         if !watchlist.is_empty() {
-            let (online, offline): (Vec<&str>, Vec<&str>) = watchlist
-                .iter()
-                .map(String::as_str)
-                .partition(|w| users.signed_in.get(*w).is_some_and(|c| !c.is_empty()));
+            let (online, offline): (Vec<&str>, Vec<&str>) = watchlist.iter().map(String::as_str).partition(|w| {
+                users.signed_in.get(*w).is_some_and(|c| !c.is_empty())
+                    || remote_online.iter().any(|r| r == w)
+            });
             conn.send(&encode::watchlist_events(&online, &offline).into());
         }
-        if came_online {
+        if came_online && !clustered {
             let frame: Frame = encode::watchlist_events(&[user_id], &[]).into();
             notify_watchers(&users, user_id, &frame, Some(conn.socket_id));
         }
@@ -625,12 +718,22 @@ impl Engine {
         let st = self.state(&conn.app.id);
         let mut users = st.users.lock();
         let mut went_offline = false;
+        let mut left = 0;
         if let Some(conns) = users.signed_in.get_mut(user_id) {
             conns.retain(|c| c.socket_id != conn.socket_id);
+            left = conns.len();
             if conns.is_empty() {
                 users.signed_in.remove(user_id);
                 went_offline = true;
             }
+        }
+        let clustered = self.inner.adapter.clustered();
+        if clustered {
+            self.inner.adapter.note(ClusterNote::UserCount {
+                app: st.id.clone(),
+                user_id: Arc::from(user_id),
+                count: left,
+            });
         }
         for w in watchlist {
             if let Some(by) = users.watchers.get_mut(w.as_str()) {
@@ -645,14 +748,20 @@ impl Engine {
                 }
             }
         }
-        if went_offline && conn.app.enable_watchlist_events {
+        if went_offline && !clustered && conn.app.enable_watchlist_events {
             let frame: Frame = encode::watchlist_events(&[], &[user_id]).into();
             notify_watchers(&users, user_id, &frame, None);
         }
     }
 
-    /// Closes every connection signed in as `user_id` with 4009; returns how many.
+    /// Closes every connection signed in as `user_id` with 4009, on every node.
     pub fn terminate_user(&self, app_id: &str, user_id: &str) -> usize {
+        self.inner.adapter.terminate_remote(app_id, user_id);
+        self.terminate_user_local(app_id, user_id)
+    }
+
+    /// Closes this node's connections signed in as `user_id` with 4009; returns how many.
+    pub fn terminate_user_local(&self, app_id: &str, user_id: &str) -> usize {
         let st = self.state(app_id);
         let users = st.users.lock();
         let conns = users.signed_in.get(user_id).map(Vec::as_slice).unwrap_or_default();
@@ -692,6 +801,88 @@ impl Engine {
     /// Open connections across all apps.
     pub fn total_connections(&self) -> u64 {
         self.inner.states.read().values().map(|s| s.connections.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Delivers a frame to this node's subscribers of `channel` (a clustered adapter's inbound
+    /// path); stores it as the channel's cached event when `cache` is given.
+    pub fn deliver_local(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+        frame: &Frame,
+        except: Option<SocketId>,
+        cache: Option<(&str, Duration)>,
+    ) {
+        let st = self.state(app_id);
+        let mut shard = st.shard(channel.as_str()).lock();
+        if let Some((data, ttl)) = cache {
+            let ch = shard.entry(channel.arc().clone()).or_insert_with(|| Channel::new(channel.clone()));
+            ch.cache = Some(Cached { frame: frame.clone(), data: Arc::from(data), expires: Instant::now() + ttl });
+        }
+        if let Some(ch) = shard.get(channel.as_str()) {
+            ch.broadcast(frame, except);
+        }
+    }
+
+    /// Runs the lifecycle sinks for a cluster-wide event an adapter decided.
+    pub fn emit_event(&self, event: LifecycleEvent) {
+        self.emit(|| event);
+    }
+
+    /// Sends a watchlist status change of `user_id` to this node's watchers of that user.
+    pub fn notify_watchers_local(&self, app_id: &str, user_id: &str, online: bool) {
+        let Some(app) = self.inner.apps.by_id(app_id) else { return };
+        if !app.enable_watchlist_events {
+            return;
+        }
+        let st = self.state(app_id);
+        let users = st.users.lock();
+        let frame: Frame = if online {
+            encode::watchlist_events(&[user_id], &[])
+        } else {
+            encode::watchlist_events(&[], &[user_id])
+        }
+        .into();
+        notify_watchers(&users, user_id, &frame, None);
+    }
+
+    /// This node's counts, for a clustered adapter to (re)write its share of the shared state.
+    pub fn local_notes(&self) -> Vec<ClusterNote> {
+        let states: Vec<Arc<AppState>> = self.inner.states.read().values().cloned().collect();
+        let mut out = Vec::new();
+        for st in states {
+            for shard in st.shards.iter() {
+                for ch in shard.lock().values() {
+                    if ch.name.is_internal() || ch.subs.is_empty() {
+                        continue;
+                    }
+                    out.push(ClusterNote::ChannelCount {
+                        app: st.id.clone(),
+                        channel: ch.name.clone(),
+                        count: ch.subs.len(),
+                    });
+                    for (uid, m) in &ch.members {
+                        let socket_id = ch
+                            .subs
+                            .iter()
+                            .find(|(_, s)| s.user_id.as_deref() == Some(&**uid))
+                            .map_or(SocketId::new(0, 0), |(id, _)| *id);
+                        out.push(ClusterNote::MemberCount {
+                            app: st.id.clone(),
+                            channel: ch.name.clone(),
+                            user_id: uid.clone(),
+                            count: m.conns,
+                            info: Arc::from(m.info.get()),
+                            socket_id,
+                        });
+                    }
+                }
+            }
+            for (uid, conns) in &st.users.lock().signed_in {
+                out.push(ClusterNote::UserCount { app: st.id.clone(), user_id: uid.clone(), count: conns.len() });
+            }
+        }
+        out
     }
 
     /// Drops expired cache entries of channels nobody is subscribed to.

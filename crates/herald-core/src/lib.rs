@@ -13,7 +13,7 @@ mod engine;
 mod lifecycle;
 
 pub use app::{App, AppStore, StaticAppStore, WebhookFilter, WebhookTarget, WEBHOOK_EVENT_TYPES};
-pub use cluster::{ClusterAdapter, LocalAdapter};
+pub use cluster::{ClusterAdapter, ClusterNote, LocalAdapter};
 pub use conn::{Conn, Frame, Outbound, OUTBOX_MAX_BYTES, OUTBOX_MAX_FRAMES};
 pub use engine::{ChannelStats, Engine, EngineConfig, SubscribeError, Subscribed};
 pub use lifecycle::{LifecycleEvent, LifecycleSink};

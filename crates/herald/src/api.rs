@@ -1,6 +1,7 @@
 //! The HTTP API: request authentication and a transport-free executor. Routes (current and
 //! deprecated) and the console are thin adapters onto [`Executor`].
 
+use crate::cluster_redis::RedisAdapter;
 use herald_core::{App, ChannelStats, Engine};
 use herald_protocol::api::{self, ApiError, Info, Trigger};
 use herald_protocol::{sign, time, ChannelName};
@@ -107,15 +108,68 @@ pub fn authenticate(
     Ok((app, pairs))
 }
 
-/// Runs API operations against the engine; knows nothing of HTTP.
+/// Runs API operations against the engine; knows nothing of HTTP. With a cluster adapter, counts
+/// come from the cluster's shared state instead of this node's.
 #[derive(Debug, Clone)]
 pub struct Executor {
     engine: Engine,
+    cluster: Option<RedisAdapter>,
 }
 
 impl Executor {
-    pub fn new(engine: Engine) -> Self {
-        Self { engine }
+    pub fn new(engine: Engine, cluster: Option<RedisAdapter>) -> Self {
+        Self { engine, cluster }
+    }
+
+    /// Counts of one channel: cluster-wide when clustered (this node's if Redis is unreachable).
+    pub async fn stats(&self, app: &App, ch: &ChannelName) -> ChannelStats {
+        let mut s = self.engine.stats(&app.id, ch);
+        if let Some(c) = &self.cluster {
+            match c.channel_count(&app.id, ch.as_str()).await {
+                Ok((subs, users)) => {
+                    s.subscription_count = subs;
+                    s.user_count = users;
+                    s.occupied = subs > 0;
+                }
+                Err(e) => tracing::warn!(error = %e, "cluster read failed; answering with this node's counts"),
+            }
+        }
+        s
+    }
+
+    async fn channel_list(&self, app: &App, prefix: &str) -> Vec<(String, ChannelStats)> {
+        if let Some(c) = &self.cluster {
+            match c.channel_counts(&app.id).await {
+                Ok(counts) => {
+                    let mut out: Vec<(String, ChannelStats)> = Vec::new();
+                    for (name, n) in counts.into_iter().filter(|(n, c)| *c > 0 && n.starts_with(prefix)) {
+                        let user_count = if name.starts_with("presence-") {
+                            c.channel_count(&app.id, &name).await.map_or(0, |(_, u)| u)
+                        } else {
+                            0
+                        };
+                        out.push((
+                            name,
+                            ChannelStats { occupied: true, subscription_count: n, user_count, cache: None },
+                        ));
+                    }
+                    out.sort_by(|a, b| a.0.cmp(&b.0));
+                    return out;
+                }
+                Err(e) => tracing::warn!(error = %e, "cluster read failed; answering with this node's channels"),
+            }
+        }
+        self.engine.channels(&app.id, prefix).into_iter().map(|(n, s)| (n.to_string(), s)).collect()
+    }
+
+    async fn member_ids(&self, app: &App, ch: &ChannelName) -> Vec<String> {
+        if let Some(c) = &self.cluster {
+            match c.members(&app.id, ch.as_str()).await {
+                Ok(m) => return m.into_iter().map(|(id, _)| id).collect(),
+                Err(e) => tracing::warn!(error = %e, "cluster read failed; answering with this node's members"),
+            }
+        }
+        self.engine.members(&app.id, ch).iter().map(|id| id.to_string()).collect()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -150,28 +204,25 @@ impl Executor {
     }
 
     /// `POST /events`.
-    pub fn trigger(&self, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn trigger(&self, app: &App, body: &[u8]) -> Result<Value, ApiError> {
         let t = api::parse_trigger(body, &app.limits)?;
         Self::check_info(app, t.info)?;
         self.publish(app, &t);
         Ok(match t.info.filter(Info::any) {
             None => json!({}),
             Some(info) => {
-                let channels: Map<String, Value> = t
-                    .channels
-                    .iter()
-                    .map(|ch| {
-                        let s = self.engine.stats(&app.id, ch);
-                        (ch.to_string(), Value::Object(self.info_object(app, ch, info, &s)))
-                    })
-                    .collect();
+                let mut channels = Map::new();
+                for ch in &t.channels {
+                    let s = self.stats(app, ch).await;
+                    channels.insert(ch.to_string(), Value::Object(self.info_object(app, ch, info, &s)));
+                }
                 json!({ "channels": channels })
             }
         })
     }
 
     /// `POST /batch_events`.
-    pub fn trigger_batch(&self, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn trigger_batch(&self, app: &App, body: &[u8]) -> Result<Value, ApiError> {
         let batch = api::parse_batch(body, &app.limits)?;
         for t in &batch {
             Self::check_info(app, t.info)?;
@@ -182,17 +233,17 @@ impl Executor {
         if !batch.iter().any(|t| t.info.is_some()) {
             return Ok(json!({}));
         }
-        let items: Vec<Value> = batch
-            .iter()
-            .map(|t| match t.info {
+        let mut items: Vec<Value> = Vec::with_capacity(batch.len());
+        for t in &batch {
+            items.push(match t.info {
                 None => json!({}),
                 Some(info) => {
                     let ch = &t.channels[0];
-                    let s = self.engine.stats(&app.id, ch);
+                    let s = self.stats(app, ch).await;
                     Value::Object(self.info_object(app, ch, info, &s))
                 }
-            })
-            .collect();
+            });
+        }
         Ok(json!({ "batch": items }))
     }
 
@@ -224,7 +275,7 @@ impl Executor {
     }
 
     /// `GET /channels`.
-    pub fn channels(&self, app: &App, query: &[(String, String)]) -> Result<Value, ApiError> {
+    pub async fn channels(&self, app: &App, query: &[(String, String)]) -> Result<Value, ApiError> {
         let param = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
         let prefix = param("filter_by_prefix").unwrap_or("");
         let info = Info::parse(param("info").unwrap_or(""));
@@ -235,8 +286,8 @@ impl Executor {
         }
         Self::check_info(app, Some(info))?;
         let channels: Map<String, Value> = self
-            .engine
-            .channels(&app.id, prefix)
+            .channel_list(app, prefix)
+            .await
             .into_iter()
             .map(|(name, s)| {
                 let mut o = Map::new();
@@ -253,7 +304,7 @@ impl Executor {
     }
 
     /// `GET /channels/{c}`.
-    pub fn channel(&self, app: &App, name: &str, query: &[(String, String)]) -> Result<Value, ApiError> {
+    pub async fn channel(&self, app: &App, name: &str, query: &[(String, String)]) -> Result<Value, ApiError> {
         let ch = api::check_channel(name, &app.limits)?;
         let param = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
         let info = Info::parse(param("info").unwrap_or(""));
@@ -266,7 +317,7 @@ impl Executor {
             return Err(ApiError::bad_request("Cannot retrieve cache unless the channel is a cache channel"));
         }
         Self::check_info(app, Some(info))?;
-        let s = self.engine.stats(&app.id, &ch);
+        let s = self.stats(app, &ch).await;
         let mut o = Map::new();
         o.insert("occupied".into(), json!(s.occupied));
         if info.user_count {
@@ -286,9 +337,9 @@ impl Executor {
     }
 
     /// Deprecated `GET /channels/{c}/stats`.
-    pub fn channel_stats(&self, app: &App, name: &str) -> Result<Value, ApiError> {
+    pub async fn channel_stats(&self, app: &App, name: &str) -> Result<Value, ApiError> {
         let ch = api::check_channel(name, &app.limits)?;
-        let s = self.engine.stats(&app.id, &ch);
+        let s = self.stats(app, &ch).await;
         let mut o = Map::new();
         o.insert("occupied".into(), json!(s.occupied));
         if ch.is_presence() {
@@ -299,13 +350,13 @@ impl Executor {
     }
 
     /// `GET /channels/{c}/users`.
-    pub fn users(&self, app: &App, name: &str) -> Result<Value, ApiError> {
+    pub async fn users(&self, app: &App, name: &str) -> Result<Value, ApiError> {
         let ch = api::check_channel(name, &app.limits)?;
         if !ch.is_presence() {
             return Err(ApiError::bad_request("Users can only be retrieved for presence channels"));
         }
         let users: Vec<Value> =
-            self.engine.members(&app.id, &ch).iter().map(|id| json!({ "id": &**id })).collect();
+            self.member_ids(app, &ch).await.iter().map(|id| json!({ "id": id })).collect();
         Ok(json!({ "users": users }))
     }
 

@@ -100,6 +100,21 @@ impl Default for StoreConfig {
     }
 }
 
+/// Redis for scale-out (`[redis]`, `HERALD_REDIS_*`); used when `adapter = "redis"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every key and channel, so several deployments can share one Redis.
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { url: "redis://127.0.0.1:6379".into(), prefix: "herald".into() }
+    }
+}
+
 /// Prometheus metrics (`[metrics]`, `HERALD_METRICS_*`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -142,6 +157,11 @@ pub struct ConsoleConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `local` (one node, the default) or `redis` (many nodes joined through Redis).
+    #[serde(default = "local_adapter")]
+    pub adapter: String,
+    #[serde(default)]
+    pub redis: RedisConfig,
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
@@ -159,9 +179,15 @@ pub struct Config {
     pub apps: Vec<App>,
 }
 
+fn local_adapter() -> String {
+    "local".into()
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
+            adapter: local_adapter(),
+            redis: RedisConfig::default(),
             server: ServerConfig::default(),
             webhooks: WebhookSettings::default(),
             console: ConsoleConfig::default(),
@@ -177,7 +203,7 @@ impl Default for Config {
 const NOT_SETTINGS: &[&str] = &["HERALD_LOG", "HERALD_CONFIG", "HERALD_BIN"];
 
 /// Sections that `HERALD_<SECTION>_<KEY>` may address.
-const SECTIONS: &[&str] = &["server", "webhooks", "console", "store", "metrics", "tls"];
+const SECTIONS: &[&str] = &["server", "webhooks", "console", "store", "metrics", "tls", "redis"];
 
 impl Config {
     /// Loads from an optional TOML text and an environment (name, value) list.
@@ -207,6 +233,7 @@ impl Config {
             let rest = &name["HERALD_".len()..];
             let (table_path, key): (Vec<String>, String) = match rest {
                 "HOST" => (vec!["server".into()], "host".into()),
+                "ADAPTER" => (vec![], "adapter".into()),
                 "PORT" => (vec!["server".into()], "port".into()),
                 _ if rest.starts_with("DEFAULT_APP_") => {
                     if file_has_apps {
@@ -279,6 +306,9 @@ impl Config {
                     ));
                 }
             }
+            if a.id.contains(char::is_whitespace) || a.key.contains(char::is_whitespace) {
+                return Err(format!("invalid configuration: apps[{i}] id and key may not contain spaces or newlines"));
+            }
             if a.id.contains('/') || a.key.contains('/') {
                 return Err(format!("invalid configuration: apps[{i}] id and key may not contain '/'"));
             }
@@ -295,6 +325,12 @@ impl Config {
                 "invalid configuration: server.path_prefix `{}` must start with '/' and not end with '/'",
                 s.path_prefix
             ));
+        }
+        if !matches!(self.adapter.as_str(), "local" | "redis") {
+            return Err(format!("invalid configuration: adapter `{}` must be \"local\" or \"redis\"", self.adapter));
+        }
+        if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
+            return Err("invalid configuration: redis.prefix must be a non-empty word".into());
         }
         if !matches!(self.store.kind.as_str(), "config" | "sqlite" | "postgres") {
             return Err(format!(

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster_redis;
 pub mod config;
 pub mod console;
 pub mod metrics;

@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use crate::cluster_redis::RedisAdapter;
 use crate::console::Console;
 use crate::metrics::Metrics;
 use crate::store::OpenedStore;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub executor: Executor,
     pub config: Config,
     pub store: OpenedStore,
+    /// The Redis adapter when nodes are joined (`adapter = "redis"`).
+    pub cluster: Option<RedisAdapter>,
     /// Connections arrive over TLS (the server terminates it).
     pub tls: bool,
     draining: AtomicBool,
@@ -54,21 +57,28 @@ struct Bucket {
 }
 
 impl Shared {
-    pub fn new(config: Config, store: OpenedStore) -> Arc<Self> {
+    /// Builds the shared state; with `adapter = "redis"` this starts the adapter's tasks.
+    pub fn new(config: Config, store: OpenedStore) -> Result<Arc<Self>, String> {
         let metrics = Arc::new(Metrics::new());
         let webhooks = Webhooks::new(config.webhooks.clone(), store.store.clone(), Some(metrics.clone()));
         let console = Arc::new(Console::new());
-        let engine = Engine::new(
-            store.store.clone(),
-            Arc::new(LocalAdapter::new()),
-            vec![Arc::new(webhooks.clone()), console.clone(), metrics.clone()],
-            EngineConfig::default(),
-        );
-        Arc::new(Self {
+        let sinks: Vec<Arc<dyn herald_core::LifecycleSink>> =
+            vec![Arc::new(webhooks.clone()), console.clone(), metrics.clone()];
+        let (engine, cluster) = if config.adapter == "redis" {
+            let (adapter, rx) = RedisAdapter::new(&config.redis.url, &config.redis.prefix, metrics.clone())?;
+            let engine = Engine::new(store.store.clone(), Arc::new(adapter.clone()), sinks, EngineConfig::default());
+            adapter.start(engine.clone(), rx);
+            (engine, Some(adapter))
+        } else {
+            let engine = Engine::new(store.store.clone(), Arc::new(LocalAdapter::new()), sinks, EngineConfig::default());
+            (engine, None)
+        };
+        Ok(Arc::new(Self {
             webhooks,
             console,
             metrics,
-            executor: Executor::new(engine.clone()),
+            cluster: cluster.clone(),
+            executor: Executor::new(engine.clone(), cluster),
             engine,
             tls: config.tls.enabled(),
             config,
@@ -76,7 +86,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             connections: TaskTracker::new(),
             api_buckets: Mutex::new(HashMap::new()),
-        })
+        }))
     }
 
     pub fn draining(&self) -> bool {
@@ -185,12 +195,12 @@ async fn api_call(
     let x = &shared.executor;
     let name = name.unwrap_or("");
     let result = match op {
-        Op::Trigger => x.trigger(&app, &body),
-        Op::Batch => x.trigger_batch(&app, &body),
-        Op::Channels => x.channels(&app, &query),
-        Op::Channel => x.channel(&app, name, &query),
-        Op::Users => x.users(&app, name),
-        Op::Stats => x.channel_stats(&app, name),
+        Op::Trigger => x.trigger(&app, &body).await,
+        Op::Batch => x.trigger_batch(&app, &body).await,
+        Op::Channels => x.channels(&app, &query).await,
+        Op::Channel => x.channel(&app, name, &query).await,
+        Op::Users => x.users(&app, name).await,
+        Op::Stats => x.channel_stats(&app, name).await,
         Op::RawTrigger => x.trigger_raw(&app, name, &query, &body),
         Op::Terminate => x.terminate(&app, name),
     };
@@ -337,6 +347,8 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): AppState) -> Response {
     if s.draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if s.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "cluster adapter not connected\n").into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }
@@ -414,7 +426,7 @@ pub async fn run_with(
     } else {
         None
     };
-    let shared = Shared::new(config, store);
+    let shared = Shared::new(config, store).map_err(std::io::Error::other)?;
     shared.webhooks.load_spool();
     let mut background = vec![{
         let engine = shared.engine.clone();

@@ -387,6 +387,13 @@ impl Webhooks {
         let window_end = d.created_ms + self.inner.settings.retry_window_secs * 1000;
         let mut wait = Duration::from_secs(1);
         loop {
+            if now_ms() > window_end {
+                // Receivers reject stale bodies (pusher-http-python: older than 5 minutes).
+                self.inner.outcome(&d.app_id, "failed", 1);
+                tracing::warn!(app = %d.app_id, url = %d.url, "webhook not sent: its retry window is over");
+                return;
+            }
+            let remaining = Duration::from_millis(window_end.saturating_sub(now_ms()));
             let mut req = self
                 .inner
                 .client
@@ -394,6 +401,8 @@ impl Webhooks {
                 .header("Content-Type", "application/json")
                 .header("X-Pusher-Key", &d.key)
                 .header("X-Pusher-Signature", &d.signature)
+                // No attempt may still be running when the window closes.
+                .timeout(remaining.min(Duration::from_millis(self.inner.settings.request_timeout_ms)).max(Duration::from_millis(1)))
                 .body(d.body.clone());
             for (k, v) in &d.headers {
                 req = req.header(k, v);
@@ -501,7 +510,9 @@ impl LifecycleSink for Webhooks {
     fn emit(&self, ev: &LifecycleEvent) {
         let Some((app_id, hook)) = Self::to_hook(ev) else { return };
         let Some(app) = self.inner.apps.by_id(app_id) else { return };
-        if app.webhooks.iter().all(|t| !t.event_types.iter().any(|n| n == hook.name)) {
+        // Every type goes to the dispatcher, even ones no target takes: a vacate nobody receives
+        // still has to cancel the occupied that a quick return would otherwise repeat.
+        if app.webhooks.is_empty() {
             return;
         }
         let Some(tx) = self.dispatcher(&app) else {

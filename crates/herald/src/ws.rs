@@ -22,6 +22,8 @@ use tokio::time::{sleep_until, Instant};
 
 /// Most outbox frames written before one flush.
 const WRITE_BATCH: usize = 64;
+/// How long a subscription waits for the cluster's presence roster before using the local one.
+const CLUSTER_READ: Duration = Duration::from_secs(1);
 
 /// Query parameters of the upgrade request that matter.
 #[derive(Debug, Default, Clone)]
@@ -206,7 +208,7 @@ impl Session {
                     };
                     self.counters.messages_in.inc();
                     self.counters.bytes_in.inc_by(text.len() as u64);
-                    self.handle(&text);
+                    self.handle(&text).await;
                 }
                 () = sleep_until(deadline) => {
                     let now = Instant::now();
@@ -230,7 +232,7 @@ impl Session {
         }
     }
 
-    fn handle(&mut self, text: &str) {
+    async fn handle(&mut self, text: &str) {
         let msg = match frame::decode(text) {
             Ok(m) => m,
             Err(e) => {
@@ -240,13 +242,13 @@ impl Session {
         match msg {
             ClientMessage::Ping => self.queue(encode::PONG.to_owned()),
             ClientMessage::Pong => {}
-            ClientMessage::Subscribe(s) => self.subscribe(s),
+            ClientMessage::Subscribe(s) => self.subscribe(s).await,
             ClientMessage::Unsubscribe { channel } => {
                 if let Some(sub) = self.subs.remove(channel.as_str()) {
                     self.shared.engine.unsubscribe(&self.conn, &sub.name);
                 }
             }
-            ClientMessage::Signin { auth, user_data } => self.signin(auth, user_data),
+            ClientMessage::Signin { auth, user_data } => self.signin(auth, user_data).await,
             ClientMessage::ClientEvent { event, channel, data } => {
                 self.client_event(&event, channel.as_deref(), data.as_deref());
             }
@@ -275,7 +277,7 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, s: Subscribe) {
+    async fn subscribe(&mut self, s: Subscribe) {
         let app = self.conn.app.clone();
         let ch = match ChannelName::parse(&s.channel, app.limits.max_channel_name_length) {
             Ok(c) => c,
@@ -345,7 +347,15 @@ impl Session {
             }
         }
         let user_id = member.as_ref().map(|m| m.user_id.clone());
-        match self.shared.engine.subscribe(&self.conn, &ch, member) {
+        let remote = match (&self.shared.cluster, ch.is_presence()) {
+            (Some(c), true) => tokio::time::timeout(CLUSTER_READ, c.members(&app.id, ch.as_str()))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        match self.shared.engine.subscribe_with(&self.conn, &ch, member, &remote) {
             Ok(_) => {
                 if ch.needs_auth() {
                     self.authorized = true;
@@ -361,7 +371,7 @@ impl Session {
         }
     }
 
-    fn signin(&mut self, auth: Option<String>, user_data: Option<String>) {
+    async fn signin(&mut self, auth: Option<String>, user_data: Option<String>) {
         let app = self.conn.app.clone();
         let Some(user_data) = user_data else {
             return self.error(None, "Invalid user_data: user_data is required to sign in");
@@ -398,7 +408,17 @@ impl Session {
                 ),
             );
         }
-        self.shared.engine.signin(&self.conn, &data.id, &data.watchlist);
+        let remote_online = match &self.shared.cluster {
+            Some(c) if app.enable_watchlist_events => {
+                tokio::time::timeout(CLUSTER_READ, c.online(&app.id, &data.watchlist))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        self.shared.engine.signin_with(&self.conn, &data.id, &data.watchlist, &remote_online);
         self.authorized = true;
         self.user = Some(SignedIn { data });
     }
