@@ -29,6 +29,11 @@ if [ -f tests/python/run.sh ]; then
   bash tests/python/run.sh
 fi
 
+if [ -f tests/console/run.sh ]; then
+  step "end-to-end: the debug console in headless Chromium"
+  bash tests/console/run.sh
+fi
+
 if [ -f crates/herald-bench/smoke.sh ]; then
   step "herald-bench smoke run (every scenario once, small)"
   bash crates/herald-bench/smoke.sh

@@ -69,16 +69,27 @@ pub struct WebhookTarget {
 }
 
 fn all_event_types() -> Vec<String> {
-    WEBHOOK_EVENT_TYPES.iter().map(|s| (*s).to_owned()).collect()
+    WEBHOOK_EVENT_TYPES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
 }
 
 /// Only events whose channel matches are sent to the target.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookFilter {
-    #[serde(default, alias = "channel_prefix", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "channel_prefix",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub channel_name_starts_with: Option<String>,
-    #[serde(default, alias = "channel_suffix", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "channel_suffix",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub channel_name_ends_with: Option<String>,
 }
 
@@ -86,8 +97,16 @@ impl WebhookTarget {
     /// Does this target want an event of type `name` on `channel`?
     pub fn wants(&self, name: &str, channel: &str) -> bool {
         self.event_types.iter().any(|t| t == name)
-            && self.filter.channel_name_starts_with.as_deref().is_none_or(|p| channel.starts_with(p))
-            && self.filter.channel_name_ends_with.as_deref().is_none_or(|s| channel.ends_with(s))
+            && self
+                .filter
+                .channel_name_starts_with
+                .as_deref()
+                .is_none_or(|p| channel.starts_with(p))
+            && self
+                .filter
+                .channel_name_ends_with
+                .as_deref()
+                .is_none_or(|s| channel.ends_with(s))
     }
 }
 
@@ -165,7 +184,9 @@ impl Snapshot {
 impl StaticAppStore {
     /// Builds the store; ids and keys must be unique.
     pub fn new(apps: Vec<App>) -> Result<Self, String> {
-        Ok(Self { snapshot: parking_lot::RwLock::new(Arc::new(Snapshot::build(apps)?)) })
+        Ok(Self {
+            snapshot: parking_lot::RwLock::new(Arc::new(Snapshot::build(apps)?)),
+        })
     }
 
     /// Replaces every app at once (a reload); on error the old apps stay.

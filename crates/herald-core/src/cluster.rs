@@ -10,7 +10,11 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub enum ClusterNote {
     /// Subscribers of `channel` on this node.
-    ChannelCount { app: Arc<str>, channel: ChannelName, count: usize },
+    ChannelCount {
+        app: Arc<str>,
+        channel: ChannelName,
+        count: usize,
+    },
     /// Connections of `user_id` on presence `channel` on this node; `info` is the raw user_info
     /// of the latest join, `socket_id` the connection that changed the count.
     MemberCount {
@@ -22,7 +26,11 @@ pub enum ClusterNote {
         socket_id: SocketId,
     },
     /// Signed-in connections of `user_id` on this node.
-    UserCount { app: Arc<str>, user_id: Arc<str>, count: usize },
+    UserCount {
+        app: Arc<str>,
+        user_id: Arc<str>,
+        count: usize,
+    },
 }
 
 /// Decides cluster-wide facts and carries deliveries to other nodes.
@@ -59,7 +67,9 @@ pub struct LocalAdapter {
 impl LocalAdapter {
     pub fn new() -> Self {
         // Random so that socket ids from a restarted node do not repeat recent ones.
-        Self { node_id: rand::random_range(1..1_000_000_000) }
+        Self {
+            node_id: rand::random_range(1..1_000_000_000),
+        }
     }
 }
 
@@ -73,5 +83,13 @@ impl ClusterAdapter for LocalAdapter {
     fn node_id(&self) -> u32 {
         self.node_id
     }
-    fn publish_remote(&self, _: &str, _: &str, _: &Frame, _: Option<SocketId>, _: Option<(&str, Duration)>) {}
+    fn publish_remote(
+        &self,
+        _: &str,
+        _: &str,
+        _: &Frame,
+        _: Option<SocketId>,
+        _: Option<(&str, Duration)>,
+    ) {
+    }
 }

@@ -31,7 +31,9 @@ pub struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("socket_id", &self.socket_id).finish_non_exhaustive()
+        f.debug_struct("Conn")
+            .field("socket_id", &self.socket_id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -132,13 +132,17 @@ impl Channel {
             subscription_count: self.subs.len(),
             user_count: self.members.len(),
             cache: self.live_cache(now).map(|c| {
-                (c.data.clone(), c.expires.saturating_duration_since(now).as_secs())
+                (
+                    c.data.clone(),
+                    c.expires.saturating_duration_since(now).as_secs(),
+                )
             }),
         }
     }
 }
 
 type Shard = Mutex<HashMap<Arc<str>, Channel>>;
+type ConnShard = Mutex<HashMap<SocketId, Arc<Conn>>>;
 
 #[derive(Default)]
 struct Users {
@@ -152,13 +156,13 @@ struct AppState {
     id: Arc<str>,
     shards: Box<[Shard]>,
     /// Every open connection, for drain and termination; sharded like channels.
-    conns: Box<[Mutex<HashMap<SocketId, Arc<Conn>>>]>,
+    conns: Box<[ConnShard]>,
     connections: AtomicU64,
     users: Mutex<Users>,
 }
 
 impl AppState {
-    fn conn_shard(&self, id: SocketId) -> &Mutex<HashMap<SocketId, Arc<Conn>>> {
+    fn conn_shard(&self, id: SocketId) -> &ConnShard {
         &self.conns[(id.seq as usize) & (self.conns.len() - 1)]
     }
 
@@ -260,7 +264,10 @@ impl Engine {
         );
         let (conn, rx) = Conn::new(id, app);
         st.conn_shard(id).lock().insert(id, conn.clone());
-        self.emit(|| LifecycleEvent::Connected { app: st.id.clone(), socket_id: id });
+        self.emit(|| LifecycleEvent::Connected {
+            app: st.id.clone(),
+            socket_id: id,
+        });
         Ok((conn, rx))
     }
 
@@ -280,11 +287,18 @@ impl Engine {
         let st = self.state(&conn.app.id);
         st.conn_shard(conn.socket_id).lock().remove(&conn.socket_id);
         st.connections.fetch_sub(1, Ordering::Relaxed);
-        self.emit(|| LifecycleEvent::Disconnected { app: st.id.clone(), socket_id: conn.socket_id });
+        self.emit(|| LifecycleEvent::Disconnected {
+            app: st.id.clone(),
+            socket_id: conn.socket_id,
+        });
     }
 
     pub fn connection_count(&self, app_id: &str) -> u64 {
-        self.inner.states.read().get(app_id).map_or(0, |s| s.connections.load(Ordering::Relaxed))
+        self.inner
+            .states
+            .read()
+            .get(app_id)
+            .map_or(0, |s| s.connections.load(Ordering::Relaxed))
     }
 
     /// Subscribes `conn`; `member` is required for presence channels (the caller verified it).
@@ -316,7 +330,9 @@ impl Engine {
             .entry(channel.arc().clone())
             .or_insert_with(|| Channel::new(channel.clone()));
         if ch.subs.contains_key(&conn.socket_id) {
-            return Err(SubscribeError::Existing { channel: channel.to_string() });
+            return Err(SubscribeError::Existing {
+                channel: channel.to_string(),
+            });
         }
         let mut user_id = None;
         let mut added_member = None;
@@ -343,7 +359,10 @@ impl Engine {
                     let max = conn.app.limits.max_presence_members;
                     let known_remotely = remote_members.iter().any(|(id, _)| **id == *uid);
                     let present = ch.members.len()
-                        + remote_members.iter().filter(|(id, _)| !ch.members.contains_key(id.as_str())).count();
+                        + remote_members
+                            .iter()
+                            .filter(|(id, _)| !ch.members.contains_key(id.as_str()))
+                            .count();
                     if present >= max && !known_remotely {
                         if ch.is_dead(now) {
                             shard.remove(channel.as_str());
@@ -364,25 +383,43 @@ impl Engine {
                             socket_id: conn.socket_id,
                         });
                     } else {
-                        let frame: Frame = encode::member_added(channel.as_str(), &uid, &m.user_info).into();
+                        let frame: Frame =
+                            encode::member_added(channel.as_str(), &uid, &m.user_info).into();
                         ch.broadcast(&frame, None);
                         added_member = Some(uid.clone());
                     }
-                    ch.members.insert(uid.clone(), Member { conns: 1, info: m.user_info });
+                    ch.members.insert(
+                        uid.clone(),
+                        Member {
+                            conns: 1,
+                            info: m.user_info,
+                        },
+                    );
                 }
             }
             user_id = Some(uid);
         }
-        ch.subs.insert(conn.socket_id, Sub { conn: conn.clone(), user_id });
+        ch.subs.insert(
+            conn.socket_id,
+            Sub {
+                conn: conn.clone(),
+                user_id,
+            },
+        );
         let occupied = ch.subs.len() == 1;
 
         let succeeded: Frame = if channel.is_presence() {
             let remote: Vec<(&str, Box<RawValue>)> = remote_members
                 .iter()
                 .filter(|(id, _)| !ch.members.contains_key(id.as_str()))
-                .filter_map(|(id, info)| RawValue::from_string(info.clone()).ok().map(|r| (id.as_str(), r)))
+                .filter_map(|(id, info)| {
+                    RawValue::from_string(info.clone())
+                        .ok()
+                        .map(|r| (id.as_str(), r))
+                })
                 .collect();
-            let mut all: Vec<(&str, &RawValue)> = ch.members.iter().map(|(id, m)| (&**id, &*m.info)).collect();
+            let mut all: Vec<(&str, &RawValue)> =
+                ch.members.iter().map(|(id, m)| (&**id, &*m.info)).collect();
             all.extend(remote.iter().map(|(id, r)| (*id, &**r)));
             encode::presence_succeeded(channel.as_str(), all.into_iter()).into()
         } else {
@@ -426,7 +463,10 @@ impl Engine {
                 socket_id: conn.socket_id,
             });
             if occupied && !clustered {
-                self.emit(|| LifecycleEvent::ChannelOccupied { app: app.clone(), channel: name.clone() });
+                self.emit(|| LifecycleEvent::ChannelOccupied {
+                    app: app.clone(),
+                    channel: name.clone(),
+                });
             }
             if let Some(uid) = added_member {
                 self.emit(|| LifecycleEvent::MemberAdded {
@@ -436,7 +476,10 @@ impl Engine {
                 });
             }
             if cache_miss {
-                self.emit(|| LifecycleEvent::CacheMiss { app: app.clone(), channel: name.clone() });
+                self.emit(|| LifecycleEvent::CacheMiss {
+                    app: app.clone(),
+                    channel: name.clone(),
+                });
             }
         }
         Ok(Subscribed { occupied })
@@ -447,8 +490,12 @@ impl Engine {
         let st = self.state(&conn.app.id);
         let now = Instant::now();
         let mut shard = st.shard(channel.as_str()).lock();
-        let Some(ch) = shard.get_mut(channel.as_str()) else { return };
-        let Some(sub) = ch.subs.remove(&conn.socket_id) else { return };
+        let Some(ch) = shard.get_mut(channel.as_str()) else {
+            return;
+        };
+        let Some(sub) = ch.subs.remove(&conn.socket_id) else {
+            return;
+        };
         let clustered = self.inner.adapter.clustered();
         let mut notes: Vec<ClusterNote> = Vec::new();
         let mut removed_member = None;
@@ -510,7 +557,10 @@ impl Engine {
                 });
             }
             if vacated {
-                self.emit(|| LifecycleEvent::ChannelVacated { app: app.clone(), channel: name.clone() });
+                self.emit(|| LifecycleEvent::ChannelVacated {
+                    app: app.clone(),
+                    channel: name.clone(),
+                });
             }
         }
     }
@@ -520,13 +570,18 @@ impl Engine {
         if ch.name.is_presence() || ch.name.is_internal() || ch.subs.is_empty() {
             return;
         }
-        let Some(app) = ch.subs.values().next().map(|s| s.conn.app.clone()) else { return };
+        let Some(app) = ch.subs.values().next().map(|s| s.conn.app.clone()) else {
+            return;
+        };
         if !app.enable_subscription_count {
             return;
         }
         let now = Instant::now();
         let throttled = ch.subs.len() > COUNT_THROTTLE_ABOVE
-            && ch.count.last_sent.is_some_and(|t| now.duration_since(t) < COUNT_THROTTLE_WINDOW);
+            && ch
+                .count
+                .last_sent
+                .is_some_and(|t| now.duration_since(t) < COUNT_THROTTLE_WINDOW);
         if !throttled {
             self.send_count(st, ch, now);
             return;
@@ -535,7 +590,10 @@ impl Engine {
             return;
         }
         ch.count.scheduled = true;
-        let due = ch.count.last_sent.map_or(now, |t| t + COUNT_THROTTLE_WINDOW);
+        let due = ch
+            .count
+            .last_sent
+            .map_or(now, |t| t + COUNT_THROTTLE_WINDOW);
         let engine = self.clone();
         let st = st.clone();
         let name = ch.name.clone();
@@ -556,7 +614,10 @@ impl Engine {
     fn send_count(&self, st: &AppState, ch: &mut Channel, now: Instant) {
         ch.count.last_sent = Some(now);
         let n = ch.subs.len();
-        ch.broadcast(&encode::subscription_count(ch.name.as_str(), n).into(), None);
+        ch.broadcast(
+            &encode::subscription_count(ch.name.as_str(), n).into(),
+            None,
+        );
         self.emit(|| LifecycleEvent::SubscriptionCount {
             app: st.id.clone(),
             channel: ch.name.arc().clone(),
@@ -594,7 +655,9 @@ impl Engine {
             }
         }
         let cache = channel.is_cache().then_some((data, cache_ttl));
-        self.inner.adapter.publish_remote(app_id, channel.as_str(), &frame, except, cache);
+        self.inner
+            .adapter
+            .publish_remote(app_id, channel.as_str(), &frame, except, cache);
         self.emit(|| LifecycleEvent::ApiPublish {
             app: st.id.clone(),
             channel: channel.arc().clone(),
@@ -618,7 +681,13 @@ impl Engine {
         if let Some(ch) = st.shard(channel.as_str()).lock().get(channel.as_str()) {
             ch.broadcast(&frame, Some(conn.socket_id));
         }
-        self.inner.adapter.publish_remote(&st.id, channel.as_str(), &frame, Some(conn.socket_id), None);
+        self.inner.adapter.publish_remote(
+            &st.id,
+            channel.as_str(),
+            &frame,
+            Some(conn.socket_id),
+            None,
+        );
         self.emit(|| {
             // Webhooks carry data as a string: a JSON string's content, else the compact JSON.
             let text = match data {
@@ -641,7 +710,10 @@ impl Engine {
     pub fn stats(&self, app_id: &str, channel: &ChannelName) -> ChannelStats {
         let st = self.state(app_id);
         let shard = st.shard(channel.as_str()).lock();
-        shard.get(channel.as_str()).map(|c| c.stats(Instant::now())).unwrap_or_default()
+        shard
+            .get(channel.as_str())
+            .map(|c| c.stats(Instant::now()))
+            .unwrap_or_default()
     }
 
     /// Occupied, non-internal channels whose name starts with `prefix`, sorted by name.
@@ -664,8 +736,10 @@ impl Engine {
     pub fn members(&self, app_id: &str, channel: &ChannelName) -> Vec<Arc<str>> {
         let st = self.state(app_id);
         let shard = st.shard(channel.as_str()).lock();
-        let mut ids: Vec<Arc<str>> =
-            shard.get(channel.as_str()).map(|c| c.members.keys().cloned().collect()).unwrap_or_default();
+        let mut ids: Vec<Arc<str>> = shard
+            .get(channel.as_str())
+            .map(|c| c.members.keys().cloned().collect())
+            .unwrap_or_default();
         ids.sort();
         ids
     }
@@ -677,7 +751,13 @@ impl Engine {
     }
 
     /// As [`Engine::signin`]; `remote_online` lists watched users online on other nodes.
-    pub fn signin_with(&self, conn: &Arc<Conn>, user_id: &str, watchlist: &[String], remote_online: &[String]) {
+    pub fn signin_with(
+        &self,
+        conn: &Arc<Conn>,
+        user_id: &str,
+        watchlist: &[String],
+        remote_online: &[String],
+    ) {
         let st = self.state(&conn.app.id);
         let watch = conn.app.enable_watchlist_events;
         let mut users = st.users.lock();
@@ -696,16 +776,21 @@ impl Engine {
         }
         let clustered = self.inner.adapter.clustered();
         if clustered {
-            self.inner.adapter.note(ClusterNote::UserCount { app: st.id.clone(), user_id: uid.clone(), count });
+            self.inner.adapter.note(ClusterNote::UserCount {
+                app: st.id.clone(),
+                user_id: uid.clone(),
+                count,
+            });
         }
         if !watch {
             return;
         }
         if !watchlist.is_empty() {
-            let (online, offline): (Vec<&str>, Vec<&str>) = watchlist.iter().map(String::as_str).partition(|w| {
-                users.signed_in.get(*w).is_some_and(|c| !c.is_empty())
-                    || remote_online.iter().any(|r| r == w)
-            });
+            let (online, offline): (Vec<&str>, Vec<&str>) =
+                watchlist.iter().map(String::as_str).partition(|w| {
+                    users.signed_in.get(*w).is_some_and(|c| !c.is_empty())
+                        || remote_online.iter().any(|r| r == w)
+                });
             conn.send(&encode::watchlist_events(&online, &offline).into());
         }
         if came_online && !clustered {
@@ -764,7 +849,11 @@ impl Engine {
     pub fn terminate_user_local(&self, app_id: &str, user_id: &str) -> usize {
         let st = self.state(app_id);
         let users = st.users.lock();
-        let conns = users.signed_in.get(user_id).map(Vec::as_slice).unwrap_or_default();
+        let conns = users
+            .signed_in
+            .get(user_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for c in conns {
             c.request_close(codes::UNAUTHORIZED);
         }
@@ -773,7 +862,9 @@ impl Engine {
 
     /// Occupied channels (internal ones left out) and subscriptions of an app.
     pub fn channel_totals(&self, app_id: &str) -> (usize, usize) {
-        let Some(st) = self.inner.states.read().get(app_id).cloned() else { return (0, 0) };
+        let Some(st) = self.inner.states.read().get(app_id).cloned() else {
+            return (0, 0);
+        };
         let (mut channels, mut subs) = (0, 0);
         for shard in st.shards.iter() {
             for ch in shard.lock().values() {
@@ -800,7 +891,12 @@ impl Engine {
 
     /// Open connections across all apps.
     pub fn total_connections(&self) -> u64 {
-        self.inner.states.read().values().map(|s| s.connections.load(Ordering::Relaxed)).sum()
+        self.inner
+            .states
+            .read()
+            .values()
+            .map(|s| s.connections.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Delivers a frame to this node's subscribers of `channel` (a clustered adapter's inbound
@@ -816,8 +912,14 @@ impl Engine {
         let st = self.state(app_id);
         let mut shard = st.shard(channel.as_str()).lock();
         if let Some((data, ttl)) = cache {
-            let ch = shard.entry(channel.arc().clone()).or_insert_with(|| Channel::new(channel.clone()));
-            ch.cache = Some(Cached { frame: frame.clone(), data: Arc::from(data), expires: Instant::now() + ttl });
+            let ch = shard
+                .entry(channel.arc().clone())
+                .or_insert_with(|| Channel::new(channel.clone()));
+            ch.cache = Some(Cached {
+                frame: frame.clone(),
+                data: Arc::from(data),
+                expires: Instant::now() + ttl,
+            });
         }
         if let Some(ch) = shard.get(channel.as_str()) {
             ch.broadcast(frame, except);
@@ -831,7 +933,9 @@ impl Engine {
 
     /// Sends a watchlist status change of `user_id` to this node's watchers of that user.
     pub fn notify_watchers_local(&self, app_id: &str, user_id: &str, online: bool) {
-        let Some(app) = self.inner.apps.by_id(app_id) else { return };
+        let Some(app) = self.inner.apps.by_id(app_id) else {
+            return;
+        };
         if !app.enable_watchlist_events {
             return;
         }
@@ -879,7 +983,11 @@ impl Engine {
                 }
             }
             for (uid, conns) in &st.users.lock().signed_in {
-                out.push(ClusterNote::UserCount { app: st.id.clone(), user_id: uid.clone(), count: conns.len() });
+                out.push(ClusterNote::UserCount {
+                    app: st.id.clone(),
+                    user_id: uid.clone(),
+                    count: conns.len(),
+                });
             }
         }
         out
@@ -898,9 +1006,16 @@ impl Engine {
 }
 
 fn notify_watchers(users: &Users, user_id: &str, frame: &Frame, skip: Option<SocketId>) {
-    let Some(by) = users.watchers.get(user_id) else { return };
+    let Some(by) = users.watchers.get(user_id) else {
+        return;
+    };
     for watcher in by.keys() {
-        for c in users.signed_in.get(watcher).map(Vec::as_slice).unwrap_or_default() {
+        for c in users
+            .signed_in
+            .get(watcher)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             if Some(c.socket_id) != skip {
                 c.send(frame);
             }

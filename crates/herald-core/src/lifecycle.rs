@@ -5,14 +5,42 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub enum LifecycleEvent {
-    Connected { app: Arc<str>, socket_id: SocketId },
-    Disconnected { app: Arc<str>, socket_id: SocketId },
-    Subscribed { app: Arc<str>, channel: Arc<str>, socket_id: SocketId },
-    Unsubscribed { app: Arc<str>, channel: Arc<str>, socket_id: SocketId },
-    ChannelOccupied { app: Arc<str>, channel: Arc<str> },
-    ChannelVacated { app: Arc<str>, channel: Arc<str> },
-    MemberAdded { app: Arc<str>, channel: Arc<str>, user_id: Arc<str> },
-    MemberRemoved { app: Arc<str>, channel: Arc<str>, user_id: Arc<str> },
+    Connected {
+        app: Arc<str>,
+        socket_id: SocketId,
+    },
+    Disconnected {
+        app: Arc<str>,
+        socket_id: SocketId,
+    },
+    Subscribed {
+        app: Arc<str>,
+        channel: Arc<str>,
+        socket_id: SocketId,
+    },
+    Unsubscribed {
+        app: Arc<str>,
+        channel: Arc<str>,
+        socket_id: SocketId,
+    },
+    ChannelOccupied {
+        app: Arc<str>,
+        channel: Arc<str>,
+    },
+    ChannelVacated {
+        app: Arc<str>,
+        channel: Arc<str>,
+    },
+    MemberAdded {
+        app: Arc<str>,
+        channel: Arc<str>,
+        user_id: Arc<str>,
+    },
+    MemberRemoved {
+        app: Arc<str>,
+        channel: Arc<str>,
+        user_id: Arc<str>,
+    },
     /// An accepted client event; `data` is a JSON string's content or the compact JSON text.
     ClientEvent {
         app: Arc<str>,
@@ -22,8 +50,15 @@ pub enum LifecycleEvent {
         socket_id: SocketId,
         user_id: Option<Arc<str>>,
     },
-    CacheMiss { app: Arc<str>, channel: Arc<str> },
-    SubscriptionCount { app: Arc<str>, channel: Arc<str>, count: usize },
+    CacheMiss {
+        app: Arc<str>,
+        channel: Arc<str>,
+    },
+    SubscriptionCount {
+        app: Arc<str>,
+        channel: Arc<str>,
+        count: usize,
+    },
     /// An event published through the HTTP API (any route).
     ApiPublish {
         app: Arc<str>,

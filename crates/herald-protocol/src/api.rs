@@ -14,7 +14,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, message)
@@ -66,17 +69,21 @@ pub struct Trigger {
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        _ => Err(ApiError::bad_request("Invalid JSON body: expected a JSON object")),
+        _ => Err(ApiError::bad_request(
+            "Invalid JSON body: expected a JSON object",
+        )),
     }
 }
 
 fn required_string(obj: &Map<String, Value>, key: &str) -> Result<String, ApiError> {
     match obj.get(key) {
-        None | Some(Value::Null) => {
-            Err(ApiError::bad_request(format!("Missing required parameter: {key}")))
-        }
+        None | Some(Value::Null) => Err(ApiError::bad_request(format!(
+            "Missing required parameter: {key}"
+        ))),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(ApiError::bad_request(format!("Expected {key} parameter to be a string"))),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "Expected {key} parameter to be a string"
+        ))),
     }
 }
 
@@ -122,7 +129,10 @@ fn check_data(data: &str, limits: &Limits) -> Result<(), ApiError> {
     if data.len() > limits.max_event_data_bytes {
         return Err(ApiError::new(
             413,
-            format!("Event data too large (max {} bytes)", limits.max_event_data_bytes),
+            format!(
+                "Event data too large (max {} bytes)",
+                limits.max_event_data_bytes
+            ),
         ));
     }
     Ok(())
@@ -132,7 +142,9 @@ fn info_param(obj: &Map<String, Value>) -> Result<Option<Info>, ApiError> {
     match obj.get("info") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(Info::parse(s))),
-        Some(_) => Err(ApiError::bad_request("Expected info parameter to be a string")),
+        Some(_) => Err(ApiError::bad_request(
+            "Expected info parameter to be a string",
+        )),
     }
 }
 
@@ -151,7 +163,9 @@ pub fn parse_trigger(body: &[u8], limits: &Limits) -> Result<Trigger, ApiError> 
             })?,
         (Some(Value::Null) | None, Some(Value::String(c))) => vec![c.clone()],
         (Some(Value::Null) | None, None | Some(Value::Null)) => {
-            return Err(ApiError::bad_request("Missing required parameter: channels"))
+            return Err(ApiError::bad_request(
+                "Missing required parameter: channels",
+            ))
         }
         (Some(_), _) => {
             return Err(ApiError::bad_request(
@@ -159,11 +173,15 @@ pub fn parse_trigger(body: &[u8], limits: &Limits) -> Result<Trigger, ApiError> 
             ))
         }
         (_, Some(_)) => {
-            return Err(ApiError::bad_request("Expected channel parameter to be a string"))
+            return Err(ApiError::bad_request(
+                "Expected channel parameter to be a string",
+            ))
         }
     };
     if names.is_empty() {
-        return Err(ApiError::bad_request("Missing required parameter: channels (the list is empty)"));
+        return Err(ApiError::bad_request(
+            "Missing required parameter: channels (the list is empty)",
+        ));
     }
     if names.len() > limits.max_event_channels {
         return Err(ApiError::bad_request(format!(
@@ -187,7 +205,13 @@ pub fn parse_trigger(body: &[u8], limits: &Limits) -> Result<Trigger, ApiError> 
     let socket_id = check_socket_id(obj.get("socket_id"))?;
     let info = info_param(&obj)?;
     check_data(&data, limits)?;
-    Ok(Trigger { name, data, channels, socket_id, info })
+    Ok(Trigger {
+        name,
+        data,
+        channels,
+        socket_id,
+        info,
+    })
 }
 
 /// Parses `POST /apps/{id}/batch_events`: the whole batch is validated before anything is published.
@@ -208,7 +232,9 @@ pub fn parse_batch(body: &[u8], limits: &Limits) -> Result<Vec<Trigger>, ApiErro
         .iter()
         .map(|item| {
             let Value::Object(e) = item else {
-                return Err(ApiError::bad_request("Each batch element must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "Each batch element must be a JSON object",
+                ));
             };
             let channel = match e.get("channel") {
                 Some(Value::String(c)) => c,
@@ -221,7 +247,13 @@ pub fn parse_batch(body: &[u8], limits: &Limits) -> Result<Vec<Trigger>, ApiErro
             let socket_id = check_socket_id(e.get("socket_id"))?;
             let info = info_param(e)?;
             check_data(&data, limits)?;
-            Ok(Trigger { name, data, channels: vec![channel], socket_id, info })
+            Ok(Trigger {
+                name,
+                data,
+                channels: vec![channel],
+                socket_id,
+                info,
+            })
         })
         .collect()
 }
@@ -248,7 +280,11 @@ mod tests {
         assert_eq!(t.channels.len(), 2);
         assert_eq!(t.socket_id, Some(SocketId::new(1, 2)));
         assert!(t.info.unwrap().user_count);
-        let t = parse_trigger(br#"{"name":"App\\Events\\X","data":"","channel":"c"}"#, &l()).unwrap();
+        let t = parse_trigger(
+            br#"{"name":"App\\Events\\X","data":"","channel":"c"}"#,
+            &l(),
+        )
+        .unwrap();
         assert_eq!(t.channels[0].as_str(), "c");
         assert_eq!(t.name, "App\\Events\\X");
     }
@@ -256,7 +292,10 @@ mod tests {
     #[test]
     fn trigger_errors() {
         assert_eq!(err("[]").status, 400);
-        assert_eq!(err(r#"{"data":"x","channels":["a"]}"#).message, "Missing required parameter: name");
+        assert_eq!(
+            err(r#"{"data":"x","channels":["a"]}"#).message,
+            "Missing required parameter: name"
+        );
         assert_eq!(
             err(r#"{"name":1,"data":"x","channels":["a"]}"#).message,
             "Expected name parameter to be a string"
@@ -265,17 +304,28 @@ mod tests {
             err(r#"{"name":"e","data":{},"channels":["a"]}"#).message,
             "Expected data parameter to be a string"
         );
-        assert_eq!(err(r#"{"name":"e","data":"x"}"#).message, "Missing required parameter: channels");
+        assert_eq!(
+            err(r#"{"name":"e","data":"x"}"#).message,
+            "Missing required parameter: channels"
+        );
         let many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
         let body = serde_json::json!({"name":"e","data":"x","channels":many}).to_string();
-        assert_eq!(err(&body).message, "Cannot trigger to more than 100 channels");
+        assert_eq!(
+            err(&body).message,
+            "Cannot trigger to more than 100 channels"
+        );
         assert!(err(r#"{"name":"e","data":"x","channels":["bad name"]}"#)
             .message
             .starts_with("Invalid channel name: bad name"));
-        assert!(err(r#"{"name":"pusher:x","data":"x","channels":["a"]}"#).message.contains("reserved"));
+        assert!(err(r#"{"name":"pusher:x","data":"x","channels":["a"]}"#)
+            .message
+            .contains("reserved"));
         let long = "e".repeat(201);
         assert_eq!(
-            err(&format!(r#"{{"name":"{long}","data":"x","channels":["a"]}}"#)).message,
+            err(&format!(
+                r#"{{"name":"{long}","data":"x","channels":["a"]}}"#
+            ))
+            .message,
             "Event name too long (max 200)"
         );
         assert_eq!(
@@ -283,9 +333,19 @@ mod tests {
             "Invalid socket_id: abc"
         );
         let big = "x".repeat(10_241);
-        assert_eq!(err(&format!(r#"{{"name":"e","data":"{big}","channels":["a"]}}"#)).status, 413);
+        assert_eq!(
+            err(&format!(
+                r#"{{"name":"e","data":"{big}","channels":["a"]}}"#
+            ))
+            .status,
+            413
+        );
         assert!(parse_trigger(
-            format!(r#"{{"name":"e","data":"{}","channels":["a"]}}"#, "x".repeat(10_240)).as_bytes(),
+            format!(
+                r#"{{"name":"e","data":"{}","channels":["a"]}}"#,
+                "x".repeat(10_240)
+            )
+            .as_bytes(),
             &l()
         )
         .is_ok());
@@ -293,8 +353,16 @@ mod tests {
             err(r##"{"name":"e","data":"x","channels":["private-encrypted-a","b"]}"##).message,
             "Cannot publish to multiple channels when using encrypted channels"
         );
-        assert!(parse_trigger(br#"{"name":"e","data":"x","channels":["private-encrypted-a"]}"#, &l()).is_ok());
-        assert!(parse_trigger(br##"{"name":"e","data":"x","channels":["#server-to-user-1"]}"##, &l()).is_ok());
+        assert!(parse_trigger(
+            br#"{"name":"e","data":"x","channels":["private-encrypted-a"]}"#,
+            &l()
+        )
+        .is_ok());
+        assert!(parse_trigger(
+            br##"{"name":"e","data":"x","channels":["#server-to-user-1"]}"##,
+            &l()
+        )
+        .is_ok());
     }
 
     #[test]
@@ -305,17 +373,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.len(), 2);
-        let items: Vec<Value> =
-            (0..11).map(|_| serde_json::json!({"channel":"a","name":"e","data":"x"})).collect();
+        let items: Vec<Value> = (0..11)
+            .map(|_| serde_json::json!({"channel":"a","name":"e","data":"x"}))
+            .collect();
         let body = serde_json::json!({ "batch": items }).to_string();
-        assert_eq!(parse_batch(body.as_bytes(), &l()).unwrap_err().message, "Batch too large (11 > 10)");
         assert_eq!(
-            parse_batch(br#"{"batch":[{"channels":["a"],"name":"e","data":"x"}]}"#, &l())
-                .unwrap_err()
-                .message,
+            parse_batch(body.as_bytes(), &l()).unwrap_err().message,
+            "Batch too large (11 > 10)"
+        );
+        assert_eq!(
+            parse_batch(
+                br#"{"batch":[{"channels":["a"],"name":"e","data":"x"}]}"#,
+                &l()
+            )
+            .unwrap_err()
+            .message,
             "Missing required parameter: channel"
         );
-        assert_eq!(parse_batch(br#"{}"#, &l()).unwrap_err().message, "Missing required parameter: batch");
+        assert_eq!(
+            parse_batch(br#"{}"#, &l()).unwrap_err().message,
+            "Missing required parameter: batch"
+        );
     }
 
     #[test]

@@ -73,7 +73,11 @@ impl ChannelName {
             return Err(ChannelNameError::TooLong { max: max_len });
         }
         let (kind, cache) = classify(name);
-        Ok(Self { name: Arc::from(name), kind, cache })
+        Ok(Self {
+            name: Arc::from(name),
+            kind,
+            cache,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -139,7 +143,9 @@ fn classify(name: &str) -> (ChannelKind, bool) {
     TABLE
         .iter()
         .find(|(prefix, _, _)| name.starts_with(prefix))
-        .map_or((ChannelKind::Public, false), |&(_, kind, cache)| (kind, cache))
+        .map_or((ChannelKind::Public, false), |&(_, kind, cache)| {
+            (kind, cache)
+        })
 }
 
 impl fmt::Debug for ChannelName {
@@ -165,7 +171,10 @@ mod tests {
 
     #[test]
     fn prefixes_are_classified_most_specific_first() {
-        assert_eq!(kind("private-encrypted-cache-x"), (ChannelKind::Encrypted, true));
+        assert_eq!(
+            kind("private-encrypted-cache-x"),
+            (ChannelKind::Encrypted, true)
+        );
         assert_eq!(kind("private-encrypted-x"), (ChannelKind::Encrypted, false));
         assert_eq!(kind("private-cache-x"), (ChannelKind::Private, true));
         assert_eq!(kind("private-x"), (ChannelKind::Private, false));
@@ -174,7 +183,10 @@ mod tests {
         assert_eq!(kind("cache-x"), (ChannelKind::Public, true));
         assert_eq!(kind("news"), (ChannelKind::Public, false));
         assert_eq!(kind("my-private-x"), (ChannelKind::Public, false));
-        assert_eq!(kind("#server-to-user-42"), (ChannelKind::ServerToUser, false));
+        assert_eq!(
+            kind("#server-to-user-42"),
+            (ChannelKind::ServerToUser, false)
+        );
     }
 
     #[test]

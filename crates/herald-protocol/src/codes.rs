@@ -31,7 +31,10 @@ codes! {
 }
 
 /// WebSocket status for a message over the size limit (not a Pusher code; pusher-js reconnects).
-pub const MESSAGE_TOO_BIG: CloseCode = CloseCode { code: 1009, reason: "Message too big" };
+pub const MESSAGE_TOO_BIG: CloseCode = CloseCode {
+    code: 1009,
+    reason: "Message too big",
+};
 
 /// Non-closing error codes (error events only; never used to close).
 pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;
@@ -43,7 +46,9 @@ pub const SUPPORTED_PROTOCOLS: &[u32] = &[5, 6, 7];
 
 /// Checks the `protocol` query parameter; `None` means it is acceptable.
 pub fn check_protocol(param: Option<&str>) -> Option<CloseCode> {
-    let Some(p) = param else { return Some(NO_PROTOCOL) };
+    let Some(p) = param else {
+        return Some(NO_PROTOCOL);
+    };
     if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
         return Some(INVALID_VERSION);
     }
@@ -65,7 +70,10 @@ mod tests {
         assert_eq!(check_protocol(Some("")), Some(INVALID_VERSION));
         assert_eq!(check_protocol(Some("4")), Some(UNSUPPORTED_PROTOCOL));
         assert_eq!(check_protocol(Some("8")), Some(UNSUPPORTED_PROTOCOL));
-        assert_eq!(check_protocol(Some("99999999999")), Some(UNSUPPORTED_PROTOCOL));
+        assert_eq!(
+            check_protocol(Some("99999999999")),
+            Some(UNSUPPORTED_PROTOCOL)
+        );
         for ok in ["5", "6", "7"] {
             assert_eq!(check_protocol(Some(ok)), None);
         }

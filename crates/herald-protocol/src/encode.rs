@@ -10,7 +10,12 @@ pub fn push_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).expect("strings always serialize"));
 }
 
-fn frame(event: &str, channel: Option<&str>, data_json: Option<&str>, user_id: Option<&str>) -> String {
+fn frame(
+    event: &str,
+    channel: Option<&str>,
+    data_json: Option<&str>,
+    user_id: Option<&str>,
+) -> String {
     let mut o = String::with_capacity(
         32 + event.len() + channel.map_or(0, str::len) + data_json.map_or(0, str::len),
     );
@@ -63,7 +68,11 @@ pub const PONG: &str = r#"{"event":"pusher:pong","data":"{}"}"#;
 pub const PING: &str = r#"{"event":"pusher:ping","data":"{}"}"#;
 
 pub fn subscription_succeeded(channel: &str) -> String {
-    string_data("pusher_internal:subscription_succeeded", Some(channel), "{}")
+    string_data(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        "{}",
+    )
 }
 
 /// Presence snapshot: `members` are (user id, raw user_info JSON).
@@ -89,7 +98,11 @@ pub fn presence_succeeded<'a>(
         inner.push_str(info.get());
     }
     inner.push_str(&format!("}},\"count\":{count}}}}}"));
-    string_data("pusher_internal:subscription_succeeded", Some(channel), &inner)
+    string_data(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        &inner,
+    )
 }
 
 pub fn member_added(channel: &str, user_id: &str, user_info: &RawValue) -> String {
@@ -116,7 +129,12 @@ pub fn channel_event(event: &str, channel: &str, data: &str) -> String {
 }
 
 /// A relayed client event: `data` exactly as the sender wrote it; `user_id` on presence channels.
-pub fn client_event(event: &str, channel: &str, data: Option<&RawValue>, user_id: Option<&str>) -> String {
+pub fn client_event(
+    event: &str,
+    channel: &str,
+    data: Option<&RawValue>,
+    user_id: Option<&str>,
+) -> String {
     frame(event, Some(channel), data.map(RawValue::get), user_id)
 }
 
@@ -207,7 +225,10 @@ mod tests {
             client_event("client-t", "presence-r", Some(&d), Some("1")),
             r#"{"event":"client-t","channel":"presence-r","data":{"on":true},"user_id":"1"}"#
         );
-        assert_eq!(cache_miss("cache-x"), r#"{"event":"pusher:cache_miss","channel":"cache-x"}"#);
+        assert_eq!(
+            cache_miss("cache-x"),
+            r#"{"event":"pusher:cache_miss","channel":"cache-x"}"#
+        );
         assert_eq!(
             signin_success(r#"{"id":"1"}"#),
             r#"{"event":"pusher:signin_success","data":{"user_data":"{\"id\":\"1\"}"}}"#
@@ -232,6 +253,9 @@ mod tests {
     fn watchlist() {
         let f = watchlist_events(&["1"], &[]);
         let v: serde_json::Value = serde_json::from_str(&f).unwrap();
-        assert_eq!(v["data"].as_str().unwrap(), r#"{"events":[{"name":"online","user_ids":["1"]}]}"#);
+        assert_eq!(
+            v["data"].as_str().unwrap(),
+            r#"{"events":[{"name":"online","user_ids":["1"]}]}"#
+        );
     }
 }

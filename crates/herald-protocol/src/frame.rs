@@ -9,12 +9,23 @@ pub enum ClientMessage {
     Ping,
     Pong,
     Subscribe(Subscribe),
-    Unsubscribe { channel: String },
-    Signin { auth: Option<String>, user_data: Option<String> },
+    Unsubscribe {
+        channel: String,
+    },
+    Signin {
+        auth: Option<String>,
+        user_data: Option<String>,
+    },
     /// A `client-*` event; `data` is kept as the exact JSON text the client sent.
-    ClientEvent { event: String, channel: Option<String>, data: Option<Box<RawValue>> },
+    ClientEvent {
+        event: String,
+        channel: Option<String>,
+        data: Option<Box<RawValue>>,
+    },
     /// Any other event name.
-    Unsupported { event: String },
+    Unsupported {
+        event: String,
+    },
 }
 
 // Raw JSON compares by its text.
@@ -25,12 +36,27 @@ impl PartialEq for ClientMessage {
             (M::Ping, M::Ping) | (M::Pong, M::Pong) => true,
             (M::Subscribe(a), M::Subscribe(b)) => a == b,
             (M::Unsubscribe { channel: a }, M::Unsubscribe { channel: b }) => a == b,
-            (M::Signin { auth: a, user_data: b }, M::Signin { auth: c, user_data: d }) => {
-                a == c && b == d
-            }
             (
-                M::ClientEvent { event: a, channel: b, data: c },
-                M::ClientEvent { event: d, channel: e, data: f },
+                M::Signin {
+                    auth: a,
+                    user_data: b,
+                },
+                M::Signin {
+                    auth: c,
+                    user_data: d,
+                },
+            ) => a == c && b == d,
+            (
+                M::ClientEvent {
+                    event: a,
+                    channel: b,
+                    data: c,
+                },
+                M::ClientEvent {
+                    event: d,
+                    channel: e,
+                    data: f,
+                },
             ) => a == d && b == e && c.as_ref().map(|r| r.get()) == f.as_ref().map(|r| r.get()),
             (M::Unsupported { event: a }, M::Unsupported { event: b }) => a == b,
             _ => false,
@@ -97,7 +123,9 @@ struct ProtocolData {
 }
 
 fn protocol_data(raw: Option<&RawValue>) -> ProtocolData {
-    let Some(raw) = raw else { return ProtocolData::default() };
+    let Some(raw) = raw else {
+        return ProtocolData::default();
+    };
     if is_object(raw.get()) {
         return serde_json::from_str::<ProtocolData>(raw.get()).unwrap_or_default();
     }
@@ -151,14 +179,19 @@ pub fn decode(text: &str) -> Result<ClientMessage, FrameError> {
         }
         "pusher:signin" => {
             let d = protocol_data(env.data.as_deref());
-            ClientMessage::Signin { auth: string_value(d.auth), user_data: raw_string(d.user_data) }
+            ClientMessage::Signin {
+                auth: string_value(d.auth),
+                user_data: raw_string(d.user_data),
+            }
         }
         e if e.starts_with("client-") => ClientMessage::ClientEvent {
             event: event.into_owned(),
             channel: env.channel,
             data: env.data,
         },
-        _ => ClientMessage::Unsupported { event: event.into_owned() },
+        _ => ClientMessage::Unsupported {
+            event: event.into_owned(),
+        },
     })
 }
 
@@ -168,8 +201,14 @@ mod tests {
 
     #[test]
     fn pusher_js_frames() {
-        assert_eq!(decode(r#"{"event":"pusher:ping","data":{}}"#), Ok(ClientMessage::Ping));
-        assert_eq!(decode(r#"{"event":"pusher:pong","data":{}}"#), Ok(ClientMessage::Pong));
+        assert_eq!(
+            decode(r#"{"event":"pusher:ping","data":{}}"#),
+            Ok(ClientMessage::Ping)
+        );
+        assert_eq!(
+            decode(r#"{"event":"pusher:pong","data":{}}"#),
+            Ok(ClientMessage::Pong)
+        );
         assert_eq!(
             decode(r#"{"event":"pusher:subscribe","data":{"auth":"","channel":"my-channel"}}"#),
             Ok(ClientMessage::Subscribe(Subscribe {
@@ -179,25 +218,37 @@ mod tests {
             }))
         );
         let f = r#"{"event":"pusher:subscribe","data":{"auth":"k:s","channel_data":"{\"user_id\":10}","channel":"presence-x"}}"#;
-        let ClientMessage::Subscribe(s) = decode(f).unwrap() else { panic!() };
+        let ClientMessage::Subscribe(s) = decode(f).unwrap() else {
+            panic!()
+        };
         assert_eq!(s.channel_data.as_deref(), Some(r#"{"user_id":10}"#));
         assert_eq!(
             decode(r#"{"event":"pusher:unsubscribe","data":{"channel":"a"}}"#),
-            Ok(ClientMessage::Unsubscribe { channel: "a".into() })
+            Ok(ClientMessage::Unsubscribe {
+                channel: "a".into()
+            })
         );
     }
 
     #[test]
     fn double_encoded_data_is_accepted() {
         let f = r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#;
-        let ClientMessage::Subscribe(s) = decode(f).unwrap() else { panic!() };
+        let ClientMessage::Subscribe(s) = decode(f).unwrap() else {
+            panic!()
+        };
         assert_eq!(s.channel, "a");
     }
 
     #[test]
     fn client_event_keeps_raw_data() {
-        let f = r#"{"event":"client-x","data":{"b":1,"a":12345678901234567890},"channel":"private-a"}"#;
-        let ClientMessage::ClientEvent { event, channel, data } = decode(f).unwrap() else {
+        let f =
+            r#"{"event":"client-x","data":{"b":1,"a":12345678901234567890},"channel":"private-a"}"#;
+        let ClientMessage::ClientEvent {
+            event,
+            channel,
+            data,
+        } = decode(f).unwrap()
+        else {
             panic!()
         };
         assert_eq!(event, "client-x");
@@ -223,7 +274,15 @@ mod tests {
 
     #[test]
     fn bad_frames() {
-        for bad in ["", "nope", "[]", r#"["pusher:ping"]"#, "{}", r#"{"event":1}"#, r#"{"event":"x","data":"#] {
+        for bad in [
+            "",
+            "nope",
+            "[]",
+            r#"["pusher:ping"]"#,
+            "{}",
+            r#"{"event":1}"#,
+            r#"{"event":"x","data":"#,
+        ] {
             assert_eq!(decode(bad), Err(FrameError::InvalidJson), "{bad}");
         }
         assert_eq!(
@@ -236,11 +295,15 @@ mod tests {
         );
         assert_eq!(
             decode(r#"{"event":"hello"}"#),
-            Ok(ClientMessage::Unsupported { event: "hello".into() })
+            Ok(ClientMessage::Unsupported {
+                event: "hello".into()
+            })
         );
         assert_eq!(
             decode(r#"{"event":"pusher_internal:member_added"}"#),
-            Ok(ClientMessage::Unsupported { event: "pusher_internal:member_added".into() })
+            Ok(ClientMessage::Unsupported {
+                event: "pusher_internal:member_added".into()
+            })
         );
     }
 }

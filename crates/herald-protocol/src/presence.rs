@@ -46,8 +46,8 @@ pub fn parse_channel_data(text: &str, limits: PresenceLimits) -> Result<MemberDa
     let wire: Wire = serde_json::from_str(text)
         .map_err(|_| "channel_data must be a JSON object with a user_id".to_owned())?;
     let raw_id = wire.user_id.ok_or("channel_data must include user_id")?;
-    let user_id = canonical_user_id(&raw_id)
-        .ok_or("user_id must be a non-empty string or a number")?;
+    let user_id =
+        canonical_user_id(&raw_id).ok_or("user_id must be a non-empty string or a number")?;
     check_member(user_id, wire.user_info, limits)
 }
 
@@ -58,13 +58,18 @@ pub fn check_member(
     limits: PresenceLimits,
 ) -> Result<MemberData, String> {
     if user_id.chars().count() > limits.max_user_id_length {
-        return Err(format!("user_id is longer than {} characters", limits.max_user_id_length));
+        return Err(format!(
+            "user_id is longer than {} characters",
+            limits.max_user_id_length
+        ));
     }
-    let user_info = user_info.unwrap_or_else(|| {
-        RawValue::from_string("null".to_owned()).expect("null is valid JSON")
-    });
+    let user_info = user_info
+        .unwrap_or_else(|| RawValue::from_string("null".to_owned()).expect("null is valid JSON"));
     if user_info.get().len() > limits.max_user_info_bytes {
-        return Err(format!("user_info is larger than {} bytes", limits.max_user_info_bytes));
+        return Err(format!(
+            "user_info is larger than {} bytes",
+            limits.max_user_info_bytes
+        ));
     }
     Ok(MemberData { user_id, user_info })
 }
@@ -73,11 +78,15 @@ pub fn check_member(
 mod tests {
     use super::*;
 
-    const L: PresenceLimits = PresenceLimits { max_user_id_length: 128, max_user_info_bytes: 1024 };
+    const L: PresenceLimits = PresenceLimits {
+        max_user_id_length: 128,
+        max_user_info_bytes: 1024,
+    };
 
     #[test]
     fn ids_are_canonical_strings() {
-        let m = parse_channel_data(r#"{"user_id":10,"user_info":{"name":"Mr. Channels"}}"#, L).unwrap();
+        let m =
+            parse_channel_data(r#"{"user_id":10,"user_info":{"name":"Mr. Channels"}}"#, L).unwrap();
         assert_eq!(m.user_id, "10");
         assert_eq!(m.user_info.get(), r#"{"name":"Mr. Channels"}"#);
         let m = parse_channel_data(r#"{"user_id":"abc"}"#, L).unwrap();

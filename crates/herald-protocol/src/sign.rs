@@ -79,19 +79,30 @@ pub fn verify_auth(
 ) -> Result<(), AuthError> {
     let auth = match auth {
         Some(a) if !a.is_empty() => a,
-        _ => return Err(AuthError::Missing { channel: label.to_owned() }),
+        _ => {
+            return Err(AuthError::Missing {
+                channel: label.to_owned(),
+            })
+        }
     };
     let Some((key, sig)) = auth.split_once(':') else {
-        return Err(AuthError::Malformed { channel: label.to_owned() });
+        return Err(AuthError::Malformed {
+            channel: label.to_owned(),
+        });
     };
     if !is_app_key(key) {
-        return Err(AuthError::UnknownKey { key: key.to_owned() });
+        return Err(AuthError::UnknownKey {
+            key: key.to_owned(),
+        });
     }
     let expected = hmac_hex(secret, signed.as_bytes());
     if ct_eq(&expected, &sig.to_ascii_lowercase()) {
         Ok(())
     } else {
-        Err(AuthError::BadSignature { signed: signed.to_owned(), got: sig.to_owned() })
+        Err(AuthError::BadSignature {
+            signed: signed.to_owned(),
+            got: sig.to_owned(),
+        })
     }
 }
 
@@ -117,16 +128,14 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
         }
@@ -149,12 +158,20 @@ pub fn request_string_to_sign(method: &str, path: &str, pairs: &[(String, String
         .collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
     let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{}\n{}\n{}", method.to_ascii_uppercase(), path, query.join("&"))
+    format!(
+        "{}\n{}\n{}",
+        method.to_ascii_uppercase(),
+        path,
+        query.join("&")
+    )
 }
 
 /// Signs an HTTP API request the way the SDKs do (used by Herald's own clients and tests).
 pub fn sign_request(secret: &str, method: &str, path: &str, pairs: &[(String, String)]) -> String {
-    hmac_hex(secret, request_string_to_sign(method, path, pairs).as_bytes())
+    hmac_hex(
+        secret,
+        request_string_to_sign(method, path, pairs).as_bytes(),
+    )
 }
 
 #[cfg(test)]
@@ -165,7 +182,10 @@ mod tests {
     const SECRET: &str = "7ad3773142a6692b25b8";
 
     fn q(pairs: &[(&str, &str)]) -> QueryPairs {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn base(extra: &[(&str, &str)]) -> QueryPairs {
@@ -186,11 +206,17 @@ mod tests {
         );
         let cd = r#"{"user_id":10,"user_info":{"name":"Mr. Channels"}}"#;
         assert_eq!(
-            hmac_hex(SECRET, channel_string("1234.1234", "presence-foobar", Some(cd)).as_bytes()),
+            hmac_hex(
+                SECRET,
+                channel_string("1234.1234", "presence-foobar", Some(cd)).as_bytes()
+            ),
             "31935e7d86dba64c2a90aed31fdc61869f9b22ba9d8863bba239c03ca481bc80"
         );
         assert_eq!(
-            hmac_hex(SECRET, signin_string("1234.1234", r#"{"id":"12345"}"#).as_bytes()),
+            hmac_hex(
+                SECRET,
+                signin_string("1234.1234", r#"{"id":"12345"}"#).as_bytes()
+            ),
             "4708d583dada6a56435fb8bc611c77c359a31eebde13337c16ab43aa6de336ba"
         );
     }
@@ -199,10 +225,16 @@ mod tests {
     fn verify_auth_errors() {
         let is_key = |k: &str| k == KEY;
         let s = "1234.1234:private-foobar";
-        let good = format!("{KEY}:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4");
-        assert_eq!(verify_auth(Some(&good), s, "private-foobar", is_key, SECRET), Ok(()));
+        let good =
+            format!("{KEY}:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4");
         assert_eq!(
-            verify_auth(Some(""), s, "private-foobar", is_key, SECRET).unwrap_err().to_string(),
+            verify_auth(Some(&good), s, "private-foobar", is_key, SECRET),
+            Ok(())
+        );
+        assert_eq!(
+            verify_auth(Some(""), s, "private-foobar", is_key, SECRET)
+                .unwrap_err()
+                .to_string(),
             "Auth info required to subscribe to private-foobar"
         );
         assert!(matches!(
@@ -210,7 +242,9 @@ mod tests {
             Err(AuthError::Malformed { .. })
         ));
         assert_eq!(
-            verify_auth(Some("other:00"), s, "c", is_key, SECRET).unwrap_err().to_string(),
+            verify_auth(Some("other:00"), s, "c", is_key, SECRET)
+                .unwrap_err()
+                .to_string(),
             "Invalid key in subscription auth data: 'other'"
         );
         assert_eq!(
@@ -273,7 +307,10 @@ mod tests {
         }
         assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(md5_hex(b"{}"), "99914b932bd37a50b983c5e7c90ae93b");
-        assert_eq!(md5_hex(br#"{"hello":"world"}"#), "fbc24bcc7a1794758fc1327fcfebdaf6");
+        assert_eq!(
+            md5_hex(br#"{"hello":"world"}"#),
+            "fbc24bcc7a1794758fc1327fcfebdaf6"
+        );
     }
 
     #[test]
@@ -293,7 +330,15 @@ mod tests {
 
     #[test]
     fn sort_is_stable_for_repeated_keys() {
-        let p = q(&[("b", "1"), ("a[]", "x"), ("A[]", "y"), ("auth_signature", "z")]);
-        assert_eq!(request_string_to_sign("get", "/p", &p), "GET\n/p\na[]=x&a[]=y&b=1");
+        let p = q(&[
+            ("b", "1"),
+            ("a[]", "x"),
+            ("A[]", "y"),
+            ("auth_signature", "z"),
+        ]);
+        assert_eq!(
+            request_string_to_sign("get", "/p", &p),
+            "GET\n/p\na[]=x&a[]=y&b=1"
+        );
     }
 }

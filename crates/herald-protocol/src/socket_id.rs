@@ -20,7 +20,10 @@ impl SocketId {
         if !digits(a) || !digits(b) {
             return None;
         }
-        Some(Self { node: a.parse().ok()?, seq: b.parse().ok()? })
+        Some(Self {
+            node: a.parse().ok()?,
+            seq: b.parse().ok()?,
+        })
     }
 
     /// Does `s` look like a socket id, whether or not it fits our integer types?

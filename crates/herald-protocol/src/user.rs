@@ -51,7 +51,12 @@ pub fn parse_user_data(text: &str, max_watchlist: usize) -> Result<UserData, Str
     }
     let watchlist_truncated = watchlist.len() > max_watchlist;
     watchlist.truncate(max_watchlist);
-    Ok(UserData { id, user_info: wire.user_info, watchlist, watchlist_truncated })
+    Ok(UserData {
+        id,
+        user_info: wire.user_info,
+        watchlist,
+        watchlist_truncated,
+    })
 }
 
 #[cfg(test)]
@@ -60,8 +65,11 @@ mod tests {
 
     #[test]
     fn parses() {
-        let u = parse_user_data(r#"{"id":"7","user_info":{"a":1},"watchlist":["1","2"]}"#, 100)
-            .unwrap();
+        let u = parse_user_data(
+            r#"{"id":"7","user_info":{"a":1},"watchlist":["1","2"]}"#,
+            100,
+        )
+        .unwrap();
         assert_eq!(u.id, "7");
         assert_eq!(u.user_info.unwrap().get(), r#"{"a":1}"#);
         assert_eq!(u.watchlist, ["1", "2"]);
@@ -73,7 +81,15 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in ["x", "[]", r#"["id"]"#, "{}", r#"{"id":7}"#, r#"{"id":""}"#, r#"{"id":"1","watchlist":"a"}"#] {
+        for bad in [
+            "x",
+            "[]",
+            r#"["id"]"#,
+            "{}",
+            r#"{"id":7}"#,
+            r#"{"id":""}"#,
+            r#"{"id":"1","watchlist":"a"}"#,
+        ] {
             assert!(parse_user_data(bad, 100).is_err(), "{bad}");
         }
     }

@@ -36,9 +36,14 @@ pub fn authenticate(
     app_ref: AppRef<'_>,
     req: &SignedRequest<'_>,
     now_unix: i64,
-) -> Result<(Arc<App>, Vec<(String, String)>), ApiError> {
+) -> Result<(Arc<App>, sign::QueryPairs), ApiError> {
     let pairs = sign::decode_query(req.raw_query);
-    let param = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let param = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     let unauthorized = |m: String| ApiError::new(401, m);
 
     let app = match app_ref {
@@ -47,11 +52,16 @@ pub fn authenticate(
             .by_id(id)
             .ok_or_else(|| ApiError::new(404, format!("Unknown app id {id}")))?,
         AppRef::ByAuthKey => {
-            let key = param("auth_key").ok_or_else(|| unauthorized("Missing parameter: auth_key".into()))?;
-            engine.apps().by_key(key).ok_or_else(|| unauthorized("Unknown auth_key".into()))?
+            let key = param("auth_key")
+                .ok_or_else(|| unauthorized("Missing parameter: auth_key".into()))?;
+            engine
+                .apps()
+                .by_key(key)
+                .ok_or_else(|| unauthorized("Unknown auth_key".into()))?
         }
     };
-    let key = param("auth_key").ok_or_else(|| unauthorized("Missing parameter: auth_key".into()))?;
+    let key =
+        param("auth_key").ok_or_else(|| unauthorized("Missing parameter: auth_key".into()))?;
     if !app.has_key(key) {
         return Err(unauthorized("Unknown auth_key".into()));
     }
@@ -61,10 +71,11 @@ pub fn authenticate(
         Some(_) => return Err(unauthorized("Version not supported".into())),
     }
     let ts = param("auth_timestamp").ok_or_else(|| unauthorized("Timestamp required".into()))?;
-    let ts: i64 = ts
-        .trim()
-        .parse()
-        .map_err(|_| unauthorized(format!("Timestamp invalid: {ts} is not a Unix time in seconds")))?;
+    let ts: i64 = ts.trim().parse().map_err(|_| {
+        unauthorized(format!(
+            "Timestamp invalid: {ts} is not a Unix time in seconds"
+        ))
+    })?;
     if (now_unix - ts).abs() >= TIMESTAMP_WINDOW {
         return Err(unauthorized(format!(
             "Timestamp expired: Given timestamp ({}) not within {TIMESTAMP_WINDOW}s of server time ({})",
@@ -78,7 +89,11 @@ pub fn authenticate(
         }
         None => {}
         Some(given) => {
-            let actual = if req.body.is_empty() { EMPTY_MD5.to_owned() } else { sign::md5_hex(req.body) };
+            let actual = if req.body.is_empty() {
+                EMPTY_MD5.to_owned()
+            } else {
+                sign::md5_hex(req.body)
+            };
             if !given.eq_ignore_ascii_case(&actual) {
                 return Err(unauthorized(format!(
                     "Invalid body_md5: the MD5 of the body is {actual}, but body_md5 is {given}"
@@ -86,7 +101,8 @@ pub fn authenticate(
             }
         }
     }
-    let given = param("auth_signature").ok_or_else(|| unauthorized("Missing parameter: auth_signature".into()))?;
+    let given = param("auth_signature")
+        .ok_or_else(|| unauthorized("Missing parameter: auth_signature".into()))?;
     let given_lc = given.to_ascii_lowercase();
     let to_sign = sign::request_string_to_sign(req.method, req.path, &pairs);
     let mut ok = sign::ct_eq(&sign::hmac_hex(&app.secret, to_sign.as_bytes()), &given_lc);
@@ -131,7 +147,9 @@ impl Executor {
                     s.user_count = users;
                     s.occupied = subs > 0;
                 }
-                Err(e) => tracing::warn!(error = %e, "cluster read failed; answering with this node's counts"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster read failed; answering with this node's counts")
+                }
             }
         }
         s
@@ -142,7 +160,10 @@ impl Executor {
             match c.channel_counts(&app.id).await {
                 Ok(counts) => {
                     let mut out: Vec<(String, ChannelStats)> = Vec::new();
-                    for (name, n) in counts.into_iter().filter(|(n, c)| *c > 0 && n.starts_with(prefix)) {
+                    for (name, n) in counts
+                        .into_iter()
+                        .filter(|(n, c)| *c > 0 && n.starts_with(prefix))
+                    {
                         let user_count = if name.starts_with("presence-") {
                             c.channel_count(&app.id, &name).await.map_or(0, |(_, u)| u)
                         } else {
@@ -150,26 +171,43 @@ impl Executor {
                         };
                         out.push((
                             name,
-                            ChannelStats { occupied: true, subscription_count: n, user_count, cache: None },
+                            ChannelStats {
+                                occupied: true,
+                                subscription_count: n,
+                                user_count,
+                                cache: None,
+                            },
                         ));
                     }
                     out.sort_by(|a, b| a.0.cmp(&b.0));
                     return out;
                 }
-                Err(e) => tracing::warn!(error = %e, "cluster read failed; answering with this node's channels"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster read failed; answering with this node's channels")
+                }
             }
         }
-        self.engine.channels(&app.id, prefix).into_iter().map(|(n, s)| (n.to_string(), s)).collect()
+        self.engine
+            .channels(&app.id, prefix)
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect()
     }
 
     async fn member_ids(&self, app: &App, ch: &ChannelName) -> Vec<String> {
         if let Some(c) = &self.cluster {
             match c.members(&app.id, ch.as_str()).await {
                 Ok(m) => return m.into_iter().map(|(id, _)| id).collect(),
-                Err(e) => tracing::warn!(error = %e, "cluster read failed; answering with this node's members"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster read failed; answering with this node's members")
+                }
             }
         }
-        self.engine.members(&app.id, ch).iter().map(|id| id.to_string()).collect()
+        self.engine
+            .members(&app.id, ch)
+            .iter()
+            .map(|id| id.to_string())
+            .collect()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -178,7 +216,9 @@ impl Executor {
 
     fn check_info(app: &App, info: Option<Info>) -> Result<(), ApiError> {
         if info.is_some_and(|i| i.subscription_count) && !app.enable_subscription_count {
-            return Err(ApiError::bad_request("subscription_count is not enabled for this app"));
+            return Err(ApiError::bad_request(
+                "subscription_count is not enabled for this app",
+            ));
         }
         Ok(())
     }
@@ -186,12 +226,19 @@ impl Executor {
     fn publish(&self, app: &App, t: &Trigger) {
         let ttl = Duration::from_secs(app.limits.cache_ttl);
         for ch in &t.channels {
-            self.engine.publish(&app.id, ch, &t.name, &t.data, t.socket_id, ttl);
+            self.engine
+                .publish(&app.id, ch, &t.name, &t.data, t.socket_id, ttl);
         }
     }
 
     /// Attributes of `info` that apply to `channel`.
-    fn info_object(&self, app: &App, channel: &ChannelName, info: Info, s: &ChannelStats) -> Map<String, Value> {
+    fn info_object(
+        &self,
+        app: &App,
+        channel: &ChannelName,
+        info: Info,
+        s: &ChannelStats,
+    ) -> Map<String, Value> {
         let _ = app;
         let mut o = Map::new();
         if info.user_count && channel.is_presence() {
@@ -214,7 +261,10 @@ impl Executor {
                 let mut channels = Map::new();
                 for ch in &t.channels {
                     let s = self.stats(app, ch).await;
-                    channels.insert(ch.to_string(), Value::Object(self.info_object(app, ch, info, &s)));
+                    channels.insert(
+                        ch.to_string(),
+                        Value::Object(self.info_object(app, ch, info, &s)),
+                    );
                 }
                 json!({ "channels": channels })
             }
@@ -255,9 +305,15 @@ impl Executor {
         query: &[(String, String)],
         body: &[u8],
     ) -> Result<Value, ApiError> {
-        let data = std::str::from_utf8(body)
-            .map_err(|_| ApiError::bad_request("Request body must be valid UTF-8 (it is the event data)"))?;
-        let param = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let data = std::str::from_utf8(body).map_err(|_| {
+            ApiError::bad_request("Request body must be valid UTF-8 (it is the event data)")
+        })?;
+        let param = |k: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
         let mut obj = Map::new();
         obj.insert("channel".into(), json!(channel));
         obj.insert("data".into(), json!(data));
@@ -276,7 +332,12 @@ impl Executor {
 
     /// `GET /channels`.
     pub async fn channels(&self, app: &App, query: &[(String, String)]) -> Result<Value, ApiError> {
-        let param = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let param = |k: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         let prefix = param("filter_by_prefix").unwrap_or("");
         let info = Info::parse(param("info").unwrap_or(""));
         if info.user_count && !prefix.starts_with("presence-") {
@@ -304,9 +365,19 @@ impl Executor {
     }
 
     /// `GET /channels/{c}`.
-    pub async fn channel(&self, app: &App, name: &str, query: &[(String, String)]) -> Result<Value, ApiError> {
+    pub async fn channel(
+        &self,
+        app: &App,
+        name: &str,
+        query: &[(String, String)],
+    ) -> Result<Value, ApiError> {
         let ch = api::check_channel(name, &app.limits)?;
-        let param = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let param = |k: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         let info = Info::parse(param("info").unwrap_or(""));
         if info.user_count && !ch.is_presence() {
             return Err(ApiError::bad_request(
@@ -314,7 +385,9 @@ impl Executor {
             ));
         }
         if info.cache && !ch.is_cache() {
-            return Err(ApiError::bad_request("Cannot retrieve cache unless the channel is a cache channel"));
+            return Err(ApiError::bad_request(
+                "Cannot retrieve cache unless the channel is a cache channel",
+            ));
         }
         Self::check_info(app, Some(info))?;
         let s = self.stats(app, &ch).await;
@@ -330,7 +403,10 @@ impl Executor {
             o.insert("connection_count".into(), json!(s.subscription_count));
         }
         if info.cache {
-            let v = s.cache.map_or(Value::Null, |(data, ttl)| json!({ "data": &*data, "ttl": ttl }));
+            let v = s.cache.map_or(
+                Value::Null,
+                |(data, ttl)| json!({ "data": &*data, "ttl": ttl }),
+            );
             o.insert("cache".into(), v);
         }
         Ok(Value::Object(o))
@@ -353,10 +429,16 @@ impl Executor {
     pub async fn users(&self, app: &App, name: &str) -> Result<Value, ApiError> {
         let ch = api::check_channel(name, &app.limits)?;
         if !ch.is_presence() {
-            return Err(ApiError::bad_request("Users can only be retrieved for presence channels"));
+            return Err(ApiError::bad_request(
+                "Users can only be retrieved for presence channels",
+            ));
         }
-        let users: Vec<Value> =
-            self.member_ids(app, &ch).await.iter().map(|id| json!({ "id": id })).collect();
+        let users: Vec<Value> = self
+            .member_ids(app, &ch)
+            .await
+            .iter()
+            .map(|id| json!({ "id": id }))
+            .collect();
         Ok(json!({ "users": users }))
     }
 
@@ -399,7 +481,12 @@ mod tests {
     const Q: &str = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f&auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c";
 
     fn auth(e: &Engine, q: &str, body: &str, now: i64) -> Result<String, ApiError> {
-        let r = SignedRequest { method: "POST", path: "/apps/3/events", raw_query: q, body: body.as_bytes() };
+        let r = SignedRequest {
+            method: "POST",
+            path: "/apps/3/events",
+            raw_query: q,
+            body: body.as_bytes(),
+        };
         authenticate(e, AppRef::Id("3"), &r, now).map(|(a, _)| a.id.clone())
     }
 
@@ -415,7 +502,9 @@ mod tests {
         let e = engine();
         let err = auth(&e, Q, BODY, 1_353_088_179 + 600).unwrap_err();
         assert_eq!(err.status, 401);
-        assert!(err.message.starts_with("Timestamp expired: Given timestamp (2012-11-16T17:49:39Z)"));
+        assert!(err
+            .message
+            .starts_with("Timestamp expired: Given timestamp (2012-11-16T17:49:39Z)"));
         let err = auth(&e, Q, "{}", 1_353_088_179).unwrap_err();
         assert!(err.message.starts_with("Invalid body_md5"));
         let bad = Q.replace("da4548", "000000");
@@ -423,13 +512,36 @@ mod tests {
         assert!(err.message.starts_with(
             "Invalid signature: you should have sent HmacSHA256Hex(\"POST\\n/apps/3/events\\nauth_key="
         ));
-        assert_eq!(auth(&e, "", BODY, 0).unwrap_err().message, "Missing parameter: auth_key");
-        let err = auth(&e, &Q.replace("auth_key=278d425bdf160c739803", "auth_key=nope"), BODY, 0).unwrap_err();
+        assert_eq!(
+            auth(&e, "", BODY, 0).unwrap_err().message,
+            "Missing parameter: auth_key"
+        );
+        let err = auth(
+            &e,
+            &Q.replace("auth_key=278d425bdf160c739803", "auth_key=nope"),
+            BODY,
+            0,
+        )
+        .unwrap_err();
         assert_eq!(err.message, "Unknown auth_key");
-        let err = auth(&e, &Q.replace("auth_version=1.0", "auth_version=2.0"), BODY, 0).unwrap_err();
+        let err = auth(
+            &e,
+            &Q.replace("auth_version=1.0", "auth_version=2.0"),
+            BODY,
+            0,
+        )
+        .unwrap_err();
         assert_eq!(err.message, "Version not supported");
-        let r = SignedRequest { method: "GET", path: "/apps/9/channels", raw_query: "", body: b"" };
-        assert_eq!(authenticate(&e, AppRef::Id("9"), &r, 0).unwrap_err().status, 404);
+        let r = SignedRequest {
+            method: "GET",
+            path: "/apps/9/channels",
+            raw_query: "",
+            body: b"",
+        };
+        assert_eq!(
+            authenticate(&e, AppRef::Id("9"), &r, 0).unwrap_err().status,
+            404
+        );
     }
 
     #[test]
@@ -444,7 +556,17 @@ mod tests {
         pairs.push(("auth_signature".into(), sig));
         let q: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let q = q.join("&");
-        let r = SignedRequest { method: "GET", path: "/apps/4/channels", raw_query: &q, body: b"" };
-        assert_eq!(authenticate(&e, AppRef::Id("4"), &r, 100).unwrap_err().status, 403);
+        let r = SignedRequest {
+            method: "GET",
+            path: "/apps/4/channels",
+            raw_query: &q,
+            body: b"",
+        };
+        assert_eq!(
+            authenticate(&e, AppRef::Id("4"), &r, 100)
+                .unwrap_err()
+                .status,
+            403
+        );
     }
 }

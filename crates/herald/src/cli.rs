@@ -46,26 +46,38 @@ pub struct ChannelsArgs {
 
 fn pick(config: &Config, target: &Target) -> Result<(String, App), String> {
     let app = match &target.app_id {
-        Some(id) => config
+        Some(id) => config.apps.iter().find(|a| &a.id == id).ok_or_else(|| {
+            format!("no app with id `{id}` in the configuration; check --app-id or --config")
+        })?,
+        None => config
             .apps
-            .iter()
-            .find(|a| &a.id == id)
-            .ok_or_else(|| format!("no app with id `{id}` in the configuration; check --app-id or --config"))?,
-        None => config.apps.first().ok_or("the configuration lists no apps")?,
+            .first()
+            .ok_or("the configuration lists no apps")?,
     };
     let url = target.url.clone().unwrap_or_else(|| {
         let host = match config.server.host.as_str() {
             "0.0.0.0" | "::" => "127.0.0.1",
             h => h,
         };
-        let scheme = if config.tls.enabled() { "https" } else { "http" };
+        let scheme = if config.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{host}:{}", config.server.port)
     });
     Ok((url.trim_end_matches('/').to_owned(), app.clone()))
 }
 
 /// Builds the signed query string for a request.
-pub fn signed_query(app: &App, method: &str, path: &str, body: &[u8], extra: &[(String, String)], now: i64) -> String {
+pub fn signed_query(
+    app: &App,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    extra: &[(String, String)],
+    now: i64,
+) -> String {
     let mut pairs: Vec<(String, String)> = vec![
         ("auth_key".into(), app.key.clone()),
         ("auth_timestamp".into(), now.to_string()),
@@ -91,10 +103,17 @@ pub fn signed_query(app: &App, method: &str, path: &str, body: &[u8], extra: &[(
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
-async fn send(target: &Target, method: reqwest::Method, url: String, body: Vec<u8>) -> Result<String, String> {
+async fn send(
+    target: &Target,
+    method: reqwest::Method,
+    url: String,
+    body: Vec<u8>,
+) -> Result<String, String> {
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(target.insecure)
         .build()
@@ -122,12 +141,19 @@ async fn send(target: &Target, method: reqwest::Method, url: String, body: Vec<u
 /// `herald trigger <channel> <event> <data>`.
 pub async fn trigger(config: &Config, args: TriggerArgs) -> Result<(), String> {
     let (base, app) = pick(config, &args.target)?;
-    let body = serde_json::json!({ "name": args.event, "channels": [args.channel], "data": args.data })
-        .to_string()
-        .into_bytes();
+    let body =
+        serde_json::json!({ "name": args.event, "channels": [args.channel], "data": args.data })
+            .to_string()
+            .into_bytes();
     let path = format!("/apps/{}/events", app.id);
     let q = signed_query(&app, "POST", &path, &body, &[], now());
-    let out = send(&args.target, reqwest::Method::POST, format!("{base}{path}?{q}"), body).await?;
+    let out = send(
+        &args.target,
+        reqwest::Method::POST,
+        format!("{base}{path}?{q}"),
+        body,
+    )
+    .await?;
     println!("{out}");
     Ok(())
 }
@@ -144,7 +170,13 @@ pub async fn channels(config: &Config, args: ChannelsArgs) -> Result<(), String>
     }
     let path = format!("/apps/{}/channels", app.id);
     let q = signed_query(&app, "GET", &path, b"", &extra, now());
-    let out = send(&args.target, reqwest::Method::GET, format!("{base}{path}?{q}"), Vec::new()).await?;
+    let out = send(
+        &args.target,
+        reqwest::Method::GET,
+        format!("{base}{path}?{q}"),
+        Vec::new(),
+    )
+    .await?;
     println!("{out}");
     Ok(())
 }

@@ -98,7 +98,14 @@ struct BusMsg {
 enum Bus {
     /// A frame for a channel's subscribers; `d` + `ttl` when a cache channel keeps it.
     #[serde(rename = "p")]
-    Publish { a: String, c: String, f: String, x: Option<String>, d: Option<String>, ttl: Option<u64> },
+    Publish {
+        a: String,
+        c: String,
+        f: String,
+        x: Option<String>,
+        d: Option<String>,
+        ttl: Option<u64>,
+    },
     #[serde(rename = "term")]
     Terminate { a: String, u: String },
     #[serde(rename = "w")]
@@ -132,7 +139,9 @@ pub struct RedisAdapter {
 
 impl std::fmt::Debug for RedisAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisAdapter").field("node_id", &self.inner.node_id).finish_non_exhaustive()
+        f.debug_struct("RedisAdapter")
+            .field("node_id", &self.inner.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -144,8 +153,13 @@ fn config() -> AsyncConnectionConfig {
 
 impl RedisAdapter {
     /// Creates the adapter; nothing connects until [`RedisAdapter::start`].
-    pub fn new(url: &str, prefix: &str, metrics: Arc<Metrics>) -> Result<(Self, Receivers), String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid redis.url `{url}`: {e}"))?;
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Receivers), String> {
+        let client =
+            redis::Client::open(url).map_err(|e| format!("invalid redis.url `{url}`: {e}"))?;
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let (bus, bus_rx) = mpsc::channel(BUS_QUEUE);
         metrics.set_adapter_up(false);
@@ -159,7 +173,15 @@ impl RedisAdapter {
             bus,
             up: AtomicBool::new(false),
         };
-        Ok((Self { inner: Arc::new(inner) }, Receivers { notes: notes_rx, bus: bus_rx }))
+        Ok((
+            Self {
+                inner: Arc::new(inner),
+            },
+            Receivers {
+                notes: notes_rx,
+                bus: bus_rx,
+            },
+        ))
     }
 
     pub fn is_up(&self) -> bool {
@@ -172,13 +194,19 @@ impl RedisAdapter {
             if up {
                 tracing::info!(node = self.inner.node_id, "connected to Redis");
             } else {
-                tracing::warn!(node = self.inner.node_id, "lost Redis: serving local clients only until it is back");
+                tracing::warn!(
+                    node = self.inner.node_id,
+                    "lost Redis: serving local clients only until it is back"
+                );
             }
         }
     }
 
     fn engine(&self) -> &Engine {
-        self.inner.engine.get().expect("the engine is attached before the adapter starts")
+        self.inner
+            .engine
+            .get()
+            .expect("the engine is attached before the adapter starts")
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -201,7 +229,12 @@ impl RedisAdapter {
 
     async fn connect(&self) -> MultiplexedConnection {
         loop {
-            match self.inner.client.get_multiplexed_async_connection_with_config(&config()).await {
+            match self
+                .inner
+                .client
+                .get_multiplexed_async_connection_with_config(&config())
+                .await
+            {
                 Ok(c) => return c,
                 Err(e) => {
                     self.set_up(false);
@@ -217,8 +250,13 @@ impl RedisAdapter {
     }
 
     fn send(&self, body: Bus) {
-        let msg = BusMsg { n: self.inner.node_id, body };
-        let Ok(text) = serde_json::to_string(&msg) else { return };
+        let msg = BusMsg {
+            n: self.inner.node_id,
+            body,
+        };
+        let Ok(text) = serde_json::to_string(&msg) else {
+            return;
+        };
         if self.inner.bus.try_send(text).is_err() {
             tracing::warn!("cluster message queue full: a message for other nodes was dropped");
         }
@@ -228,8 +266,11 @@ impl RedisAdapter {
         let mut conn = self.connect().await;
         let channel = self.bus_channel();
         while let Some(msg) = rx.recv().await {
-            let sent: redis::RedisResult<()> =
-                redis::cmd("PUBLISH").arg(&channel).arg(&msg).query_async(&mut conn).await;
+            let sent: redis::RedisResult<()> = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&msg)
+                .query_async(&mut conn)
+                .await;
             if let Err(e) = sent {
                 // Undeliverable to other nodes while Redis is away: local subscribers already have it.
                 tracing::debug!(error = %e, "publishing to other nodes failed");
@@ -256,7 +297,9 @@ impl RedisAdapter {
             }
             let mut stream = pubsub.on_message();
             while let Some(msg) = stream.next().await {
-                let Ok(text) = msg.get_payload::<String>() else { continue };
+                let Ok(text) = msg.get_payload::<String>() else {
+                    continue;
+                };
                 match serde_json::from_str::<BusMsg>(&text) {
                     Ok(m) if m.n != self.inner.node_id => self.inbound(m.body),
                     Ok(_) => {}
@@ -272,7 +315,9 @@ impl RedisAdapter {
         let engine = self.engine();
         match body {
             Bus::Publish { a, c, f, x, d, ttl } => {
-                let Ok(ch) = ChannelName::parse(&c, usize::MAX) else { return };
+                let Ok(ch) = ChannelName::parse(&c, usize::MAX) else {
+                    return;
+                };
                 let except = x.as_deref().and_then(SocketId::parse);
                 let cache = d.as_deref().zip(ttl.map(Duration::from_millis));
                 engine.deliver_local(&a, &ch, &Frame::from(f), except, cache);
@@ -286,7 +331,8 @@ impl RedisAdapter {
 
     /// Sends a frame to every subscriber of `channel` on every node (but `except`).
     fn broadcast(&self, app: &str, channel: &ChannelName, frame: String, except: Option<SocketId>) {
-        self.engine().deliver_local(app, channel, &Frame::from(frame.clone()), except, None);
+        self.engine()
+            .deliver_local(app, channel, &Frame::from(frame.clone()), except, None);
         self.send(Bus::Publish {
             a: app.to_owned(),
             c: channel.to_string(),
@@ -320,7 +366,9 @@ impl RedisAdapter {
             let mut failed = false;
             let keys: Vec<NoteKey> = std::mem::take(&mut order);
             for (i, k) in keys.iter().enumerate() {
-                let Some((note, quiet)) = pending.get(k).cloned() else { continue };
+                let Some((note, quiet)) = pending.get(k).cloned() else {
+                    continue;
+                };
                 match self.apply(&script, c, &note).await {
                     Ok(t) => {
                         pending.remove(k);
@@ -353,14 +401,25 @@ impl RedisAdapter {
         let node = self.inner.node_id.to_string();
         let mut inv = script.prepare_invoke();
         match note {
-            ClusterNote::ChannelCount { app, channel, count } => {
+            ClusterNote::ChannelCount {
+                app,
+                channel,
+                count,
+            } => {
                 inv.key(self.key(&["node", &node, "ch"]))
                     .key(self.key(&["ch", app]))
                     .arg(format!("{app}\n{channel}"))
                     .arg(channel.as_str())
                     .arg(*count);
             }
-            ClusterNote::MemberCount { app, channel, user_id, count, info, .. } => {
+            ClusterNote::MemberCount {
+                app,
+                channel,
+                user_id,
+                count,
+                info,
+                ..
+            } => {
                 inv.key(self.key(&["node", &node, "pu"]))
                     .key(self.key(&["pu", app, channel.as_str()]))
                     .key(self.key(&["pi", app, channel.as_str()]))
@@ -369,7 +428,11 @@ impl RedisAdapter {
                     .arg(*count)
                     .arg(&**info);
             }
-            ClusterNote::UserCount { app, user_id, count } => {
+            ClusterNote::UserCount {
+                app,
+                user_id,
+                count,
+            } => {
                 inv.key(self.key(&["node", &node, "us"]))
                     .key(self.key(&["us", app]))
                     .arg(format!("{app}\n{user_id}"))
@@ -388,21 +451,38 @@ impl RedisAdapter {
         match note {
             ClusterNote::ChannelCount { app, channel, .. } => {
                 if before == 0 && after > 0 {
-                    engine.emit_event(LifecycleEvent::ChannelOccupied { app: app.clone(), channel: channel.arc().clone() });
+                    engine.emit_event(LifecycleEvent::ChannelOccupied {
+                        app: app.clone(),
+                        channel: channel.arc().clone(),
+                    });
                 } else if before > 0 && after == 0 {
-                    engine.emit_event(LifecycleEvent::ChannelVacated { app: app.clone(), channel: channel.arc().clone() });
+                    engine.emit_event(LifecycleEvent::ChannelVacated {
+                        app: app.clone(),
+                        channel: channel.arc().clone(),
+                    });
                 }
                 if before != after && after > 0 {
                     self.subscription_count(app, channel, after as usize);
                 }
             }
-            ClusterNote::MemberCount { app, channel, user_id, info, socket_id, .. } => {
+            ClusterNote::MemberCount {
+                app,
+                channel,
+                user_id,
+                info,
+                socket_id,
+                ..
+            } => {
                 if before == 0 && after > 0 {
                     let frame = encode::member_added(
                         channel.as_str(),
                         user_id,
-                        &serde_json::value::RawValue::from_string(info.to_string())
-                            .unwrap_or_else(|_| serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")),
+                        &serde_json::value::RawValue::from_string(info.to_string()).unwrap_or_else(
+                            |_| {
+                                serde_json::value::RawValue::from_string("null".into())
+                                    .expect("null is JSON")
+                            },
+                        ),
                     );
                     self.broadcast(app, channel, frame, Some(*socket_id));
                     engine.emit_event(LifecycleEvent::MemberAdded {
@@ -423,7 +503,12 @@ impl RedisAdapter {
     }
 
     fn member_gone(&self, app: &Arc<str>, channel: &ChannelName, user_id: &Arc<str>) {
-        self.broadcast(app, channel, encode::member_removed(channel.as_str(), user_id), None);
+        self.broadcast(
+            app,
+            channel,
+            encode::member_removed(channel.as_str(), user_id),
+            None,
+        );
         self.engine().emit_event(LifecycleEvent::MemberRemoved {
             app: app.clone(),
             channel: channel.arc().clone(),
@@ -433,18 +518,29 @@ impl RedisAdapter {
 
     fn online_changed(&self, app: &Arc<str>, user_id: &Arc<str>, online: bool) {
         self.engine().notify_watchers_local(app, user_id, online);
-        self.send(Bus::Watch { a: app.to_string(), u: user_id.to_string(), on: online });
+        self.send(Bus::Watch {
+            a: app.to_string(),
+            u: user_id.to_string(),
+            on: online,
+        });
     }
 
     fn subscription_count(&self, app: &Arc<str>, channel: &ChannelName, count: usize) {
         if channel.is_presence() {
             return;
         }
-        let Some(a) = self.engine().apps().by_id(app) else { return };
+        let Some(a) = self.engine().apps().by_id(app) else {
+            return;
+        };
         if !a.enable_subscription_count {
             return;
         }
-        self.broadcast(app, channel, encode::subscription_count(channel.as_str(), count), None);
+        self.broadcast(
+            app,
+            channel,
+            encode::subscription_count(channel.as_str(), count),
+            None,
+        );
         self.engine().emit_event(LifecycleEvent::SubscriptionCount {
             app: app.clone(),
             channel: channel.arc().clone(),
@@ -472,7 +568,12 @@ impl RedisAdapter {
         }
     }
 
-    async fn beat(&self, c: &mut MultiplexedConnection, node: &str, reap: &Script) -> redis::RedisResult<()> {
+    async fn beat(
+        &self,
+        c: &mut MultiplexedConnection,
+        node: &str,
+        reap: &Script,
+    ) -> redis::RedisResult<()> {
         let nodes = self.key(&["nodes"]);
         let _: () = redis::pipe()
             .cmd("SET")
@@ -488,23 +589,39 @@ impl RedisAdapter {
             .query_async(c)
             .await?;
         // A missing marker means Redis lost our share (restart) or a peer reaped us (outage).
-        let fresh: bool = redis::cmd("SET").arg(self.key(&["alive", node])).arg(1).arg("NX").query_async(c).await?;
+        let fresh: bool = redis::cmd("SET")
+            .arg(self.key(&["alive", node]))
+            .arg(1)
+            .arg("NX")
+            .query_async(c)
+            .await?;
         self.set_up(true);
         if fresh {
             let notes = self.engine().local_notes();
-            tracing::info!(node, entries = notes.len(), "writing this node's share of the cluster state");
+            tracing::info!(
+                node,
+                entries = notes.len(),
+                "writing this node's share of the cluster state"
+            );
             for n in notes {
                 let _ = self.inner.notes.send((n, true));
             }
         }
         let members: Vec<String> = redis::cmd("SMEMBERS").arg(&nodes).query_async(c).await?;
         for peer in members.iter().filter(|m| m.as_str() != node) {
-            let alive: bool = redis::cmd("EXISTS").arg(self.key(&["hb", peer])).query_async(c).await?;
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(self.key(&["hb", peer]))
+                .query_async(c)
+                .await?;
             if alive {
                 continue;
             }
-            let lines: Vec<String> =
-                reap.key(&nodes).arg(peer).arg(&self.inner.prefix).invoke_async(c).await?;
+            let lines: Vec<String> = reap
+                .key(&nodes)
+                .arg(peer)
+                .arg(&self.inner.prefix)
+                .invoke_async(c)
+                .await?;
             tracing::warn!(node = %peer, transitions = lines.len(), "removed a dead node's connections from the cluster");
             for line in lines {
                 self.reaped(&line);
@@ -516,9 +633,14 @@ impl RedisAdapter {
     fn reaped(&self, line: &str) {
         let parts: Vec<&str> = line.split('\n').collect();
         let app: Arc<str> = Arc::from(*parts.get(1).unwrap_or(&""));
-        let channel = parts.get(2).and_then(|c| ChannelName::parse(c, usize::MAX).ok());
+        let channel = parts
+            .get(2)
+            .and_then(|c| ChannelName::parse(c, usize::MAX).ok());
         match (parts.first().copied(), channel) {
-            (Some("v"), Some(ch)) => self.engine().emit_event(LifecycleEvent::ChannelVacated { app, channel: ch.arc().clone() }),
+            (Some("v"), Some(ch)) => self.engine().emit_event(LifecycleEvent::ChannelVacated {
+                app,
+                channel: ch.arc().clone(),
+            }),
             (Some("c"), Some(ch)) => {
                 if let Some(n) = parts.get(3).and_then(|n| n.parse().ok()) {
                     self.subscription_count(&app, &ch, n);
@@ -539,17 +661,27 @@ impl RedisAdapter {
     }
 
     async fn read_conn(&self) -> redis::RedisResult<MultiplexedConnection> {
-        self.inner.client.get_multiplexed_async_connection_with_config(&config()).await
+        self.inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config())
+            .await
     }
 
     /// Cluster-wide subscriber counts of an app's occupied channels.
     pub async fn channel_counts(&self, app: &str) -> redis::RedisResult<HashMap<String, usize>> {
         let mut c = self.read_conn().await?;
-        redis::cmd("HGETALL").arg(self.key(&["ch", app])).query_async(&mut c).await
+        redis::cmd("HGETALL")
+            .arg(self.key(&["ch", app]))
+            .query_async(&mut c)
+            .await
     }
 
     /// Cluster-wide (subscribers, distinct presence users) of one channel.
-    pub async fn channel_count(&self, app: &str, channel: &str) -> redis::RedisResult<(usize, usize)> {
+    pub async fn channel_count(
+        &self,
+        app: &str,
+        channel: &str,
+    ) -> redis::RedisResult<(usize, usize)> {
         let mut c = self.read_conn().await?;
         let (subs, users): (Option<usize>, usize) = redis::pipe()
             .cmd("HGET")
@@ -563,10 +695,16 @@ impl RedisAdapter {
     }
 
     /// Presence members of a channel across the cluster: (user id, raw user_info).
-    pub async fn members(&self, app: &str, channel: &str) -> redis::RedisResult<Vec<(String, String)>> {
+    pub async fn members(
+        &self,
+        app: &str,
+        channel: &str,
+    ) -> redis::RedisResult<Vec<(String, String)>> {
         let mut c = self.read_conn().await?;
-        let m: HashMap<String, String> =
-            redis::cmd("HGETALL").arg(self.key(&["pi", app, channel])).query_async(&mut c).await?;
+        let m: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key(&["pi", app, channel]))
+            .query_async(&mut c)
+            .await?;
         let mut v: Vec<(String, String)> = m.into_iter().collect();
         v.sort();
         Ok(v)
@@ -578,8 +716,11 @@ impl RedisAdapter {
             return Ok(Vec::new());
         }
         let mut c = self.read_conn().await?;
-        let counts: Vec<Option<i64>> =
-            redis::cmd("HMGET").arg(self.key(&["us", app])).arg(users).query_async(&mut c).await?;
+        let counts: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(self.key(&["us", app]))
+            .arg(users)
+            .query_async(&mut c)
+            .await?;
         Ok(users
             .iter()
             .zip(counts)
@@ -591,15 +732,24 @@ impl RedisAdapter {
 
 fn note_key(n: &ClusterNote) -> NoteKey {
     match n {
-        ClusterNote::ChannelCount { app, channel, .. } => NoteKey::Channel(app.clone(), channel.arc().clone()),
-        ClusterNote::MemberCount { app, channel, user_id, .. } => {
-            NoteKey::Member(app.clone(), channel.arc().clone(), user_id.clone())
+        ClusterNote::ChannelCount { app, channel, .. } => {
+            NoteKey::Channel(app.clone(), channel.arc().clone())
         }
+        ClusterNote::MemberCount {
+            app,
+            channel,
+            user_id,
+            ..
+        } => NoteKey::Member(app.clone(), channel.arc().clone(), user_id.clone()),
         ClusterNote::UserCount { app, user_id, .. } => NoteKey::User(app.clone(), user_id.clone()),
     }
 }
 
-fn push_note(pending: &mut HashMap<NoteKey, (ClusterNote, bool)>, order: &mut Vec<NoteKey>, (n, quiet): (ClusterNote, bool)) {
+fn push_note(
+    pending: &mut HashMap<NoteKey, (ClusterNote, bool)>,
+    order: &mut Vec<NoteKey>,
+    (n, quiet): (ClusterNote, bool),
+) {
     let k = note_key(&n);
     match pending.get_mut(&k) {
         // A loud note stays loud when a quiet resync value replaces it.
@@ -650,6 +800,9 @@ impl ClusterAdapter for RedisAdapter {
     }
 
     fn terminate_remote(&self, app_id: &str, user_id: &str) {
-        self.send(Bus::Terminate { a: app_id.to_owned(), u: user_id.to_owned() });
+        self.send(Bus::Terminate {
+            a: app_id.to_owned(),
+            u: user_id.to_owned(),
+        });
     }
 }

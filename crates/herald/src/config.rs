@@ -96,7 +96,11 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { kind: "config".into(), url: String::new(), refresh_interval_ms: 1000 }
+        Self {
+            kind: "config".into(),
+            url: String::new(),
+            refresh_interval_ms: 1000,
+        }
     }
 }
 
@@ -111,7 +115,10 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: "redis://127.0.0.1:6379".into(), prefix: "herald".into() }
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "herald".into(),
+        }
     }
 }
 
@@ -126,7 +133,10 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { enabled: true, port: 9601 }
+        Self {
+            enabled: true,
+            port: 9601,
+        }
     }
 }
 
@@ -203,7 +213,9 @@ impl Default for Config {
 const NOT_SETTINGS: &[&str] = &["HERALD_LOG", "HERALD_CONFIG", "HERALD_BIN"];
 
 /// Sections that `HERALD_<SECTION>_<KEY>` may address.
-const SECTIONS: &[&str] = &["server", "webhooks", "console", "store", "metrics", "tls", "redis"];
+const SECTIONS: &[&str] = &[
+    "server", "webhooks", "console", "store", "metrics", "tls", "redis",
+];
 
 impl Config {
     /// Loads from an optional TOML text and an environment (name, value) list.
@@ -219,13 +231,18 @@ impl Config {
         };
         let file_has_apps = root.contains_key("apps");
         if !file_has_apps {
-            root.insert("apps".into(), Value::Array(vec![to_value(&App::default_app())]));
+            root.insert(
+                "apps".into(),
+                Value::Array(vec![to_value(&App::default_app())]),
+            );
         }
         let template = to_table(&Config::default());
         let app_template = to_table(&App::default_app());
 
-        let env: BTreeMap<String, String> =
-            env.into_iter().filter(|(k, _)| k.starts_with("HERALD_")).collect();
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("HERALD_"))
+            .collect();
         for (name, raw) in &env {
             if NOT_SETTINGS.contains(&name.as_str()) {
                 continue;
@@ -250,22 +267,35 @@ impl Config {
                 }
                 _ => {
                     let lower = rest.to_ascii_lowercase();
-                    let Some(section) =
-                        SECTIONS.iter().find(|s| lower.starts_with(&format!("{s}_")))
+                    let Some(section) = SECTIONS
+                        .iter()
+                        .find(|s| lower.starts_with(&format!("{s}_")))
                     else {
                         return Err(format!(
                             "unknown environment variable {name}: settings are HERALD_HOST, HERALD_PORT, HERALD_DEFAULT_APP_<KEY> and HERALD_<SECTION>_<KEY> with SECTION one of {SECTIONS:?}"
                         ));
                     };
-                    (vec![(*section).to_owned()], lower[section.len() + 1..].to_owned())
+                    (
+                        vec![(*section).to_owned()],
+                        lower[section.len() + 1..].to_owned(),
+                    )
                 }
             };
             let is_app = rest.starts_with("DEFAULT_APP_");
-            let tmpl = lookup(if is_app { &app_template } else { &template }, &table_path, &key)
-                .ok_or_else(|| format!("unknown setting {name}: no key `{key}`"))?;
-            let value = parse_like(tmpl, raw).map_err(|e| format!("invalid value for {name}: {e}"))?;
+            let tmpl = lookup(
+                if is_app { &app_template } else { &template },
+                &table_path,
+                &key,
+            )
+            .ok_or_else(|| format!("unknown setting {name}: no key `{key}`"))?;
+            let value =
+                parse_like(tmpl, raw).map_err(|e| format!("invalid value for {name}: {e}"))?;
             let target = if is_app {
-                match root.get_mut("apps").and_then(Value::as_array_mut).and_then(|a| a.first_mut()) {
+                match root
+                    .get_mut("apps")
+                    .and_then(Value::as_array_mut)
+                    .and_then(|a| a.first_mut())
+                {
                     Some(Value::Table(t)) => t,
                     _ => return Err("the default app is missing".into()),
                 }
@@ -277,7 +307,9 @@ impl Config {
 
         let config: Config = Value::Table(root)
             .try_into()
-            .map_err(|e: toml::de::Error| format!("invalid configuration: {}", e.message().trim()))?;
+            .map_err(|e: toml::de::Error| {
+                format!("invalid configuration: {}", e.message().trim())
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -299,7 +331,11 @@ impl Config {
                         w.url
                     ));
                 }
-                if let Some(t) = w.event_types.iter().find(|t| !herald_core::WEBHOOK_EVENT_TYPES.contains(&t.as_str())) {
+                if let Some(t) = w
+                    .event_types
+                    .iter()
+                    .find(|t| !herald_core::WEBHOOK_EVENT_TYPES.contains(&t.as_str()))
+                {
                     return Err(format!(
                         "invalid configuration: apps[{i}].webhooks[{j}].event_types has unknown type `{t}`; known: {}",
                         herald_core::WEBHOOK_EVENT_TYPES.join(", ")
@@ -310,24 +346,35 @@ impl Config {
                 return Err(format!("invalid configuration: apps[{i}] id and key may not contain spaces or newlines"));
             }
             if a.id.contains('/') || a.key.contains('/') {
-                return Err(format!("invalid configuration: apps[{i}] id and key may not contain '/'"));
+                return Err(format!(
+                    "invalid configuration: apps[{i}] id and key may not contain '/'"
+                ));
             }
         }
         let s = &self.server;
         if s.activity_timeout == 0 {
-            return Err("invalid configuration: server.activity_timeout must be at least 1 second".into());
+            return Err(
+                "invalid configuration: server.activity_timeout must be at least 1 second".into(),
+            );
         }
         if s.pong_timeout == 0 {
-            return Err("invalid configuration: server.pong_timeout must be at least 1 second".into());
+            return Err(
+                "invalid configuration: server.pong_timeout must be at least 1 second".into(),
+            );
         }
-        if !(s.path_prefix.is_empty() || (s.path_prefix.starts_with('/') && !s.path_prefix.ends_with('/'))) {
+        if !(s.path_prefix.is_empty()
+            || (s.path_prefix.starts_with('/') && !s.path_prefix.ends_with('/')))
+        {
             return Err(format!(
                 "invalid configuration: server.path_prefix `{}` must start with '/' and not end with '/'",
                 s.path_prefix
             ));
         }
         if !matches!(self.adapter.as_str(), "local" | "redis") {
-            return Err(format!("invalid configuration: adapter `{}` must be \"local\" or \"redis\"", self.adapter));
+            return Err(format!(
+                "invalid configuration: adapter `{}` must be \"local\" or \"redis\"",
+                self.adapter
+            ));
         }
         if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
             return Err("invalid configuration: redis.prefix must be a non-empty word".into());
@@ -339,10 +386,15 @@ impl Config {
             ));
         }
         if self.store.kind != "config" && self.store.url.is_empty() {
-            return Err(format!("invalid configuration: store.kind is `{}` but store.url is empty", self.store.kind));
+            return Err(format!(
+                "invalid configuration: store.kind is `{}` but store.url is empty",
+                self.store.kind
+            ));
         }
         if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
-            return Err("invalid configuration: set both tls.cert_file and tls.key_file, or neither".into());
+            return Err(
+                "invalid configuration: set both tls.cert_file and tls.key_file, or neither".into(),
+            );
         }
         if !matches!(s.log_format.as_str(), "text" | "json") {
             return Err(format!(
@@ -431,7 +483,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -483,14 +538,26 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         let e = Config::load(Some(("h.toml", "[server]\nport = \"x\"\n")), env(&[])).unwrap_err();
         assert!(e.contains("port") || e.contains("invalid type"), "{e}");
-        let e = Config::load(Some(("h.toml", "[[apps]]\nid='a'\nkey='k'\nsecret='s'\nfoo=1\n")), env(&[]))
-            .unwrap_err();
+        let e = Config::load(
+            Some(("h.toml", "[[apps]]\nid='a'\nkey='k'\nsecret='s'\nfoo=1\n")),
+            env(&[]),
+        )
+        .unwrap_err();
         assert!(e.contains("foo"), "{e}");
-        let e = Config::load(Some(("h.toml", "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n[apps.limits]\nmax_x=1\n")), env(&[]))
-            .unwrap_err();
+        let e = Config::load(
+            Some((
+                "h.toml",
+                "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n[apps.limits]\nmax_x=1\n",
+            )),
+            env(&[]),
+        )
+        .unwrap_err();
         assert!(e.contains("max_x"), "{e}");
-        let e = Config::load(Some(("h.toml", "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n")), env(&[("HERALD_DEFAULT_APP_KEY", "x")]))
-            .unwrap_err();
+        let e = Config::load(
+            Some(("h.toml", "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n")),
+            env(&[("HERALD_DEFAULT_APP_KEY", "x")]),
+        )
+        .unwrap_err();
         assert!(e.contains("HERALD_DEFAULT_APP_KEY"), "{e}");
         let e = Config::load(Some(("h.toml", "not toml [")), env(&[])).unwrap_err();
         assert!(e.starts_with("h.toml"), "{e}");
@@ -511,7 +578,10 @@ mod tests {
         assert!(!c.apps[1].enabled);
         assert!(!c.apps[0].enable_client_messages);
         let e = Config::load(
-            Some(("h.toml", "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n[[apps]]\nid='a'\nkey='k2'\nsecret='s'\n")),
+            Some((
+                "h.toml",
+                "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n[[apps]]\nid='a'\nkey='k2'\nsecret='s'\n",
+            )),
             env(&[]),
         )
         .unwrap_err();
@@ -529,10 +599,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.apps[0].webhooks.len(), 1);
-        assert_eq!(c.apps[0].webhooks[0].event_types, ["channel_occupied", "member_added"]);
+        assert_eq!(
+            c.apps[0].webhooks[0].event_types,
+            ["channel_occupied", "member_added"]
+        );
         let e = Config::load(
             None,
-            env(&[("HERALD_DEFAULT_APP_WEBHOOKS", r#"[{"url":"http://x","event_types":["nope"]}]"#)]),
+            env(&[(
+                "HERALD_DEFAULT_APP_WEBHOOKS",
+                r#"[{"url":"http://x","event_types":["nope"]}]"#,
+            )]),
         )
         .unwrap_err();
         assert!(e.contains("nope"), "{e}");

@@ -38,14 +38,23 @@ enum Command {
 
 fn load(cli: &Cli) -> Result<Config, String> {
     let text = match &cli.config {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read config file {}: {e} (check the --config path)", p.display()))?,
-        ),
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            format!(
+                "cannot read config file {}: {e} (check the --config path)",
+                p.display()
+            )
+        })?),
         None => None,
     };
-    let path = cli.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-    Config::load(text.as_deref().map(|t| (path.as_str(), t)), std::env::vars())
+    let path = cli
+        .config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    Config::load(
+        text.as_deref().map(|t| (path.as_str(), t)),
+        std::env::vars(),
+    )
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -78,7 +87,11 @@ fn real_main(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         Some(Command::CheckConfig) => {
-            println!("configuration is valid: {} app(s), store `{}`", config.apps.len(), config.store.kind);
+            println!(
+                "configuration is valid: {} app(s), store `{}`",
+                config.apps.len(),
+                config.store.kind
+            );
             Ok(())
         }
         Some(Command::Apps(cmd)) => runtime()?.block_on(herald::store::cli_apps(&config, cmd)),

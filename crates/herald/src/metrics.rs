@@ -3,7 +3,9 @@
 //! and incremented per batch.
 
 use herald_core::{Engine, LifecycleEvent, LifecycleSink};
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -34,13 +36,15 @@ pub struct ConnCounters {
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are valid");
-    reg.register(Box::new(c.clone())).expect("metric names are unique");
+    reg.register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are valid");
-    reg.register(Box::new(g.clone())).expect("metric names are unique");
+    reg.register(Box::new(g.clone()))
+        .expect("metric names are unique");
     g
 }
 
@@ -53,23 +57,82 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let adapter_up = IntGauge::new("herald_cluster_adapter_up", "1 while the cluster adapter is connected (always 1 for a single node)")
-            .expect("metric names are valid");
-        r.register(Box::new(adapter_up.clone())).expect("metric names are unique");
+        let adapter_up = IntGauge::new(
+            "herald_cluster_adapter_up",
+            "1 while the cluster adapter is connected (always 1 for a single node)",
+        )
+        .expect("metric names are valid");
+        r.register(Box::new(adapter_up.clone()))
+            .expect("metric names are unique");
         adapter_up.set(1);
         Self {
-            connections: gauge(&r, "herald_connections", "Open WebSocket connections", &["app"]),
+            connections: gauge(
+                &r,
+                "herald_connections",
+                "Open WebSocket connections",
+                &["app"],
+            ),
             channels: gauge(&r, "herald_channels", "Occupied channels", &["app"]),
-            subscriptions: gauge(&r, "herald_subscriptions", "Channel subscriptions", &["app"]),
-            connections_opened: counter(&r, "herald_connections_opened_total", "WebSocket connections accepted", &["app"]),
-            messages_in: counter(&r, "herald_ws_messages_received_total", "WebSocket messages received from clients", &["app"]),
-            bytes_in: counter(&r, "herald_ws_received_bytes_total", "WebSocket payload bytes received from clients", &["app"]),
-            messages_out: counter(&r, "herald_ws_messages_sent_total", "WebSocket messages sent to clients", &["app"]),
-            bytes_out: counter(&r, "herald_ws_sent_bytes_total", "WebSocket payload bytes sent to clients", &["app"]),
-            http_requests: counter(&r, "herald_http_requests_total", "HTTP API requests by route and status", &["app", "route", "status"]),
-            webhooks: counter(&r, "herald_webhooks_total", "Webhook requests by outcome (delivered, retried, failed, dropped, spooled)", &["app", "outcome"]),
-            slow_consumers: counter(&r, "herald_slow_consumer_disconnects_total", "Connections closed because their outbox overflowed", &["app"]),
-            rejections: counter(&r, "herald_limit_rejections_total", "Requests refused by a limit or rate limit", &["app", "limit"]),
+            subscriptions: gauge(
+                &r,
+                "herald_subscriptions",
+                "Channel subscriptions",
+                &["app"],
+            ),
+            connections_opened: counter(
+                &r,
+                "herald_connections_opened_total",
+                "WebSocket connections accepted",
+                &["app"],
+            ),
+            messages_in: counter(
+                &r,
+                "herald_ws_messages_received_total",
+                "WebSocket messages received from clients",
+                &["app"],
+            ),
+            bytes_in: counter(
+                &r,
+                "herald_ws_received_bytes_total",
+                "WebSocket payload bytes received from clients",
+                &["app"],
+            ),
+            messages_out: counter(
+                &r,
+                "herald_ws_messages_sent_total",
+                "WebSocket messages sent to clients",
+                &["app"],
+            ),
+            bytes_out: counter(
+                &r,
+                "herald_ws_sent_bytes_total",
+                "WebSocket payload bytes sent to clients",
+                &["app"],
+            ),
+            http_requests: counter(
+                &r,
+                "herald_http_requests_total",
+                "HTTP API requests by route and status",
+                &["app", "route", "status"],
+            ),
+            webhooks: counter(
+                &r,
+                "herald_webhooks_total",
+                "Webhook requests by outcome (delivered, retried, failed, dropped, spooled)",
+                &["app", "outcome"],
+            ),
+            slow_consumers: counter(
+                &r,
+                "herald_slow_consumer_disconnects_total",
+                "Connections closed because their outbox overflowed",
+                &["app"],
+            ),
+            rejections: counter(
+                &r,
+                "herald_limit_rejections_total",
+                "Requests refused by a limit or rate limit",
+                &["app", "limit"],
+            ),
             adapter_up,
             registry: r,
         }
@@ -90,7 +153,9 @@ impl Metrics {
     }
 
     pub fn http(&self, app: &str, route: &str, status: u16) {
-        self.http_requests.with_label_values(&[app, route, &status.to_string()]).inc();
+        self.http_requests
+            .with_label_values(&[app, route, &status.to_string()])
+            .inc();
     }
 
     pub fn webhook(&self, app: &str, outcome: &str) {
@@ -110,9 +175,15 @@ impl Metrics {
     pub fn render(&self, engine: &Engine) -> String {
         for app in engine.apps().all() {
             let (channels, subs) = engine.channel_totals(&app.id);
-            self.connections.with_label_values(&[&app.id]).set(engine.connection_count(&app.id) as i64);
-            self.channels.with_label_values(&[&app.id]).set(channels as i64);
-            self.subscriptions.with_label_values(&[&app.id]).set(subs as i64);
+            self.connections
+                .with_label_values(&[&app.id])
+                .set(engine.connection_count(&app.id) as i64);
+            self.channels
+                .with_label_values(&[&app.id])
+                .set(channels as i64);
+            self.subscriptions
+                .with_label_values(&[&app.id])
+                .set(subs as i64);
         }
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.

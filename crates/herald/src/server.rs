@@ -2,31 +2,31 @@
 //! `run`, the library entry point that binaries and tests call with a listener.
 
 use crate::api::{self, AppRef, Executor, SignedRequest};
+use crate::cluster_redis::RedisAdapter;
 use crate::config::Config;
+use crate::console::Console;
+use crate::metrics::Metrics;
+use crate::store::OpenedStore;
+use crate::webhook::Webhooks;
 use crate::ws::{self, ConnectParams};
 use axum::body::Body;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use crate::cluster_redis::RedisAdapter;
-use crate::console::Console;
-use crate::metrics::Metrics;
-use crate::store::OpenedStore;
-use crate::webhook::Webhooks;
 use herald_core::{App, Engine, EngineConfig, LocalAdapter};
 use herald_protocol::api::ApiError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// State shared by every request and connection.
 #[derive(Debug)]
@@ -60,17 +60,33 @@ impl Shared {
     /// Builds the shared state; with `adapter = "redis"` this starts the adapter's tasks.
     pub fn new(config: Config, store: OpenedStore) -> Result<Arc<Self>, String> {
         let metrics = Arc::new(Metrics::new());
-        let webhooks = Webhooks::new(config.webhooks.clone(), store.store.clone(), Some(metrics.clone()));
         let console = Arc::new(Console::new());
+        let webhooks = Webhooks::new(
+            config.webhooks.clone(),
+            store.store.clone(),
+            Some(metrics.clone()),
+            Some(console.clone()),
+        );
         let sinks: Vec<Arc<dyn herald_core::LifecycleSink>> =
             vec![Arc::new(webhooks.clone()), console.clone(), metrics.clone()];
         let (engine, cluster) = if config.adapter == "redis" {
-            let (adapter, rx) = RedisAdapter::new(&config.redis.url, &config.redis.prefix, metrics.clone())?;
-            let engine = Engine::new(store.store.clone(), Arc::new(adapter.clone()), sinks, EngineConfig::default());
+            let (adapter, rx) =
+                RedisAdapter::new(&config.redis.url, &config.redis.prefix, metrics.clone())?;
+            let engine = Engine::new(
+                store.store.clone(),
+                Arc::new(adapter.clone()),
+                sinks,
+                EngineConfig::default(),
+            );
             adapter.start(engine.clone(), rx);
             (engine, Some(adapter))
         } else {
-            let engine = Engine::new(store.store.clone(), Arc::new(LocalAdapter::new()), sinks, EngineConfig::default());
+            let engine = Engine::new(
+                store.store.clone(),
+                Arc::new(LocalAdapter::new()),
+                sinks,
+                EngineConfig::default(),
+            );
             (engine, None)
         };
         Ok(Arc::new(Self {
@@ -102,7 +118,10 @@ impl Shared {
         let rate = f64::from(rate);
         let now = tokio::time::Instant::now();
         let mut buckets = self.api_buckets.lock();
-        let b = buckets.entry(app.id.clone()).or_insert(Bucket { tokens: rate, last: now });
+        let b = buckets.entry(app.id.clone()).or_insert(Bucket {
+            tokens: rate,
+            last: now,
+        });
         b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(rate);
         b.last = now;
         if b.tokens >= 1.0 {
@@ -127,11 +146,18 @@ fn error_response(e: ApiError) -> Response {
 }
 
 fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The API operation a route performs once the request is authenticated.
@@ -158,10 +184,7 @@ async fn api_call(
 ) -> Response {
     let limit = shared.config.server.max_request_body_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
-        return error_response(ApiError::new(
-            413,
-            format!("Request body too large (max {limit} bytes)"),
-        ));
+        return error_response(ApiError::new(413, "Request body too large"));
     };
     let req = SignedRequest {
         method: method.as_str(),
@@ -206,7 +229,11 @@ async fn api_call(
     };
     match result {
         Ok(v) => {
-            let status = if matches!(op, Op::RawTrigger) { StatusCode::ACCEPTED } else { StatusCode::OK };
+            let status = if matches!(op, Op::RawTrigger) {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
             shared.metrics.http(&app.id, route, status.as_u16());
             json_response(status, &v)
         }
@@ -253,7 +280,16 @@ macro_rules! app_route {
             uri: Uri,
             body: Body,
         ) -> Response {
-            api_call(&s, $op, AppRef::Id(&app_id), Some(&name), &method, &uri, body).await
+            api_call(
+                &s,
+                $op,
+                AppRef::Id(&app_id),
+                Some(&name),
+                &method,
+                &uri,
+                body,
+            )
+            .await
         }
     };
 }
@@ -275,7 +311,16 @@ async fn terminate_by_key(
     uri: Uri,
     body: Body,
 ) -> Response {
-    api_call(&s, Op::Terminate, AppRef::ByAuthKey, Some(&user_id), &method, &uri, body).await
+    api_call(
+        &s,
+        Op::Terminate,
+        AppRef::ByAuthKey,
+        Some(&user_id),
+        &method,
+        &uri,
+        body,
+    )
+    .await
 }
 
 fn connect_params(uri: &Uri, headers: &HeaderMap, key: Option<String>) -> ConnectParams {
@@ -289,10 +334,19 @@ fn connect_params(uri: &Uri, headers: &HeaderMap, key: Option<String>) -> Connec
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("https"));
-    ConnectParams { key, protocol, tls: forwarded_tls }
+    ConnectParams {
+        key,
+        protocol,
+        tls: forwarded_tls,
+    }
 }
 
-fn upgrade(shared: Arc<Shared>, ws: WebSocketUpgrade, mut params: ConnectParams, path_ok: bool) -> Response {
+fn upgrade(
+    shared: Arc<Shared>,
+    ws: WebSocketUpgrade,
+    mut params: ConnectParams,
+    path_ok: bool,
+) -> Response {
     params.tls |= shared.tls;
     let max = shared.config.server.max_ws_message_bytes;
     ws.max_message_size(max)
@@ -336,7 +390,10 @@ async fn fallback(
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     error_response(ApiError::new(
         405,
-        format!("405 METHOD NOT ALLOWED: {method} is not supported on {}", uri.path()),
+        format!(
+            "405 METHOD NOT ALLOWED: {method} is not supported on {}",
+            uri.path()
+        ),
     ))
 }
 
@@ -348,7 +405,11 @@ async fn readyz(State(s): AppState) -> Response {
     if s.draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else if s.cluster.as_ref().is_some_and(|c| !c.is_up()) {
-        (StatusCode::SERVICE_UNAVAILABLE, "cluster adapter not connected\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster adapter not connected\n",
+        )
+            .into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }
@@ -356,7 +417,10 @@ async fn readyz(State(s): AppState) -> Response {
 
 async fn metrics(State(s): AppState) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(&s.engine),
     )
         .into_response()
@@ -384,12 +448,22 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/apps/{app_id}/channels/{channel}/users", get(users))
         .route("/apps/{app_id}/channels/{channel}/stats", get(stats))
         .route("/apps/{app_id}/channels/{channel}/events", post(raw_events))
-        .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(terminate))
-        .route("/users/{user_id}/terminate_connections", post(terminate_by_key))
+        .route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            post(terminate),
+        )
+        .route(
+            "/users/{user_id}/terminate_connections",
+            post(terminate_by_key),
+        )
         .method_not_allowed_fallback(method_not_allowed);
     let prefix = shared.config.server.path_prefix.clone();
     let api = api.merge(crate::console::router());
-    let app = if prefix.is_empty() { api } else { Router::new().nest(&prefix, api) };
+    let app = if prefix.is_empty() {
+        api
+    } else {
+        Router::new().nest(&prefix, api)
+    };
     app.fallback(fallback).with_state(shared)
 }
 
@@ -420,7 +494,9 @@ pub async fn run_with(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let store = crate::store::open(&config).await.map_err(std::io::Error::other)?;
+    let store = crate::store::open(&config)
+        .await
+        .map_err(std::io::Error::other)?;
     let tls = if config.tls.enabled() {
         Some(crate::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
     } else {
@@ -474,9 +550,13 @@ pub async fn run_with(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
     shared.draining.store(true, Ordering::Relaxed);
     stop_accepting.cancel();
+    shared.console.close();
     drain(&shared, Duration::from_millis(cfg.drain_window_ms)).await;
     shared.connections.close();
-    if tokio::time::timeout_at(deadline, shared.connections.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, shared.connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown deadline reached before every connection finished closing");
     }
     shared.webhooks.shutdown(deadline).await;
@@ -494,12 +574,15 @@ pub async fn run_with(
 async fn reload_on_sighup(shared: Arc<Shared>, path: std::path::PathBuf) {
     #[cfg(unix)]
     {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             return;
         };
         while hup.recv().await.is_some() {
             let Some(target) = shared.store.reloadable.clone() else {
-                tracing::warn!("SIGHUP ignored: apps come from a database store, which refreshes by itself");
+                tracing::warn!(
+                    "SIGHUP ignored: apps come from a database store, which refreshes by itself"
+                );
                 continue;
             };
             let result = std::fs::read_to_string(&path)
@@ -529,7 +612,11 @@ async fn drain(shared: &Shared, window: Duration) {
     }
     let ticks = (window.as_millis() / TICK.as_millis()).max(1) as usize;
     let per_tick = conns.len().div_ceil(ticks);
-    tracing::info!(connections = conns.len(), window_ms = window.as_millis() as u64, "draining connections");
+    tracing::info!(
+        connections = conns.len(),
+        window_ms = window.as_millis() as u64,
+        "draining connections"
+    );
     let mut interval = tokio::time::interval(TICK);
     for chunk in conns.chunks(per_tick) {
         interval.tick().await;
@@ -545,7 +632,9 @@ pub fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_env("HERALD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.server.log_format == "json" {
         builder.json().init();
     } else {
@@ -554,7 +643,10 @@ pub fn init_logging(config: &Config) {
 }
 
 /// Binds the configured addresses and serves until SIGINT or SIGTERM.
-pub async fn serve_until_signal(config: Config, config_path: Option<std::path::PathBuf>) -> std::io::Result<()> {
+pub async fn serve_until_signal(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+) -> std::io::Result<()> {
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let socket = bind(&addr)?;
     let local = socket.local_addr()?;
@@ -568,7 +660,10 @@ pub async fn serve_until_signal(config: Config, config_path: Option<std::path::P
     // A stable line on stdout for scripts and tests to find the port.
     println!("Herald listening on {local}");
     tracing::info!(%local, tls = config.tls.enabled(), "serving WebSocket and HTTP API");
-    let options = RunOptions { metrics_listener, config_path };
+    let options = RunOptions {
+        metrics_listener,
+        config_path,
+    };
     run_with(socket, config, options, shutdown_signal()).await
 }
 

@@ -23,16 +23,29 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
             .map_err(|e| format!("cannot read tls.cert_file {}: {e}", cfg.cert_file))?;
         rustls_pemfile::certs(&mut pem.as_slice())
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("tls.cert_file {} is not a PEM certificate chain: {e}", cfg.cert_file))?
+            .map_err(|e| {
+                format!(
+                    "tls.cert_file {} is not a PEM certificate chain: {e}",
+                    cfg.cert_file
+                )
+            })?
     };
     if certs.is_empty() {
-        return Err(format!("tls.cert_file {} holds no certificate", cfg.cert_file));
+        return Err(format!(
+            "tls.cert_file {} holds no certificate",
+            cfg.cert_file
+        ));
     }
     let key = {
         let pem = std::fs::read(&cfg.key_file)
             .map_err(|e| format!("cannot read tls.key_file {}: {e}", cfg.key_file))?;
         rustls_pemfile::private_key(&mut pem.as_slice())
-            .map_err(|e| format!("tls.key_file {} is not a PEM private key: {e}", cfg.key_file))?
+            .map_err(|e| {
+                format!(
+                    "tls.key_file {} is not a PEM private key: {e}",
+                    cfg.key_file
+                )
+            })?
             .ok_or_else(|| format!("tls.key_file {} holds no private key", cfg.key_file))?
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -56,7 +69,9 @@ pub struct TlsListener {
 
 impl TlsListener {
     pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> Self {
-        let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, rx) = mpsc::channel(1024);
         let accept_task = tokio::spawn(async move {
             loop {
@@ -83,7 +98,11 @@ impl TlsListener {
                 });
             }
         });
-        Self { rx, local, accept_task }
+        Self {
+            rx,
+            local,
+            accept_task,
+        }
     }
 }
 

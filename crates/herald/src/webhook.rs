@@ -8,6 +8,7 @@
 //! the spool file, which the next start sends first.
 
 use crate::config::WebhookSettings;
+use crate::console::Console;
 use crate::metrics::Metrics;
 use herald_core::{App, AppStore, LifecycleEvent, LifecycleSink, WebhookTarget};
 use herald_protocol::sign;
@@ -47,7 +48,11 @@ impl HookEvent {
         let mut body = Map::new();
         body.insert("name".into(), json!(name));
         body.insert("channel".into(), json!(&**channel));
-        Self { name, channel: channel.clone(), body }
+        Self {
+            name,
+            channel: channel.clone(),
+            body,
+        }
     }
 
     fn with(mut self, k: &str, v: Value) -> Self {
@@ -70,7 +75,9 @@ struct Delivery {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 struct Inner {
@@ -83,6 +90,8 @@ struct Inner {
     workers: Mutex<HashMap<(String, String), Arc<Worker>>>,
     stats: Arc<WebhookStats>,
     metrics: Option<Arc<Metrics>>,
+    /// Shows deliveries in the debug console's live log.
+    console: Option<Arc<Console>>,
     tracker: TaskTracker,
     /// Cancelled when shutdown begins: dispatchers flush delayed events and stop.
     stopping: CancellationToken,
@@ -110,7 +119,12 @@ impl std::fmt::Debug for Webhooks {
 }
 
 impl Webhooks {
-    pub fn new(settings: WebhookSettings, apps: Arc<dyn AppStore>, metrics: Option<Arc<Metrics>>) -> Self {
+    pub fn new(
+        settings: WebhookSettings,
+        apps: Arc<dyn AppStore>,
+        metrics: Option<Arc<Metrics>>,
+        console: Option<Arc<Console>>,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .http1_only()
             // PHP receivers read `X-Pusher-Key` case-sensitively.
@@ -129,6 +143,7 @@ impl Webhooks {
                 workers: Mutex::new(HashMap::new()),
                 stats: Arc::new(WebhookStats::default()),
                 metrics,
+                console,
                 tracker: TaskTracker::new(),
                 stopping: CancellationToken::new(),
                 deadline: CancellationToken::new(),
@@ -147,7 +162,9 @@ impl Webhooks {
         if path.is_empty() {
             return;
         }
-        let Ok(text) = std::fs::read_to_string(path) else { return };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
         let mut n = 0;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             match serde_json::from_str::<Delivery>(line) {
@@ -161,20 +178,45 @@ impl Webhooks {
         if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!(error = %e, path, "cannot remove the webhook spool file");
         }
-        tracing::info!(count = n, path, "resending webhooks spooled at the last shutdown");
+        tracing::info!(
+            count = n,
+            path,
+            "resending webhooks spooled at the last shutdown"
+        );
     }
 
     fn to_hook(ev: &LifecycleEvent) -> Option<(&Arc<str>, HookEvent)> {
         Some(match ev {
-            LifecycleEvent::ChannelOccupied { app, channel } => (app, HookEvent::new("channel_occupied", channel)),
-            LifecycleEvent::ChannelVacated { app, channel } => (app, HookEvent::new("channel_vacated", channel)),
-            LifecycleEvent::MemberAdded { app, channel, user_id } => {
-                (app, HookEvent::new("member_added", channel).with("user_id", json!(&**user_id)))
+            LifecycleEvent::ChannelOccupied { app, channel } => {
+                (app, HookEvent::new("channel_occupied", channel))
             }
-            LifecycleEvent::MemberRemoved { app, channel, user_id } => {
-                (app, HookEvent::new("member_removed", channel).with("user_id", json!(&**user_id)))
+            LifecycleEvent::ChannelVacated { app, channel } => {
+                (app, HookEvent::new("channel_vacated", channel))
             }
-            LifecycleEvent::ClientEvent { app, channel, event, data, socket_id, user_id } => {
+            LifecycleEvent::MemberAdded {
+                app,
+                channel,
+                user_id,
+            } => (
+                app,
+                HookEvent::new("member_added", channel).with("user_id", json!(&**user_id)),
+            ),
+            LifecycleEvent::MemberRemoved {
+                app,
+                channel,
+                user_id,
+            } => (
+                app,
+                HookEvent::new("member_removed", channel).with("user_id", json!(&**user_id)),
+            ),
+            LifecycleEvent::ClientEvent {
+                app,
+                channel,
+                event,
+                data,
+                socket_id,
+                user_id,
+            } => {
                 let mut h = HookEvent::new("client_event", channel)
                     .with("event", json!(&**event))
                     .with("data", json!(&**data))
@@ -184,10 +226,18 @@ impl Webhooks {
                 }
                 (app, h)
             }
-            LifecycleEvent::CacheMiss { app, channel } => (app, HookEvent::new("cache_miss", channel)),
-            LifecycleEvent::SubscriptionCount { app, channel, count } => {
-                (app, HookEvent::new("subscription_count", channel).with("subscription_count", json!(count)))
+            LifecycleEvent::CacheMiss { app, channel } => {
+                (app, HookEvent::new("cache_miss", channel))
             }
+            LifecycleEvent::SubscriptionCount {
+                app,
+                channel,
+                count,
+            } => (
+                app,
+                HookEvent::new("subscription_count", channel)
+                    .with("subscription_count", json!(count)),
+            ),
             _ => return None,
         })
     }
@@ -236,17 +286,27 @@ impl Webhooks {
             };
             let now = Instant::now();
             if let Some(ev) = ev {
-                let user = ev.body.get("user_id").and_then(Value::as_str).map(str::to_owned);
+                let user = ev
+                    .body
+                    .get("user_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 match ev.name {
                     "channel_vacated" | "member_removed" if !delay.is_zero() && !stopping => {
                         delayed.insert((ev.channel.clone(), user), (now + delay, ev));
                     }
                     "channel_occupied" | "member_added"
-                        if delayed.remove(&(ev.channel.clone(), user.clone())).is_some() => {
+                        if delayed
+                            .remove(&(ev.channel.clone(), user.clone()))
+                            .is_some() =>
+                    {
                         // A quick return: neither the leave nor this join is reported.
                     }
                     "cache_miss" => {
-                        if last_miss.get(&ev.channel).is_none_or(|t| now.duration_since(*t) >= debounce) {
+                        if last_miss
+                            .get(&ev.channel)
+                            .is_none_or(|t| now.duration_since(*t) >= debounce)
+                        {
                             last_miss.insert(ev.channel.clone(), now);
                             self.push(&app_id, ev, &mut batch, &mut batch_due, now);
                         }
@@ -262,7 +322,8 @@ impl Webhooks {
                 .filter(|(_, (t, _))| stopping || *t <= now)
                 .map(|(k, _)| k.clone())
                 .collect();
-            let mut fired: Vec<(Instant, HookEvent)> = due.into_iter().filter_map(|k| delayed.remove(&k)).collect();
+            let mut fired: Vec<(Instant, HookEvent)> =
+                due.into_iter().filter_map(|k| delayed.remove(&k)).collect();
             // Member removals before the vacate that follows them.
             fired.sort_by_key(|(t, e)| (*t, e.name == "channel_vacated"));
             for (_, ev) in fired {
@@ -284,8 +345,17 @@ impl Webhooks {
         }
     }
 
-    fn push(&self, app_id: &str, ev: HookEvent, batch: &mut Vec<HookEvent>, due: &mut Option<Instant>, now: Instant) {
-        let Some(app) = self.inner.apps.by_id(app_id) else { return };
+    fn push(
+        &self,
+        app_id: &str,
+        ev: HookEvent,
+        batch: &mut Vec<HookEvent>,
+        due: &mut Option<Instant>,
+        now: Instant,
+    ) {
+        let Some(app) = self.inner.apps.by_id(app_id) else {
+            return;
+        };
         if !app.batch_webhooks {
             self.flush(app_id, vec![ev]);
             return;
@@ -304,7 +374,9 @@ impl Webhooks {
         if events.is_empty() {
             return;
         }
-        let Some(app) = self.inner.apps.by_id(app_id) else { return };
+        let Some(app) = self.inner.apps.by_id(app_id) else {
+            return;
+        };
         let created_ms = now_ms();
         for target in &app.webhooks {
             let chosen: Vec<Value> = events
@@ -336,7 +408,10 @@ impl Webhooks {
             if let Some(w) = w.get(&key) {
                 w.clone()
             } else {
-                let worker = Arc::new(Worker { queue: Mutex::new(VecDeque::new()), notify: Notify::new() });
+                let worker = Arc::new(Worker {
+                    queue: Mutex::new(VecDeque::new()),
+                    notify: Notify::new(),
+                });
                 w.insert(key, worker.clone());
                 let this = self.clone();
                 let wk = worker.clone();
@@ -402,15 +477,36 @@ impl Webhooks {
                 .header("X-Pusher-Key", &d.key)
                 .header("X-Pusher-Signature", &d.signature)
                 // No attempt may still be running when the window closes.
-                .timeout(remaining.min(Duration::from_millis(self.inner.settings.request_timeout_ms)).max(Duration::from_millis(1)))
+                .timeout(
+                    remaining
+                        .min(Duration::from_millis(
+                            self.inner.settings.request_timeout_ms,
+                        ))
+                        .max(Duration::from_millis(1)),
+                )
                 .body(d.body.clone());
             for (k, v) in &d.headers {
                 req = req.header(k, v);
             }
             let outcome = match req.send().await {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("status {}", r.status())),
-                Err(e) => Err(e.to_string()),
+                Ok(r) => {
+                    let status = r.status();
+                    if let Some(c) = &self.inner.console {
+                        c.webhook(&d.app_id, &d.url, &d.body, Ok(status.as_u16()));
+                    }
+                    if status.is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("status {status}"))
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    if let Some(c) = &self.inner.console {
+                        c.webhook(&d.app_id, &d.url, &d.body, Err(&reason));
+                    }
+                    Err(reason)
+                }
             };
             match outcome {
                 Ok(()) => {
@@ -437,7 +533,10 @@ impl Webhooks {
         self.inner.stopping.cancel();
         self.inner.dispatchers.lock().clear();
         self.inner.tracker.close();
-        if tokio::time::timeout_at(deadline, self.inner.tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
             self.inner.deadline.cancel();
             self.inner.tracker.wait().await;
         }
@@ -465,9 +564,15 @@ impl Webhooks {
                 for d in &left {
                     self.inner.outcome(&d.app_id, "spooled", 1);
                 }
-                tracing::info!(count = left.len(), path, "undelivered webhooks saved for the next start");
+                tracing::info!(
+                    count = left.len(),
+                    path,
+                    "undelivered webhooks saved for the next start"
+                );
             }
-            Err(e) => tracing::error!(error = %e, path, count = left.len(), "cannot write the webhook spool file"),
+            Err(e) => {
+                tracing::error!(error = %e, path, count = left.len(), "cannot write the webhook spool file")
+            }
         }
     }
 }
@@ -508,8 +613,12 @@ fn extra_headers(t: &WebhookTarget) -> Vec<(String, String)> {
 
 impl LifecycleSink for Webhooks {
     fn emit(&self, ev: &LifecycleEvent) {
-        let Some((app_id, hook)) = Self::to_hook(ev) else { return };
-        let Some(app) = self.inner.apps.by_id(app_id) else { return };
+        let Some((app_id, hook)) = Self::to_hook(ev) else {
+            return;
+        };
+        let Some(app) = self.inner.apps.by_id(app_id) else {
+            return;
+        };
         // Every type goes to the dispatcher, even ones no target takes: a vacate nobody receives
         // still has to cancel the occupied that a quick return would otherwise repeat.
         if app.webhooks.is_empty() {

@@ -41,7 +41,10 @@ async fn send_text(ws: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
 async fn close_with(ws: &mut WebSocket, code: CloseCode) {
     let _ = send_text(ws, encode::error(Some(code.code), code.reason)).await;
     let _ = ws
-        .send(Message::Close(Some(CloseFrame { code: code.code, reason: code.reason.into() })))
+        .send(Message::Close(Some(CloseFrame {
+            code: code.code,
+            reason: code.reason.into(),
+        })))
         .await;
     // Give the peer a moment to answer the close handshake without holding the task forever.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -148,7 +151,11 @@ impl Session {
             shared,
             subs: HashMap::new(),
             user: None,
-            rate: Rate { tokens: per_sec, per_sec, last: Instant::now() },
+            rate: Rate {
+                tokens: per_sec,
+                per_sec,
+                last: Instant::now(),
+            },
             authorized: false,
             conn,
         }
@@ -167,12 +174,13 @@ impl Session {
         let cfg = &self.shared.config.server;
         let activity = Duration::from_secs(cfg.activity_timeout);
         let pong_wait = Duration::from_secs(cfg.pong_timeout);
-        self.queue(encode::connection_established(&self.socket_id, cfg.activity_timeout));
-        let auth_deadline = self
-            .conn
-            .app
-            .enable_user_authentication
-            .then(|| Instant::now() + Duration::from_secs(self.conn.app.user_authentication_timeout));
+        self.queue(encode::connection_established(
+            &self.socket_id,
+            cfg.activity_timeout,
+        ));
+        let auth_deadline = self.conn.app.enable_user_authentication.then(|| {
+            Instant::now() + Duration::from_secs(self.conn.app.user_authentication_timeout)
+        });
         let mut last_seen = Instant::now();
         let mut probed: Option<Instant> = None;
         let conn = self.conn.clone();
@@ -188,7 +196,7 @@ impl Session {
                 biased;
                 code = conn.close_requested() => return Some(code),
                 frame = outbox.recv() => {
-                    let Some(first) = frame else { return None };
+                    let first = frame?;
                     if !write_batch(ws, &conn, first, &mut outbox, &self.counters).await {
                         return None;
                     }
@@ -249,11 +257,18 @@ impl Session {
                 }
             }
             ClientMessage::Signin { auth, user_data } => self.signin(auth, user_data).await,
-            ClientMessage::ClientEvent { event, channel, data } => {
+            ClientMessage::ClientEvent {
+                event,
+                channel,
+                data,
+            } => {
                 self.client_event(&event, channel.as_deref(), data.as_deref());
             }
             ClientMessage::Unsupported { event } => {
-                self.error(None, &format!("Unsupported event received on socket: {event}"));
+                self.error(
+                    None,
+                    &format!("Unsupported event received on socket: {event}"),
+                );
             }
         }
     }
@@ -281,13 +296,17 @@ impl Session {
         let app = self.conn.app.clone();
         let ch = match ChannelName::parse(&s.channel, app.limits.max_channel_name_length) {
             Ok(c) => c,
-            Err(e) => return self.error(None, &format!("Invalid channel name '{}': {e}", s.channel)),
+            Err(e) => {
+                return self.error(None, &format!("Invalid channel name '{}': {e}", s.channel))
+            }
         };
         if self.subs.contains_key(ch.as_str()) {
             return self.error(None, &format!("Existing subscription to {ch}"));
         }
         if self.subs.len() >= app.limits.max_channels_per_connection {
-            self.shared.metrics.rejected(&app.id, "max_channels_per_connection");
+            self.shared
+                .metrics
+                .rejected(&app.id, "max_channels_per_connection");
             return self.error(
                 None,
                 &format!(
@@ -300,13 +319,22 @@ impl Session {
         match ch.kind() {
             ChannelKind::Public => {}
             ChannelKind::Private | ChannelKind::Encrypted => {
-                if !self.verify(s.auth.as_deref(), &sign::channel_string(&self.socket_id, ch.as_str(), None), ch.as_str()) {
+                if !self.verify(
+                    s.auth.as_deref(),
+                    &sign::channel_string(&self.socket_id, ch.as_str(), None),
+                    ch.as_str(),
+                ) {
                     return;
                 }
             }
             ChannelKind::Presence => {
                 if s.auth.as_deref().is_none_or(str::is_empty) {
-                    return self.auth_failed(ch.as_str(), &AuthError::Missing { channel: ch.to_string() });
+                    return self.auth_failed(
+                        ch.as_str(),
+                        &AuthError::Missing {
+                            channel: ch.to_string(),
+                        },
+                    );
                 }
                 let limits = app.limits.presence();
                 let parsed = match (&s.channel_data, &self.user) {
@@ -333,7 +361,9 @@ impl Session {
                 };
                 match parsed {
                     Ok(m) => member = Some(m),
-                    Err(reason) => return self.error(None, &format!("Invalid channel_data: {reason}")),
+                    Err(reason) => {
+                        return self.error(None, &format!("Invalid channel_data: {reason}"))
+                    }
                 }
             }
             ChannelKind::ServerToUser => {
@@ -341,7 +371,9 @@ impl Session {
                 if signed_in_as != ch.server_to_user_id() {
                     return self.error(
                         None,
-                        &format!("Cannot subscribe to {ch}: connection is not signed in as this user"),
+                        &format!(
+                            "Cannot subscribe to {ch}: connection is not signed in as this user"
+                        ),
                     );
                 }
             }
@@ -355,16 +387,23 @@ impl Session {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        match self.shared.engine.subscribe_with(&self.conn, &ch, member, &remote) {
+        match self
+            .shared
+            .engine
+            .subscribe_with(&self.conn, &ch, member, &remote)
+        {
             Ok(_) => {
                 if ch.needs_auth() {
                     self.authorized = true;
                 }
-                self.subs.insert(ch.arc().clone(), Sub { name: ch, user_id });
+                self.subs
+                    .insert(ch.arc().clone(), Sub { name: ch, user_id });
             }
             Err(e) => {
                 if matches!(e, herald_core::SubscribeError::PresenceFull { .. }) {
-                    self.shared.metrics.rejected(&app.id, "max_presence_members");
+                    self.shared
+                        .metrics
+                        .rejected(&app.id, "max_presence_members");
                 }
                 self.error(None, &e.to_string());
             }
@@ -381,10 +420,19 @@ impl Session {
             return self.error(None, "Auth info required to sign in");
         };
         if !auth.contains(':') {
-            return self.error(None, "Auth value for sign-in is invalid: should be of format 'key:signature'");
+            return self.error(
+                None,
+                "Auth value for sign-in is invalid: should be of format 'key:signature'",
+            );
         }
         let signed = sign::signin_string(&self.socket_id, &user_data);
-        if let Err(e) = sign::verify_auth(Some(&auth), &signed, "sign-in", |k| app.has_key(k), &app.secret) {
+        if let Err(e) = sign::verify_auth(
+            Some(&auth),
+            &signed,
+            "sign-in",
+            |k| app.has_key(k),
+            &app.secret,
+        ) {
             return self.error(None, &e.to_string());
         }
         let data = match user::parse_user_data(&user_data, app.limits.max_watchlist_size) {
@@ -418,7 +466,9 @@ impl Session {
             }
             _ => Vec::new(),
         };
-        self.shared.engine.signin_with(&self.conn, &data.id, &data.watchlist, &remote_online);
+        self.shared
+            .engine
+            .signin_with(&self.conn, &data.id, &data.watchlist, &remote_online);
         self.authorized = true;
         self.user = Some(SignedIn { data });
     }
@@ -435,13 +485,22 @@ impl Session {
             return self.error(None, "Client event rejected - a channel is required");
         };
         let Ok(ch) = ChannelName::parse(channel, app.limits.max_channel_name_length) else {
-            return self.error(None, &format!("Client event rejected - invalid channel name '{channel}'"));
+            return self.error(
+                None,
+                &format!("Client event rejected - invalid channel name '{channel}'"),
+            );
         };
         if !ch.allows_client_events() {
-            return self.error(None, "Client event rejected - only supported on private and presence channels");
+            return self.error(
+                None,
+                "Client event rejected - only supported on private and presence channels",
+            );
         }
         let Some(sub) = self.subs.get(ch.as_str()) else {
-            return self.error(None, &format!("Client event rejected - not subscribed to channel {ch}"));
+            return self.error(
+                None,
+                &format!("Client event rejected - not subscribed to channel {ch}"),
+            );
         };
         if event.chars().count() > app.limits.max_event_name_length {
             return self.error(
@@ -455,15 +514,23 @@ impl Session {
         if data.map_or(0, |d| d.get().len()) > app.limits.max_event_data_bytes {
             return self.error(
                 None,
-                &format!("Client event rejected - data larger than {} bytes", app.limits.max_event_data_bytes),
+                &format!(
+                    "Client event rejected - data larger than {} bytes",
+                    app.limits.max_event_data_bytes
+                ),
             );
         }
         if !self.rate.allow(Instant::now()) {
             self.shared.metrics.rejected(&app.id, "client_event_rate");
-            return self.error(Some(codes::CLIENT_EVENT_RATE_LIMIT), codes::CLIENT_EVENT_RATE_LIMIT_MSG);
+            return self.error(
+                Some(codes::CLIENT_EVENT_RATE_LIMIT),
+                codes::CLIENT_EVENT_RATE_LIMIT_MSG,
+            );
         }
         let user_id = sub.user_id.as_deref().filter(|_| ch.is_presence());
-        self.shared.engine.client_event(&self.conn, &ch, event, data, user_id);
+        self.shared
+            .engine
+            .client_event(&self.conn, &ch, event, data, user_id);
     }
 
     fn cleanup(&mut self) {
@@ -472,7 +539,8 @@ impl Session {
         self.shared.engine.disconnect(
             &self.conn,
             names.iter(),
-            user.as_ref().map(|u| (u.data.id.as_str(), u.data.watchlist.as_slice())),
+            user.as_ref()
+                .map(|u| (u.data.id.as_str(), u.data.watchlist.as_slice())),
         );
     }
 }
@@ -496,7 +564,9 @@ async fn write_batch(
     while let Some(frame) = next.take() {
         let len = frame.len();
         // Frames are built from Rust strings, so the check cannot fail; it costs one pass.
-        let Ok(text) = Utf8Bytes::try_from(frame) else { return false };
+        let Ok(text) = Utf8Bytes::try_from(frame) else {
+            return false;
+        };
         if ws.feed(Message::Text(text)).await.is_err() {
             return false;
         }
