@@ -3,6 +3,11 @@ use herald::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// mimalloc returns freed memory to the OS far better than the system allocator under connection
+// churn, and keeps per-connection overhead lower (measured with herald-bench `idle`/`churn`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Herald: a Pusher Channels compatible realtime server.
 ///
 /// With no options it serves the embedded default app (id `app-id`, key `app-key`,

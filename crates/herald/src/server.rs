@@ -351,7 +351,7 @@ fn upgrade(
     let max = shared.config.server.max_ws_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(8192)
         .on_upgrade(move |socket| {
             let tracker = shared.connections.clone();
