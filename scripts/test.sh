@@ -20,7 +20,8 @@ cargo build --release --workspace --locked
 export HERALD_BIN="$root/target/release/herald"
 
 if [ -d tests/compat ]; then
-  step "end-to-end: pusher-js and the pusher Node SDK"
+  step "end-to-end: pusher-js and the pusher Node SDK (plus webhooks, operations, Redis scale-out)"
+  bash scripts/redis.sh start   # redis-server for tests/compat/test/cluster.test.js
   (cd tests/compat && npm ci --no-audit --no-fund --loglevel=error && npm test)
 fi
 

@@ -1,1 +1,169 @@
-fn main() {}
+//! herald-bench: a load generator for Pusher-compatible servers (Herald or any other), talking to
+//! the server only as an outside client: WebSocket subscribers and the signed HTTP API.
+
+mod http;
+mod net;
+mod procfs;
+mod progress;
+mod report;
+mod scenario;
+mod sign;
+mod stats;
+
+use clap::{Parser, Subcommand};
+use net::{ErrorLog, Target};
+use procfs::Probe;
+use scenario::Ctx;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "herald-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, global = true, default_value_t = 6001)]
+    port: u16,
+    #[arg(long, global = true, default_value = "app-id")]
+    app_id: String,
+    #[arg(long, global = true, default_value = "app-key")]
+    key: String,
+    #[arg(long, global = true, default_value = "app-secret")]
+    secret: String,
+    /// PID of the server process: its memory and CPU are read from /proc.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Write the JSON result to FILE ('-': stdout, the table then goes to stderr).
+    #[arg(long, global = true, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Bind client sockets to 127.0.0.1..=127.0.0.N in turn (0: no binding).
+    #[arg(long, global = true, default_value_t = 254)]
+    source_ips: u32,
+    /// Connect + subscribe handshakes in flight at once.
+    #[arg(long, global = true, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Seconds one connect + subscribe may take.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Exit with status 1 when the run is not clean (loss, duplicates, reordering, errors).
+    #[arg(long, global = true)]
+    strict: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N idle connections over C channels: connect rate, server memory per connection.
+    Idle(scenario::idle::IdleArgs),
+    /// Events through the HTTP API to N subscribers: delivery, latency, CPU per message.
+    Fanout(scenario::fanout::FanoutArgs),
+    /// HTTP API publish requests per second over keep-alive connections.
+    Trigger(scenario::trigger::TriggerArgs),
+    /// Connect/subscribe/disconnect loops: cycles per second, memory drift.
+    Churn(scenario::churn::ChurnArgs),
+    /// Join/leave storms on presence channels.
+    Presence(scenario::presence::PresenceArgs),
+}
+
+async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
+    let c = &cli.common;
+    let addr = tokio::net::lookup_host((c.host.as_str(), c.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}:{}: {e}", c.host, c.port))?
+        .next()
+        .ok_or_else(|| format!("no address for {}", c.host))?;
+    let target = Arc::new(Target::new(
+        addr,
+        &c.host,
+        &c.app_id,
+        &c.key,
+        &c.secret,
+        c.source_ips,
+    ));
+    let ctx = Ctx {
+        target: target.clone(),
+        probe: Probe {
+            server_pid: c.server_pid,
+        },
+        errors: Arc::new(ErrorLog::default()),
+        connect_timeout: Duration::from_secs_f64(c.connect_timeout),
+        connect_concurrency: c.connect_concurrency,
+        run_id: format!("{:08x}", rand::random::<u32>()),
+    };
+    if let Some(pid) = c.server_pid {
+        if procfs::sample(&pid.to_string()).is_none() {
+            return Err(format!("cannot read /proc/{pid}: is --server-pid right?"));
+        }
+    }
+    let mut report = match &cli.scenario {
+        Scenario::Idle(a) => scenario::idle::run(&ctx, a).await,
+        Scenario::Fanout(a) => scenario::fanout::run(&ctx, a).await,
+        Scenario::Trigger(a) => scenario::trigger::run(&ctx, a).await,
+        Scenario::Churn(a) => scenario::churn::run(&ctx, a).await,
+        Scenario::Presence(a) => scenario::presence::run(&ctx, a).await,
+    };
+    report.target.put("address", addr.to_string());
+    report.target.put("app_id", c.app_id.clone());
+    report.target.put("server_pid", scenario::opt(c.server_pid));
+    report.target.put("source_ips", target.source_ips());
+    report.target.put("open_files_limit", scenario::opt(nofile));
+    report.target.put("run_id", ctx.run_id.clone());
+    report.results.put("errors", ctx.errors.to_json());
+    report.fail_if(ctx.errors.total(), "errors");
+    Ok(report)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Tens of thousands of sockets: raise the soft open-file limit to the hard one.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).ok();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herald-bench: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match runtime.block_on(run(&cli, nofile)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herald-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Tasks still holding sockets (aborted ones) must not delay the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+
+    let json = report.to_json();
+    match cli.common.json.as_deref() {
+        Some(p) if p.as_os_str() == "-" => {
+            println!("{json}");
+            eprint!("{}", report.table());
+        }
+        Some(p) => {
+            if let Err(e) = std::fs::write(p, format!("{json}\n")) {
+                eprintln!("herald-bench: cannot write {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+            print!("{}", report.table());
+        }
+        None => print!("{}", report.table()),
+    }
+    if cli.common.strict && !report.passed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -32,6 +32,9 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(500);
 /// Outgoing pub/sub messages held while Redis is slow; beyond that they are dropped and counted.
 const BUS_QUEUE: usize = 100_000;
+/// A message for other nodes older than this is dropped instead of sent: events published while
+/// Redis was unreachable reach local subscribers only, never other nodes late.
+const BUS_FRESH: Duration = Duration::from_millis(500);
 
 /// Updates this node's share of a count and the cluster total; returns {total before, after}.
 const SET_COUNT: &str = r"
@@ -127,7 +130,7 @@ struct Inner {
     engine: OnceLock<Engine>,
     metrics: Arc<Metrics>,
     notes: mpsc::UnboundedSender<(ClusterNote, bool)>,
-    bus: mpsc::Sender<String>,
+    bus: mpsc::Sender<(String, tokio::time::Instant)>,
     up: AtomicBool,
 }
 
@@ -257,25 +260,40 @@ impl RedisAdapter {
         let Ok(text) = serde_json::to_string(&msg) else {
             return;
         };
-        if self.inner.bus.try_send(text).is_err() {
+        if self
+            .inner
+            .bus
+            .try_send((text, tokio::time::Instant::now()))
+            .is_err()
+        {
             tracing::warn!("cluster message queue full: a message for other nodes was dropped");
         }
     }
 
-    async fn send_bus(self, mut rx: mpsc::Receiver<String>) {
+    async fn send_bus(self, mut rx: mpsc::Receiver<(String, tokio::time::Instant)>) {
         let mut conn = self.connect().await;
         let channel = self.bus_channel();
-        while let Some(msg) = rx.recv().await {
-            let sent: redis::RedisResult<()> = redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(&msg)
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = sent {
-                // Undeliverable to other nodes while Redis is away: local subscribers already have it.
-                tracing::debug!(error = %e, "publishing to other nodes failed");
-                self.set_up(false);
-                conn = self.connect().await;
+        while let Some((msg, at)) = rx.recv().await {
+            // One retry on a fresh connection: after a Redis restart the old one fails once.
+            for attempt in 0..2 {
+                if at.elapsed() > BUS_FRESH {
+                    tracing::debug!(
+                        "dropping a message for other nodes published while Redis was unreachable"
+                    );
+                    break;
+                }
+                let sent: redis::RedisResult<()> = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&msg)
+                    .query_async(&mut conn)
+                    .await;
+                match sent {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, attempt, "publishing to other nodes failed");
+                        conn = self.connect().await;
+                    }
+                }
             }
         }
     }
@@ -349,6 +367,7 @@ impl RedisAdapter {
         let mut pending: HashMap<NoteKey, (ClusterNote, bool)> = HashMap::new();
         let mut order: Vec<NoteKey> = Vec::new();
         let mut conn: Option<MultiplexedConnection> = None;
+        let mut retried_now = false;
         loop {
             if pending.is_empty() {
                 match rx.recv().await {
@@ -377,8 +396,8 @@ impl RedisAdapter {
                         }
                     }
                     Err(e) => {
+                        // Readiness is the heartbeat's call; this only reconnects and retries.
                         tracing::debug!(error = %e, "writing cluster state failed; will retry");
-                        self.set_up(false);
                         order = keys[i..].to_vec();
                         failed = true;
                         break;
@@ -387,7 +406,13 @@ impl RedisAdapter {
             }
             if failed {
                 conn = None;
-                tokio::time::sleep(RETRY).await;
+                // The first failure after a Redis restart is the stale connection: retry at once.
+                if retried_now {
+                    tokio::time::sleep(RETRY).await;
+                }
+                retried_now = !retried_now;
+            } else {
+                retried_now = false;
             }
         }
     }
@@ -561,9 +586,24 @@ impl RedisAdapter {
                 None => conn.insert(self.connect().await),
             };
             if let Err(e) = self.beat(c, &node, &reap).await {
-                tracing::debug!(error = %e, "heartbeat failed");
-                self.set_up(false);
-                conn = None;
+                tracing::debug!(error = %e, "heartbeat failed; reconnecting");
+                // A stale connection after a Redis restart fails once: retry on a new one.
+                let fresh = match self
+                    .inner
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config())
+                    .await
+                {
+                    Ok(mut c) => self.beat(&mut c, &node, &reap).await.map(|()| c),
+                    Err(e) => Err(e),
+                };
+                match fresh {
+                    Ok(c) => conn = Some(c),
+                    Err(_) => {
+                        self.set_up(false);
+                        conn = None;
+                    }
+                }
             }
         }
     }
@@ -765,7 +805,7 @@ fn push_note(
 #[derive(Debug)]
 pub struct Receivers {
     notes: mpsc::UnboundedReceiver<(ClusterNote, bool)>,
-    bus: mpsc::Receiver<String>,
+    bus: mpsc::Receiver<(String, tokio::time::Instant)>,
 }
 
 impl ClusterAdapter for RedisAdapter {

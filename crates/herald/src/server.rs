@@ -183,7 +183,13 @@ async fn api_call(
     body: Body,
 ) -> Response {
     let limit = shared.config.server.max_request_body_bytes;
+    let route = op.route();
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        let app = match app_ref {
+            AppRef::Id(id) if shared.engine.apps().by_id(id).is_some() => id,
+            _ => "",
+        };
+        shared.metrics.http(app, route, 413);
         return error_response(ApiError::new(413, "Request body too large"));
     };
     let req = SignedRequest {
@@ -192,7 +198,6 @@ async fn api_call(
         raw_query: uri.query().unwrap_or(""),
         body: &body,
     };
-    let route = op.route();
     let (app, query) = match api::authenticate(&shared.engine, app_ref, &req, now_unix()) {
         Ok(v) => v,
         Err(e) => {
@@ -468,12 +473,23 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// What `run` needs besides the configuration.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RunOptions {
     /// Listener for `/metrics`, `/healthz` and `/readyz`, if metrics are served.
     pub metrics_listener: Option<TcpListener>,
     /// Reloaded on SIGHUP (apps only) when the store is the config file.
     pub config_path: Option<std::path::PathBuf>,
+    /// TLS acceptor built (and its files checked) before anything was announced.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("config_path", &self.config_path)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serves the default-app configuration on `listener` until `shutdown` resolves (for tests).
@@ -497,10 +513,12 @@ pub async fn run_with(
     let store = crate::store::open(&config)
         .await
         .map_err(std::io::Error::other)?;
-    let tls = if config.tls.enabled() {
-        Some(crate::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
-    } else {
-        None
+    let tls = match options.tls {
+        Some(t) => Some(t),
+        None if config.tls.enabled() => {
+            Some(crate::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
+        }
+        None => None,
     };
     let shared = Shared::new(config, store).map_err(std::io::Error::other)?;
     shared.webhooks.load_spool();
@@ -647,6 +665,12 @@ pub async fn serve_until_signal(
     config: Config,
     config_path: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
+    // Certificate problems stop startup before anything is announced as listening.
+    let tls = if config.tls.enabled() {
+        Some(crate::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
+    } else {
+        None
+    };
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let socket = bind(&addr)?;
     let local = socket.local_addr()?;
@@ -663,6 +687,7 @@ pub async fn serve_until_signal(
     let options = RunOptions {
         metrics_listener,
         config_path,
+        tls,
     };
     run_with(socket, config, options, shutdown_signal()).await
 }

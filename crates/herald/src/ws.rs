@@ -22,6 +22,8 @@ use tokio::time::{sleep_until, Instant};
 
 /// Most outbox frames written before one flush.
 const WRITE_BATCH: usize = 64;
+/// How long a closing connection may spend writing the frames queued before the close.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// How long a subscription waits for the cluster's presence roster before using the local one.
 const CLUSTER_READ: Duration = Duration::from_secs(1);
 
@@ -194,7 +196,21 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                code = conn.close_requested() => return Some(code),
+                code = conn.close_requested() => {
+                    // Frames the engine accepted before the close still go out first (a drain
+                    // must not lose accepted events); a slow consumer is closed as it stands.
+                    if code != codes::SLOW_CONSUMER {
+                        let flush = async {
+                            while let Ok(f) = outbox.try_recv() {
+                                if !write_batch(ws, &conn, f, &mut outbox, &self.counters).await {
+                                    break;
+                                }
+                            }
+                        };
+                        let _ = tokio::time::timeout(CLOSE_FLUSH, flush).await;
+                    }
+                    return Some(code);
+                }
                 frame = outbox.recv() => {
                     let first = frame?;
                     if !write_batch(ws, &conn, first, &mut outbox, &self.counters).await {

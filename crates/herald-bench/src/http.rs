@@ -1,0 +1,123 @@
+//! Publishing through the signed HTTP API over one keep-alive connection.
+
+use crate::net::{BenchError, Target};
+use crate::sign;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{header, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The JSON body of a trigger request.
+pub fn event_body(name: &str, channels: &[&str], data: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "name": name, "channels": channels, "data": data }))
+        .expect("serialisable")
+}
+
+/// One HTTP/1.1 connection, reopened after an error.
+pub struct Publisher {
+    target: Arc<Target>,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    /// Connections opened (1 on a healthy run).
+    pub connections: u64,
+}
+
+impl Publisher {
+    pub fn new(target: Arc<Target>) -> Self {
+        Self {
+            target,
+            sender: None,
+            connections: 0,
+        }
+    }
+
+    async fn ready_sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, BenchError> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = self.target.tcp().await?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| BenchError::new("http_connect", e))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.connections += 1;
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().expect("set above");
+        sender
+            .ready()
+            .await
+            .map_err(|e| BenchError::new("http_connect", e))?;
+        Ok(sender)
+    }
+
+    /// `POST /apps/{id}/events`; Ok when the server answers 200.
+    pub async fn trigger(
+        &mut self,
+        channels: &[&str],
+        name: &str,
+        data: &str,
+    ) -> Result<(), BenchError> {
+        let body = event_body(name, channels, data);
+        let path = format!("/apps/{}/events", self.target.app_id);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let query = sign::signed_query(
+            "POST",
+            &path,
+            &self.target.key,
+            &self.target.secret,
+            now,
+            &body,
+        );
+        let req = Request::post(format!("{path}?{query}"))
+            .header(header::HOST, self.target.host.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| BenchError::new("http_request", e))?;
+        let result = async {
+            let sender = self.ready_sender().await?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| BenchError::new("http_io", e))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| BenchError::new("http_io", e))?
+                .to_bytes();
+            if status != StatusCode::OK {
+                return Err(BenchError::new(
+                    "http_status",
+                    format!("{status}: {}", String::from_utf8_lossy(&body)),
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        if matches!(&result, Err(e) if e.kind != "http_status") {
+            self.sender = None;
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_keeps_data_as_a_string() {
+        let b = event_body("foo", &["project-3"], r#"{"some":"data"}"#);
+        assert_eq!(
+            b,
+            br#"{"channels":["project-3"],"data":"{\"some\":\"data\"}","name":"foo"}"#.to_vec()
+        );
+    }
+}

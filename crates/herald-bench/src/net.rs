@@ -1,0 +1,387 @@
+//! The server as seen from outside: a Pusher WebSocket client and the errors a run can meet.
+
+use crate::sign;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Something that went wrong, by kind (for counting) with a detail (for the first few samples).
+#[derive(Debug, Clone)]
+pub struct BenchError {
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+impl BenchError {
+    pub fn new(kind: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            kind,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Errors of a run counted by kind, with a few samples of each.
+#[derive(Debug, Default)]
+pub struct ErrorLog(Mutex<BTreeMap<&'static str, (u64, Vec<String>)>>);
+
+impl ErrorLog {
+    pub fn add(&self, e: &BenchError) {
+        let mut m = self.0.lock().expect("not poisoned");
+        let entry = m.entry(e.kind).or_default();
+        entry.0 += 1;
+        if entry.1.len() < 3 {
+            entry.1.push(e.detail.chars().take(300).collect());
+        }
+    }
+    pub fn total(&self) -> u64 {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .map(|(n, _)| n)
+            .sum()
+    }
+    pub fn to_json(&self) -> serde_json::Value {
+        let m = self.0.lock().expect("not poisoned");
+        m.iter()
+            .map(|(k, (n, samples))| {
+                (
+                    k.to_string(),
+                    serde_json::json!({ "count": n, "samples": samples }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// Where and as whom to connect.
+#[derive(Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub app_id: String,
+    pub key: String,
+    pub secret: String,
+    /// Client sockets bind to 127.0.0.1 ..= 127.0.0.N in turn (0: let the kernel choose).
+    source_ips: u32,
+    next_source: AtomicU32,
+    ws_url: String,
+}
+
+impl Target {
+    pub fn new(
+        addr: SocketAddr,
+        host: &str,
+        app_id: &str,
+        key: &str,
+        secret: &str,
+        source_ips: u32,
+    ) -> Self {
+        // Spreading source addresses only works when the server is on the loopback network.
+        let source_ips = if addr.ip().is_loopback() && addr.is_ipv4() {
+            source_ips.min(254)
+        } else {
+            0
+        };
+        let port = addr.port();
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        Self {
+            addr,
+            host: format!("{host}:{port}"),
+            app_id: app_id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            source_ips,
+            next_source: AtomicU32::new(0),
+            ws_url: format!("ws://{host}:{port}/app/{key}?protocol=7&client=herald-bench&version=0.1&flash=false"),
+        }
+    }
+
+    /// A TCP connection to the server from the next source address.
+    pub async fn tcp(&self) -> Result<TcpStream, BenchError> {
+        let err = |e: std::io::Error| BenchError::new("tcp_connect", e);
+        let socket = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(err)?;
+        if self.source_ips > 0 {
+            let n = self.next_source.fetch_add(1, Ordering::Relaxed) % self.source_ips;
+            let ip = Ipv4Addr::new(127, 0, 0, 1 + n as u8);
+            socket
+                .bind(SocketAddr::new(IpAddr::V4(ip), 0))
+                .map_err(|e| BenchError::new("tcp_bind", e))?;
+        }
+        let stream = socket.connect(self.addr).await.map_err(err)?;
+        stream.set_nodelay(true).map_err(err)?;
+        Ok(stream)
+    }
+
+    pub fn source_ips(&self) -> u32 {
+        self.source_ips
+    }
+}
+
+/// One frame from the server, borrowed from the message text.
+#[derive(Debug, Deserialize)]
+pub struct Frame<'a> {
+    #[serde(borrow)]
+    pub event: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+}
+
+impl<'a> Frame<'a> {
+    /// `data` as text: the decoded string when it is a JSON string, else the raw JSON.
+    pub fn data_str(&self) -> Option<Cow<'a, str>> {
+        let raw = self.data?.get();
+        if raw.starts_with('"') {
+            match serde_json::from_str::<&str>(raw) {
+                Ok(s) => Some(Cow::Borrowed(s)),
+                Err(_) => serde_json::from_str::<String>(raw).ok().map(Cow::Owned),
+            }
+        } else {
+            Some(Cow::Borrowed(raw))
+        }
+    }
+}
+
+/// A Pusher protocol 7 client connection.
+pub struct Client {
+    ws: WebSocketStream<TcpStream>,
+    pub socket_id: String,
+}
+
+fn ws_config() -> WebSocketConfig {
+    // Small buffers: a run holds tens of thousands of these.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+impl Client {
+    /// Connects and waits for `pusher:connection_established`.
+    pub async fn connect(target: &Target) -> Result<Client, BenchError> {
+        let stream = target.tcp().await?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            target.ws_url.as_str(),
+            stream,
+            Some(ws_config()),
+        )
+        .await
+        .map_err(|e| BenchError::new("ws_handshake", e))?;
+        let mut client = Client {
+            ws,
+            socket_id: String::new(),
+        };
+        let established = client
+            .next(|f| match f.event.as_ref() {
+                "pusher:connection_established" => {
+                    let data = f.data_str().unwrap_or_default();
+                    #[derive(Deserialize)]
+                    struct Est {
+                        socket_id: String,
+                    }
+                    serde_json::from_str::<Est>(&data)
+                        .map(|e| e.socket_id)
+                        .map_err(|e| {
+                            BenchError::new("protocol", format!("connection_established: {e}"))
+                        })
+                }
+                other => Err(BenchError::new(
+                    "connect_refused",
+                    format!("{other}: {}", f.data_str().unwrap_or_default()),
+                )),
+            })
+            .await??;
+        client.socket_id = established;
+        Ok(client)
+    }
+
+    pub async fn send_text(&mut self, text: String) -> Result<(), BenchError> {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .map_err(|e| BenchError::new("ws_send", e))
+    }
+
+    /// The next Pusher frame, given to `f` as soon as it is parsed. Answers `pusher:ping` itself.
+    pub async fn next<R>(&mut self, mut f: impl FnMut(&Frame<'_>) -> R) -> Result<R, BenchError> {
+        loop {
+            let msg = match self.ws.next().await {
+                None => return Err(BenchError::new("closed", "connection ended")),
+                Some(Err(e)) => return Err(BenchError::new("ws_read", e)),
+                Some(Ok(m)) => m,
+            };
+            match msg {
+                Message::Text(text) => {
+                    let frame: Frame<'_> = serde_json::from_str(text.as_str())
+                        .map_err(|e| BenchError::new("protocol", format!("{e}: {text}")))?;
+                    if frame.event == "pusher:ping" {
+                        self.send_text(r#"{"event":"pusher:pong","data":{}}"#.into())
+                            .await?;
+                        continue;
+                    }
+                    return Ok(f(&frame));
+                }
+                Message::Close(frame) => {
+                    let detail = frame
+                        .map(|c| format!("{} {}", u16::from(c.code), c.reason))
+                        .unwrap_or_default();
+                    return Err(BenchError::new(
+                        "closed",
+                        format!("server closed: {detail}"),
+                    ));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Subscribes (signing for private and presence channels) and waits for success.
+    /// Returns the `data` of `pusher_internal:subscription_succeeded`.
+    pub async fn subscribe(
+        &mut self,
+        target: &Target,
+        channel: &str,
+        channel_data: Option<&str>,
+    ) -> Result<String, BenchError> {
+        let needs_auth = channel.starts_with("private-") || channel.starts_with("presence-");
+        let auth = if needs_auth {
+            sign::channel_auth(
+                &target.key,
+                &target.secret,
+                &self.socket_id,
+                channel,
+                channel_data,
+            )
+        } else {
+            String::new()
+        };
+        let mut data = serde_json::json!({ "channel": channel, "auth": auth });
+        if let Some(cd) = channel_data {
+            data["channel_data"] = cd.into();
+        }
+        self.send_text(
+            serde_json::json!({ "event": "pusher:subscribe", "data": data }).to_string(),
+        )
+        .await?;
+        loop {
+            let outcome = self
+                .next(|f| match f.event.as_ref() {
+                    "pusher_internal:subscription_succeeded"
+                        if f.channel.as_deref() == Some(channel) =>
+                    {
+                        Some(Ok(f.data_str().unwrap_or_default().into_owned()))
+                    }
+                    "pusher:subscription_error" | "pusher:error" => Some(Err(BenchError::new(
+                        "subscribe_error",
+                        format!("{}: {}", f.event, f.data_str().unwrap_or_default()),
+                    ))),
+                    _ => None,
+                })
+                .await?;
+            if let Some(r) = outcome {
+                return r;
+            }
+        }
+    }
+
+    pub async fn unsubscribe(&mut self, channel: &str) -> Result<(), BenchError> {
+        let msg =
+            serde_json::json!({ "event": "pusher:unsubscribe", "data": { "channel": channel } });
+        self.send_text(msg.to_string()).await
+    }
+
+    /// Closes with the WebSocket close handshake, waiting at most two seconds for the server.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.ws.close(None).await;
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+/// Connects and subscribes to one channel within `limit`.
+pub async fn join(
+    target: &Target,
+    channel: &str,
+    channel_data: Option<&str>,
+    limit: Duration,
+) -> Result<(Client, String), BenchError> {
+    tokio::time::timeout(limit, async {
+        let mut c = Client::connect(target).await?;
+        let data = c.subscribe(target, channel, channel_data).await?;
+        Ok((c, data))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(BenchError::new(
+            "timeout",
+            format!("connect+subscribe over {limit:?}"),
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_data_is_decoded_when_a_string() {
+        let f: Frame =
+            serde_json::from_str(r#"{"event":"e","channel":"c","data":"1:2:xx"}"#).unwrap();
+        assert_eq!(f.data_str().as_deref(), Some("1:2:xx"));
+        assert!(matches!(f.data_str(), Some(Cow::Borrowed(_))));
+        let f: Frame = serde_json::from_str(r#"{"event":"e","data":"{\"a\":1}"}"#).unwrap();
+        assert_eq!(f.data_str().as_deref(), Some(r#"{"a":1}"#));
+        let f: Frame = serde_json::from_str(r#"{"event":"e","data":{"a":1}}"#).unwrap();
+        assert_eq!(f.data_str().as_deref(), Some(r#"{"a":1}"#));
+        let f: Frame = serde_json::from_str(r#"{"event":"e"}"#).unwrap();
+        assert_eq!(f.data_str(), None);
+    }
+
+    #[test]
+    fn source_addresses_spread_only_on_loopback() {
+        let t = Target::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1",
+            "a",
+            "k",
+            "s",
+            254,
+        );
+        assert_eq!(t.source_ips(), 254);
+        let t = Target::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1",
+            "a",
+            "k",
+            "s",
+            1000,
+        );
+        assert_eq!(t.source_ips(), 254);
+        let t = Target::new("[::1]:1".parse().unwrap(), "::1", "a", "k", "s", 254);
+        assert_eq!(t.source_ips(), 0);
+    }
+}

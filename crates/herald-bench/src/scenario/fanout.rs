@@ -1,0 +1,365 @@
+//! `fanout`: N subscribers over C channels; events published through the HTTP API at a rate or
+//! flat out. Measures delivery (loss, duplicates, order), end-to-end latency and server CPU per
+//! delivered message.
+
+use super::{
+    client_cpu_s, collect, cpu_s, event_data, gate, now_us, opt, parse_event_data, ticker, us_per,
+    wait_ready, Ctx,
+};
+use crate::http::Publisher;
+use crate::report::{round, Report};
+use crate::stats::{Delivery, Latency, SeqTracker, Sharded};
+use clap::Args;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const EVENT: &str = "bench-event";
+
+#[derive(Debug, Args, Clone)]
+pub struct FanoutArgs {
+    /// Subscriber connections (subscriber i listens on channel i mod C).
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: u64,
+    #[arg(long, default_value_t = 100)]
+    pub channels: u64,
+    /// Events per second over all channels; 0 publishes flat out.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Bytes of event data.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Concurrent HTTP publishers, each on its own keep-alive connection and owning a share of
+    /// the channels, so that each channel's events are sent in order.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: u64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many events.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub max_events: u64,
+    /// Flat out only: most deliveries published but not yet received before publishers wait
+    /// (0: 4 per subscriber). Keeps the server's outboxes from overflowing while measuring its
+    /// throughput.
+    #[arg(long, default_value_t = 0)]
+    pub window: u64,
+    /// Flat out only: publish without any flow control.
+    #[arg(long)]
+    pub no_window: bool,
+    /// Seconds to wait for the last deliveries after publishing stops.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Seconds the whole connect phase may take.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_connect_seconds: f64,
+}
+
+struct SubOutcome {
+    channel: usize,
+    tracker: SeqTracker,
+    dropped: bool,
+}
+
+struct PubOutcome {
+    /// (channel, events the server accepted) for each channel owned.
+    published: Vec<(usize, u64)>,
+    failed: u64,
+    connections: u64,
+    latency: Latency,
+}
+
+/// Shared counters between publishers and subscribers.
+#[derive(Default)]
+struct Flow {
+    expected: AtomicU64,
+    received: AtomicU64,
+    last_receive_us: AtomicU64,
+    published: AtomicU64,
+    attempts: AtomicU64,
+}
+
+pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
+    let mut r = Report::new("fanout");
+    let channels = a.channels.max(1) as usize;
+    let flat_out = a.rate <= 0.0;
+    let window = if !flat_out || a.no_window {
+        0
+    } else if a.window > 0 {
+        a.window
+    } else {
+        4 * a.subscribers.max(250)
+    };
+    r.param("subscribers", a.subscribers);
+    r.param("channels", channels as u64);
+    r.param(
+        "rate_per_s",
+        if flat_out {
+            "flat out".into()
+        } else {
+            serde_json::json!(a.rate)
+        },
+    );
+    r.param("payload_bytes", a.payload as u64);
+    r.param("publishers", a.publishers);
+    r.param("duration_s", a.duration);
+    r.param("window_deliveries", window);
+
+    let names: Arc<Vec<String>> = Arc::new(
+        (0..channels)
+            .map(|c| ctx.channel("", "fanout", c))
+            .collect(),
+    );
+    let joined: Arc<Vec<AtomicU64>> = Arc::new((0..channels).map(|_| AtomicU64::new(0)).collect());
+    let flow = Arc::new(Flow::default());
+    let latency = Arc::new(Sharded::new(32));
+    let cancel = CancellationToken::new();
+
+    // Subscribers.
+    let start_probe = ctx.probe.point();
+    let (g, rx) = gate(ctx.connect_concurrency);
+    let mut sub_tasks = Vec::with_capacity(a.subscribers as usize);
+    for i in 0..a.subscribers as usize {
+        let ch = i % channels;
+        let (ctx2, g, cancel, flow, latency, names, joined) = (
+            ctx.clone(),
+            g.clone(),
+            cancel.clone(),
+            flow.clone(),
+            latency.clone(),
+            names.clone(),
+            joined.clone(),
+        );
+        sub_tasks.push(tokio::spawn(async move {
+            let name = names[ch].as_str();
+            let (mut c, _) = g.join(&ctx2, name, None).await.ok()?;
+            joined[ch].fetch_add(1, Ordering::Relaxed);
+            let mut tracker = SeqTracker::default();
+            let mut dropped = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break,
+                    got = c.next(|f| {
+                        if f.event != EVENT || f.channel.as_deref() != Some(name) {
+                            return None;
+                        }
+                        let parsed = f.data_str().and_then(|d| parse_event_data(&d));
+                        Some(parsed.map(|(seq, sent)| (seq, sent, now_us())))
+                    }) => match got {
+                        Ok(Some(Some((seq, sent, at)))) => {
+                            latency.record_us(i, at.saturating_sub(sent));
+                            tracker.record(seq);
+                            flow.received.fetch_add(1, Ordering::Relaxed);
+                            flow.last_receive_us.fetch_max(at, Ordering::Relaxed);
+                        }
+                        Ok(Some(None)) => ctx2.errors.add(&crate::net::BenchError::new("bad_event_data", "unparsable data")),
+                        Ok(None) => {}
+                        Err(e) => {
+                            ctx2.errors.add(&e);
+                            dropped = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if !dropped {
+                c.close().await;
+            }
+            Some(SubOutcome { channel: ch, tracker, dropped })
+        }));
+    }
+    drop(g);
+    let ready = wait_ready(
+        rx,
+        a.subscribers,
+        Duration::from_secs_f64(a.max_connect_seconds),
+        "subscribe",
+        &ctx.errors,
+    )
+    .await;
+    // Only subscribers that made it count towards expected deliveries; the others are reported as
+    // connection failures.
+    // A subscriber reports success just before counting itself on its channel: wait for the counts.
+    let counted = || {
+        joined
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let wait_until = Instant::now() + Duration::from_secs(5);
+    while counted() < ready.ok && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let subs_on: Vec<u64> = joined.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+
+    // Publishers.
+    let pubs = a.publishers.clamp(1, channels as u64) as usize;
+    let publish_start = Instant::now();
+    let publish_start_us = now_us();
+    let deadline = publish_start + Duration::from_secs_f64(a.duration);
+    let before = ctx.probe.point();
+    let subs_on = Arc::new(subs_on);
+    let mut pub_tasks = Vec::new();
+    for k in 0..pubs {
+        let owned: Vec<usize> = (k..channels).step_by(pubs).collect();
+        let (ctx2, flow, names, subs_on) =
+            (ctx.clone(), flow.clone(), names.clone(), subs_on.clone());
+        let period = (!flat_out).then(|| Duration::from_secs_f64(pubs as f64 / a.rate));
+        let (payload, max_events) = (a.payload, a.max_events);
+        pub_tasks.push(tokio::spawn(async move {
+            let mut p = Publisher::new(ctx2.target.clone());
+            let mut seqs = vec![0u64; owned.len()];
+            let (mut failed, mut latency) = (0, Latency::new());
+            let mut n: u32 = 0;
+            loop {
+                if let Some(period) = period {
+                    let at = publish_start + period * n;
+                    if at >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(at).await;
+                }
+                while window > 0
+                    && flow
+                        .expected
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(flow.received.load(Ordering::Relaxed))
+                        > window
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                if Instant::now() >= deadline
+                    || flow.attempts.fetch_add(1, Ordering::Relaxed) >= max_events
+                {
+                    break;
+                }
+                let j = n as usize % owned.len();
+                let ch = owned[j];
+                let data = event_data(seqs[j], now_us(), payload);
+                let t0 = Instant::now();
+                match p.trigger(&[names[ch].as_str()], EVENT, &data).await {
+                    Ok(()) => {
+                        latency.record_us(t0.elapsed().as_micros() as u64);
+                        seqs[j] += 1;
+                        flow.expected.fetch_add(subs_on[ch], Ordering::Relaxed);
+                        flow.published.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        ctx2.errors.add(&e);
+                        failed += 1;
+                    }
+                }
+                n = n.wrapping_add(1);
+            }
+            PubOutcome {
+                published: owned.into_iter().zip(seqs).collect(),
+                failed,
+                connections: p.connections,
+                latency,
+            }
+        }));
+    }
+    let ticker_flow = flow.clone();
+    let t = ticker(Duration::from_secs_f64(a.duration), "publish", move || {
+        let f = &ticker_flow;
+        format!(
+            "{} events, {}/{} delivered",
+            f.published.load(Ordering::Relaxed),
+            f.received.load(Ordering::Relaxed),
+            f.expected.load(Ordering::Relaxed)
+        )
+    });
+    let (pub_out, _) = collect(pub_tasks, Duration::from_secs_f64(a.duration + 30.0)).await;
+    drop(t);
+    let publish_elapsed = publish_start.elapsed();
+
+    // Drain: wait until every expected delivery arrived or the drain time is up.
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(a.drain);
+    let mut complete = false;
+    while Instant::now() < drain_deadline {
+        if flow.received.load(Ordering::Relaxed) >= flow.expected.load(Ordering::Relaxed) {
+            complete = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let after = ctx.probe.point();
+    cancel.cancel();
+    let (sub_out, stuck) = collect(sub_tasks, Duration::from_secs(30)).await;
+
+    // Accounting.
+    let mut published = vec![0u64; channels];
+    let (mut publish_failed, mut http_conns, mut http_latency) = (0, 0, Latency::new());
+    for p in &pub_out {
+        for &(ch, n) in &p.published {
+            published[ch] = n;
+        }
+        publish_failed += p.failed;
+        http_conns += p.connections;
+        http_latency.merge(&p.latency);
+    }
+    let events: u64 = published.iter().sum();
+    let mut delivery = Delivery::default();
+    let mut dropped = 0;
+    let subs_ok = sub_out.iter().flatten().count() as u64;
+    for s in sub_out.iter().flatten() {
+        delivery.add(&s.tracker, published[s.channel]);
+        dropped += u64::from(s.dropped);
+    }
+    let last_us = flow.last_receive_us.load(Ordering::Relaxed);
+    let delivery_secs = (last_us.saturating_sub(publish_start_us) as f64 / 1e6).max(1e-6);
+    let server_cpu = cpu_s(&after, &before);
+
+    ready.put(&mut r, "subscribers");
+    r.result("events_published", events);
+    r.result("events_failed", publish_failed);
+    r.result("publish_seconds", round(publish_elapsed.as_secs_f64(), 3));
+    r.result(
+        "publish_rate_per_s",
+        round(events as f64 / publish_elapsed.as_secs_f64(), 1),
+    );
+    r.result("http_connections", http_conns);
+    r.result("deliveries_expected", delivery.expected);
+    r.result("delivered", delivery.delivered);
+    r.result(
+        "delivered_per_s",
+        round(delivery.delivered as f64 / delivery_secs, 1),
+    );
+    r.result("lost", delivery.lost);
+    r.result("loss_ratio", delivery.loss_ratio());
+    r.result("duplicates", delivery.duplicates);
+    r.result("out_of_order", delivery.out_of_order);
+    r.result("unexpected", delivery.unexpected);
+    r.result("subscribers_dropped", dropped);
+    r.result("drain_complete", complete);
+    r.result("latency", latency.merged().summary().to_json());
+    r.result("http_latency", http_latency.summary().to_json());
+    r.result("server_cpu_s", opt(server_cpu));
+    r.result(
+        "server_cpu_us_per_delivered",
+        us_per(server_cpu, delivery.delivered),
+    );
+    r.result("server_cpu_us_per_event", us_per(server_cpu, events));
+    r.result("server_rss_before_kb", opt(start_probe.server_rss_kb()));
+    r.result("server_rss_subscribed_kb", opt(before.server_rss_kb()));
+    r.result("server_rss_end_kb", opt(after.server_rss_kb()));
+    r.result("client_cpu_s", opt(client_cpu_s(&after, &before)));
+    super::put_machine(&mut r, &after, &before);
+
+    r.fail_if(a.subscribers - subs_ok, "subscribers not established");
+    if events == 0 {
+        r.failures.push("no event published".into());
+    }
+    r.fail_if(publish_failed, "publish requests failed");
+    r.fail_if(delivery.lost, "deliveries lost");
+    r.fail_if(delivery.duplicates, "duplicate deliveries");
+    r.fail_if(delivery.out_of_order, "deliveries out of order");
+    r.fail_if(delivery.unexpected, "deliveries never published");
+    r.fail_if(dropped, "subscribers disconnected");
+    r.fail_if(stuck, "subscribers that did not close");
+    r
+}

@@ -1,0 +1,296 @@
+//! What the scenarios share: the run context, connecting a fleet, event payloads, helpers.
+
+pub mod churn;
+pub mod fanout;
+pub mod idle;
+pub mod presence;
+pub mod trigger;
+
+use crate::net::{self, BenchError, Client, ErrorLog, Target};
+use crate::procfs::{Point, Probe};
+use crate::progress;
+use crate::stats::{Latency, LatencySummary};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+/// Everything a scenario needs besides its own arguments.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub target: Arc<Target>,
+    pub probe: Probe,
+    pub errors: Arc<ErrorLog>,
+    /// Limit on one connect + subscribe.
+    pub connect_timeout: Duration,
+    /// Connect + subscribe handshakes in flight at once.
+    pub connect_concurrency: usize,
+    /// Distinguishes channel names of this run from earlier ones.
+    pub run_id: String,
+}
+
+impl Ctx {
+    pub fn channel(&self, prefix: &str, scenario: &str, i: usize) -> String {
+        format!("{prefix}bench-{scenario}-{}-{i}", self.run_id)
+    }
+}
+
+/// Microseconds since the Unix epoch (the clock both ends of a latency share).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Event data carrying a per-channel sequence number and a send timestamp, padded with `x` to
+/// `size` bytes: `SEQ:MICROS:xxxx`. It holds nothing that JSON must escape.
+pub fn event_data(seq: u64, sent_us: u64, size: usize) -> String {
+    let mut s = format!("{seq}:{sent_us}:");
+    if s.len() < size {
+        s.extend(std::iter::repeat_n('x', size - s.len()));
+    }
+    s
+}
+
+/// The sequence number and send timestamp of [`event_data`].
+pub fn parse_event_data(data: &str) -> Option<(u64, u64)> {
+    let mut parts = data.splitn(3, ':');
+    let seq = parts.next()?.parse().ok()?;
+    let sent = parts.next()?.parse().ok()?;
+    Some((seq, sent))
+}
+
+/// Hands out connect permits and reports each connection's outcome to [`wait_ready`].
+#[derive(Clone)]
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Result<Duration, BenchError>>,
+}
+
+pub fn gate(concurrency: usize) -> (Gate, mpsc::UnboundedReceiver<Result<Duration, BenchError>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Gate {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            tx,
+        },
+        rx,
+    )
+}
+
+impl Gate {
+    /// Connects and subscribes, at most `concurrency` at a time, and reports the outcome.
+    pub async fn join(
+        &self,
+        ctx: &Ctx,
+        channel: &str,
+        channel_data: Option<&str>,
+    ) -> Result<(Client, String), BenchError> {
+        let _permit = self.permits.acquire().await.expect("never closed");
+        let t0 = Instant::now();
+        let r = net::join(&ctx.target, channel, channel_data, ctx.connect_timeout).await;
+        let _ = self
+            .tx
+            .send(r.as_ref().map(|_| t0.elapsed()).map_err(Clone::clone));
+        r
+    }
+}
+
+/// How a fleet's connecting went.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub ok: u64,
+    pub failed: u64,
+    /// From the call of [`wait_ready`] until the last outcome.
+    pub elapsed: Duration,
+    pub latency: LatencySummary,
+}
+
+impl Ready {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn put(&self, r: &mut crate::report::Report, what: &str) {
+        r.result(&format!("{what}_ok"), self.ok);
+        r.result(&format!("{what}_failed"), self.failed);
+        r.result(
+            &format!("{what}_seconds"),
+            crate::report::round(self.elapsed.as_secs_f64(), 3),
+        );
+        r.result(
+            &format!("{what}_per_s"),
+            crate::report::round(self.rate(), 1),
+        );
+        r.result(&format!("{what}_latency"), self.latency.to_json());
+    }
+}
+
+/// Waits for `n` outcomes from a [`Gate`] (or until `limit`), counting failures into `errors`.
+pub async fn wait_ready(
+    mut rx: mpsc::UnboundedReceiver<Result<Duration, BenchError>>,
+    n: u64,
+    limit: Duration,
+    label: &str,
+    errors: &ErrorLog,
+) -> Ready {
+    let start = Instant::now();
+    let pb = progress::counter(n, label);
+    let mut latency = Latency::new();
+    let (mut ok, mut failed) = (0, 0);
+    let deadline = tokio::time::Instant::now() + limit;
+    while ok + failed < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Ok(d))) => {
+                ok += 1;
+                latency.record_us(d.as_micros() as u64);
+            }
+            Ok(Some(Err(e))) => {
+                failed += 1;
+                errors.add(&e);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                let missing = n - ok - failed;
+                errors.add(&BenchError::new(
+                    "connect_phase_timeout",
+                    format!("{missing} not ready after {limit:?}"),
+                ));
+                failed += missing;
+                break;
+            }
+        }
+        pb.set_position(ok + failed);
+        if failed > 0 {
+            pb.set_message(format!("{failed} failed"));
+        }
+    }
+    pb.finish_and_clear();
+    Ready {
+        ok,
+        failed,
+        elapsed: start.elapsed(),
+        latency: latency.summary(),
+    }
+}
+
+/// Awaits tasks for at most `limit`, then aborts the rest; returns the outputs of those that ended.
+pub async fn collect<T: Send + 'static>(
+    tasks: Vec<JoinHandle<T>>,
+    limit: Duration,
+) -> (Vec<T>, u64) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut out = Vec::with_capacity(tasks.len());
+    let mut stuck = 0;
+    for t in tasks {
+        let abort = t.abort_handle();
+        match tokio::time::timeout_at(deadline, t).await {
+            Ok(Ok(v)) => out.push(v),
+            Ok(Err(_)) => stuck += 1,
+            Err(_) => {
+                abort.abort();
+                stuck += 1;
+            }
+        }
+    }
+    (out, stuck)
+}
+
+/// Live status for a timed phase, redrawn every 200 ms until the returned handle is aborted.
+pub fn ticker(
+    length: Duration,
+    label: &str,
+    status: impl Fn() -> String + Send + 'static,
+) -> Ticker {
+    let pb = progress::timer(length, label);
+    let bar = pb.clone();
+    let start = Instant::now();
+    let task = tokio::spawn(async move {
+        loop {
+            bar.set_position(start.elapsed().as_millis() as u64);
+            bar.set_message(status());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ticker { pb, task }
+}
+
+pub struct Ticker {
+    pb: indicatif::ProgressBar,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.pb.finish_and_clear();
+    }
+}
+
+/// Optional numbers as JSON (null when the server's PID was not given).
+pub fn opt<T: Into<Value>>(v: Option<T>) -> Value {
+    v.map(Into::into).unwrap_or(Value::Null)
+}
+
+/// CPU microseconds per unit of work.
+pub fn us_per(cpu_s: Option<f64>, units: u64) -> Value {
+    opt(cpu_s
+        .filter(|_| units > 0)
+        .map(|s| crate::report::round(s * 1e6 / units as f64, 3)))
+}
+
+/// Server CPU seconds between two points, rounded.
+pub fn cpu_s(later: &Point, earlier: &Point) -> Option<f64> {
+    later
+        .server_cpu_since(earlier)
+        .map(|s| crate::report::round(s, 2))
+}
+
+/// Whole-machine CPU use over a measured phase: how busy the machine was and how many CPU
+/// seconds went to processes other than the server and this bench (other work on a shared
+/// machine makes the numbers of that run pessimistic).
+pub fn put_machine(r: &mut crate::report::Report, later: &Point, earlier: &Point) {
+    use crate::report::round;
+    if let Some(sys) = later.server_sys_share_since(earlier) {
+        r.result("server_cpu_kernel_pct", round(sys * 100.0, 1));
+    }
+    let Some((busy_s, share)) = later.machine_busy_since(earlier) else {
+        return;
+    };
+    r.result("machine_cpu_busy_pct", round(share * 100.0, 1));
+    let ours = later.server_cpu_since(earlier).unwrap_or(0.0)
+        + later.client_cpu_since(earlier).unwrap_or(0.0);
+    r.result("other_cpu_s", round((busy_s - ours).max(0.0), 2));
+}
+
+/// Own CPU seconds between two points, rounded.
+pub fn client_cpu_s(later: &Point, earlier: &Point) -> Option<f64> {
+    later
+        .client_cpu_since(earlier)
+        .map(|s| crate::report::round(s, 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_data_round_trips_and_pads() {
+        let d = event_data(42, 1_700_000_000_123_456, 100);
+        assert_eq!(d.len(), 100);
+        assert!(d.starts_with("42:1700000000123456:x"));
+        assert_eq!(parse_event_data(&d), Some((42, 1_700_000_000_123_456)));
+        assert_eq!(event_data(1, 2, 0), "1:2:");
+        assert_eq!(parse_event_data("1:2:"), Some((1, 2)));
+        assert_eq!(parse_event_data("hello"), None);
+    }
+
+    #[test]
+    fn us_per_unit() {
+        assert_eq!(us_per(Some(2.0), 1_000_000), serde_json::json!(2.0));
+        assert_eq!(us_per(Some(2.0), 0), Value::Null);
+        assert_eq!(us_per(None, 5), Value::Null);
+    }
+}

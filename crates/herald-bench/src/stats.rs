@@ -1,0 +1,286 @@
+//! Pure accounting: latency percentiles, and loss, duplicates and order of sequenced events.
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::sync::Mutex;
+
+/// Latencies in microseconds, 1 µs to 10 minutes, 3 significant digits.
+#[derive(Debug, Clone)]
+pub struct Latency(Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Latency {
+    pub fn new() -> Self {
+        Self(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"))
+    }
+
+    /// Records one latency; values outside the range are clamped into it.
+    pub fn record_us(&mut self, us: u64) {
+        self.0.saturating_record(us.max(1));
+    }
+
+    pub fn merge(&mut self, other: &Latency) {
+        self.0.add(&other.0).expect("same bounds");
+    }
+
+    pub fn summary(&self) -> LatencySummary {
+        let h = &self.0;
+        let ms = |us: u64| us as f64 / 1000.0;
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// Percentiles of a latency distribution, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LatencySummary {
+    pub fn to_json(self) -> Value {
+        let r = |v: f64| (v * 1000.0).round() / 1000.0;
+        json!({
+            "count": self.count,
+            "mean_ms": r(self.mean_ms),
+            "p50_ms": r(self.p50_ms),
+            "p90_ms": r(self.p90_ms),
+            "p99_ms": r(self.p99_ms),
+            "p99_9_ms": r(self.p999_ms),
+            "max_ms": r(self.max_ms),
+        })
+    }
+}
+
+/// Latency histograms shared by many tasks: each task writes to one shard, so two cores rarely
+/// contend; [`Sharded::merged`] adds them up at the end.
+#[derive(Debug)]
+pub struct Sharded(Vec<Mutex<Latency>>);
+
+impl Sharded {
+    pub fn new(shards: usize) -> Self {
+        Self(
+            (0..shards.max(1))
+                .map(|_| Mutex::new(Latency::new()))
+                .collect(),
+        )
+    }
+    pub fn record_us(&self, shard: usize, us: u64) {
+        self.0[shard % self.0.len()]
+            .lock()
+            .expect("not poisoned")
+            .record_us(us);
+    }
+    pub fn merged(&self) -> Latency {
+        let mut all = Latency::new();
+        for s in &self.0 {
+            all.merge(&s.lock().expect("not poisoned"));
+        }
+        all
+    }
+}
+
+/// What one subscriber saw of one channel's sequence numbers (0, 1, 2, ...).
+#[derive(Debug, Clone, Default)]
+pub struct SeqTracker {
+    seen: Vec<u64>,
+    /// One past the highest sequence number seen.
+    high: u64,
+    pub unique: u64,
+    pub duplicates: u64,
+    /// Events that arrived after an event with a higher sequence number.
+    pub out_of_order: u64,
+}
+
+impl SeqTracker {
+    pub fn record(&mut self, seq: u64) {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if word >= self.seen.len() {
+            self.seen.resize(word + 1, 0);
+        }
+        if self.seen[word] & (1 << bit) != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        self.seen[word] |= 1 << bit;
+        self.unique += 1;
+        if seq < self.high {
+            self.out_of_order += 1;
+        } else {
+            self.high = seq + 1;
+        }
+    }
+
+    /// Distinct sequence numbers below `published` seen: what counts as delivered.
+    pub fn delivered_of(&self, published: u64) -> u64 {
+        let full = (published / 64) as usize;
+        let mut n: u64 = self
+            .seen
+            .iter()
+            .take(full)
+            .map(|w| u64::from(w.count_ones()))
+            .sum();
+        let rest = published % 64;
+        if rest > 0 {
+            if let Some(w) = self.seen.get(full) {
+                n += u64::from((w & ((1u64 << rest) - 1)).count_ones());
+            }
+        }
+        n
+    }
+
+    /// Sequence numbers seen that were never published (should be 0).
+    pub fn unexpected(&self, published: u64) -> u64 {
+        self.unique - self.delivered_of(published)
+    }
+}
+
+/// Loss, duplicates and order over many subscribers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub unexpected: u64,
+}
+
+impl Delivery {
+    /// Adds one subscriber whose channel had `published` events accepted by the server.
+    pub fn add(&mut self, t: &SeqTracker, published: u64) {
+        let delivered = t.delivered_of(published);
+        self.expected += published;
+        self.delivered += delivered;
+        self.lost += published - delivered;
+        self.duplicates += t.duplicates;
+        self.out_of_order += t.out_of_order;
+        self.unexpected += t.unexpected(published);
+    }
+
+    pub fn loss_ratio(&self) -> f64 {
+        if self.expected == 0 {
+            0.0
+        } else {
+            self.lost as f64 / self.expected as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_uniform_distribution() {
+        let mut l = Latency::new();
+        for us in 1..=10_000 {
+            l.record_us(us);
+        }
+        let s = l.summary();
+        assert_eq!(s.count, 10_000);
+        assert!((s.p50_ms - 5.0).abs() < 0.01, "{s:?}");
+        assert!((s.p99_ms - 9.9).abs() < 0.01, "{s:?}");
+        assert!((s.p999_ms - 9.99).abs() < 0.01, "{s:?}");
+        assert!((s.max_ms - 10.0).abs() < 0.01, "{s:?}");
+    }
+
+    #[test]
+    fn empty_histogram_summarises_to_zero() {
+        assert_eq!(Latency::new().summary(), LatencySummary::default());
+    }
+
+    #[test]
+    fn sharded_histograms_merge() {
+        let s = Sharded::new(4);
+        for i in 0..100 {
+            s.record_us(i, 1000);
+        }
+        let m = s.merged().summary();
+        assert_eq!(m.count, 100);
+        assert!((m.p50_ms - 1.0).abs() < 0.001);
+    }
+
+    #[test]
+    fn in_order_complete_sequence_is_clean() {
+        let mut t = SeqTracker::default();
+        (0..200).for_each(|s| t.record(s));
+        let mut d = Delivery::default();
+        d.add(&t, 200);
+        assert_eq!(
+            d,
+            Delivery {
+                expected: 200,
+                delivered: 200,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn counts_loss_duplicates_and_reordering() {
+        let mut t = SeqTracker::default();
+        for s in [0, 1, 3, 2, 2, 5, 70, 70, 6] {
+            t.record(s);
+        }
+        // Seen: 0 1 2 3 5 6 70. Missing below 100: 93. Out of order: 2 (after 3), 6 (after 70).
+        let mut d = Delivery::default();
+        d.add(&t, 100);
+        assert_eq!(d.delivered, 7);
+        assert_eq!(d.lost, 93);
+        assert_eq!(d.duplicates, 2);
+        assert_eq!(d.out_of_order, 2);
+        assert_eq!(d.unexpected, 0);
+    }
+
+    #[test]
+    fn sequence_numbers_past_the_published_count_are_unexpected() {
+        let mut t = SeqTracker::default();
+        for s in 0..10 {
+            t.record(s);
+        }
+        let mut d = Delivery::default();
+        d.add(&t, 8);
+        assert_eq!((d.delivered, d.lost, d.unexpected), (8, 0, 2));
+        assert_eq!(t.delivered_of(64), 10);
+        assert_eq!(t.delivered_of(0), 0);
+    }
+
+    #[test]
+    fn delivery_adds_up_subscribers() {
+        let mut full = SeqTracker::default();
+        let mut half = SeqTracker::default();
+        for s in 0..10 {
+            full.record(s);
+            if s % 2 == 0 {
+                half.record(s);
+            }
+        }
+        let mut d = Delivery::default();
+        d.add(&full, 10);
+        d.add(&half, 10);
+        assert_eq!((d.expected, d.delivered, d.lost), (20, 15, 5));
+        assert!((d.loss_ratio() - 0.25).abs() < 1e-9);
+    }
+}

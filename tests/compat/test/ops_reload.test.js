@@ -1,0 +1,123 @@
+'use strict';
+// OPS-RELOAD-*: SIGHUP re-reads the apps of the --config file without dropping
+// connections; an invalid file is rejected (logged) and the current apps kept.
+
+const fs = require('node:fs');
+const { test } = require('node:test');
+const h = require('../lib');
+const ops = require('../lib/ops');
+const { assert } = h;
+
+const A = { id: 'hup-a', key: 'hup-a-key', secret: 'hup-a-secret' };
+const B = { id: 'hup-b', key: 'hup-b-key', secret: 'hup-b-secret' };
+
+/**
+ * Connects a pusher-js client of `app`, retrying (a new client per try) until one
+ * reaches `connected` or the deadline passes. Failed tries are disconnected.
+ */
+async function connectWithRetry(pool, server, app, ms = 5000) {
+  const deadline = Date.now() + ms;
+  const tries = [];
+  for (;;) {
+    const c = pool.pusherLazy({ server, app });
+    const outcome = await h
+      .withTimeout(
+        new Promise((resolve) => {
+          c.connection.bind('state_change', ({ current }) => {
+            if (['connected', 'failed', 'unavailable', 'disconnected'].includes(current)) resolve(current);
+          });
+          c.connection.bind('error', (e) => resolve(`error ${JSON.stringify(e && e.error ? e.error : e)}`));
+        }),
+        Math.max(500, deadline - Date.now()),
+        'pusher-js state',
+      )
+      .catch((e) => e.message);
+    if (outcome === 'connected') return c;
+    tries.push(outcome);
+    c.disconnect();
+    if (Date.now() > deadline) throw new Error(`no pusher-js client of ${app.id} connected within ${ms} ms; tries: ${JSON.stringify(tries.slice(-5))}`);
+  }
+}
+
+/** Subscribes `client` to a fresh channel and checks that an SDK event of `app` arrives. */
+async function roundTrip(server, client, app, tag) {
+  const name = h.uid(`ops-hup-${tag}-`);
+  const ch = await h.subscribeOk(client, name);
+  const got = h.nextEvent(ch, 'ops-hup', 3000);
+  const r = await h.sdkCall(() => h.sdk(server, app).trigger(name, 'ops-hup', { tag }));
+  assert.equal(r.status, 200, `trigger for ${app.id}: ${r.text}`);
+  const ev = await got;
+  assert.deepEqual(ev.data, { tag });
+}
+
+test('OPS-RELOAD-1 SIGHUP adds an app without dropping connections; an invalid file keeps the old apps', { timeout: 60000 }, async (t) => {
+  const configFile = ops.tmpPath('reload', '.toml');
+  const server = await ops.startOps({ config: { apps: [A] }, configFile });
+  const pool = new h.Pool(server);
+  t.after(() => {
+    pool.closeAll();
+    server.stop();
+    fs.rmSync(configFile, { force: true });
+  });
+
+  const a = await pool.pusher({ server, app: A });
+  const aSocket = a.connection.socket_id;
+  let aDropped = null;
+  a.connection.bind('state_change', ({ previous, current }) => {
+    if (!aDropped && current !== 'connected') aDropped = `${previous} -> ${current}`;
+  });
+  await roundTrip(server, a, A, 'a0');
+
+  // B is unknown before the reload: a raw connection is refused with 4001
+  const before = pool.rawOpen({ server, key: B.key });
+  const closed = await before.waitClose(3000);
+  assert.equal(closed.code, 4001, `app B before the reload: ${JSON.stringify(closed)}`);
+
+  // rewrite with A and B, SIGHUP, and wait for a pusher-js client of B to connect
+  ops.writeConfig(configFile, { apps: [A, B] });
+  const mark = server.output().length;
+  server.kill('SIGHUP');
+  const b = await connectWithRetry(pool, server, B, 5000);
+  await server.waitOutput(/configuration reloaded/, 3000, mark);
+  await roundTrip(server, b, B, 'b1');
+
+  // A's client stayed connected on the same socket and still gets events
+  assert.equal(aDropped, null, `A's connection changed state during the reload: ${aDropped}`);
+  assert.equal(a.connection.state, 'connected');
+  assert.equal(a.connection.socket_id, aSocket, 'same socket id: the connection was not re-established');
+  await roundTrip(server, a, A, 'a1');
+  const s = await ops.scrape(server);
+  assert.equal(s.get('herald_connections', { app: A.id }), 1, s.lines('herald_connections'));
+  assert.equal(s.get('herald_connections_opened_total', { app: A.id }), 1, 'A never reconnected');
+
+  // an invalid file: rejected, logged, the current apps (A and B) kept
+  for (const [what, text] of [
+    ['unknown key', '[server]\nbogus = 1\n'],
+    ['TOML syntax error', '[[apps]\nid = "x"\n'],
+    ['app without secret', '[[apps]]\nid = "only-id"\nkey = "only-key"\nsecret = ""\n'],
+  ]) {
+    fs.writeFileSync(configFile, text);
+    const m = server.output().length;
+    server.kill('SIGHUP');
+    const line = await server.waitOutput(/reload rejected[^\n]*/, 3000, m);
+    assert.ok(server.running(), `the server must survive an invalid reload (${what})`);
+    const b2 = await pool.pusher({ server, app: B });
+    await roundTrip(server, b2, B, `b-after-${what.replace(/\W+/g, '-')}`);
+    assert.equal(a.connection.state, 'connected', `A after the rejected reload (${what}): ${line[0]}`);
+    if (what === 'unknown key') assert.match(line[0], /bogus/, 'the log names the bad key');
+  }
+  assert.equal(aDropped, null, `A's connection changed state: ${aDropped}`);
+  await roundTrip(server, a, A, 'a2');
+
+  // removing an app by reload: B is refused afterwards (A kept)
+  ops.writeConfig(configFile, { apps: [A] });
+  const m2 = server.output().length;
+  server.kill('SIGHUP');
+  await server.waitOutput(/configuration reloaded/, 3000, m2);
+  const gone = pool.rawOpen({ server, key: B.key });
+  const goneClosed = await gone.waitClose(3000);
+  assert.equal(goneClosed.code, 4001, `app B after being removed: ${JSON.stringify(goneClosed)}`);
+  const r = await h.sdkCall(() => h.sdk(server, B).trigger('x', 'y', {}));
+  assert.ok(r.status >= 400 && r.status < 500, `B's HTTP API after removal: ${r.status} ${r.text}`);
+  await roundTrip(server, a, A, 'a3');
+});
