@@ -43,6 +43,10 @@ struct Common {
     /// PID of the server process: its memory and CPU are read from /proc.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// Spread WebSocket connections over these ports of the same host (several nodes of a
+    /// cluster), round-robin; HTTP API calls still go to --port.
+    #[arg(long, global = true, value_delimiter = ',')]
+    ws_ports: Vec<u16>,
     /// Write the JSON result to FILE ('-': stdout, the table then goes to stderr).
     #[arg(long, global = true, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -81,14 +85,14 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
         .map_err(|e| format!("cannot resolve {}:{}: {e}", c.host, c.port))?
         .next()
         .ok_or_else(|| format!("no address for {}", c.host))?;
-    let target = Arc::new(Target::new(
-        addr,
-        &c.host,
-        &c.app_id,
-        &c.key,
-        &c.secret,
-        c.source_ips,
-    ));
+    let ws_addrs: Vec<std::net::SocketAddr> = c
+        .ws_ports
+        .iter()
+        .map(|p| std::net::SocketAddr::new(addr.ip(), *p))
+        .collect();
+    let target = Arc::new(
+        Target::new(addr, &c.host, &c.app_id, &c.key, &c.secret, c.source_ips).with_ws_addrs(ws_addrs),
+    );
     let ctx = Ctx {
         target: target.clone(),
         probe: Probe {
@@ -112,6 +116,10 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
         Scenario::Presence(a) => scenario::presence::run(&ctx, a).await,
     };
     report.target.put("address", addr.to_string());
+    report.target.put(
+        "ws_ports",
+        serde_json::json!(if c.ws_ports.is_empty() { vec![c.port] } else { c.ws_ports.clone() }),
+    );
     report.target.put("app_id", c.app_id.clone());
     report.target.put("server_pid", scenario::opt(c.server_pid));
     report.target.put("source_ips", target.source_ips());

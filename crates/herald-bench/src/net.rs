@@ -78,6 +78,9 @@ pub struct Target {
     source_ips: u32,
     next_source: AtomicU32,
     ws_url: String,
+    /// WebSocket connections go to these addresses in turn (empty: `addr`).
+    ws_addrs: Vec<SocketAddr>,
+    next_ws: AtomicU32,
 }
 
 impl Target {
@@ -109,14 +112,35 @@ impl Target {
             secret: secret.into(),
             source_ips,
             next_source: AtomicU32::new(0),
+            ws_addrs: Vec::new(),
+            next_ws: AtomicU32::new(0),
             ws_url: format!("ws://{host}:{port}/app/{key}?protocol=7&client=herald-bench&version=0.1&flash=false"),
         }
     }
 
+    /// Spreads WebSocket connections over several servers (nodes of one cluster).
+    pub fn with_ws_addrs(mut self, addrs: Vec<SocketAddr>) -> Self {
+        self.ws_addrs = addrs;
+        self
+    }
+
+    /// A TCP connection for a WebSocket: to the next of `ws_addrs`, or to `addr`.
+    pub async fn ws_tcp(&self) -> Result<TcpStream, BenchError> {
+        if self.ws_addrs.is_empty() {
+            return self.tcp().await;
+        }
+        let i = self.next_ws.fetch_add(1, Ordering::Relaxed) as usize % self.ws_addrs.len();
+        self.tcp_to(self.ws_addrs[i]).await
+    }
+
     /// A TCP connection to the server from the next source address.
     pub async fn tcp(&self) -> Result<TcpStream, BenchError> {
+        self.tcp_to(self.addr).await
+    }
+
+    async fn tcp_to(&self, addr: SocketAddr) -> Result<TcpStream, BenchError> {
         let err = |e: std::io::Error| BenchError::new("tcp_connect", e);
-        let socket = if self.addr.is_ipv4() {
+        let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
             TcpSocket::new_v6()
@@ -129,7 +153,7 @@ impl Target {
                 .bind(SocketAddr::new(IpAddr::V4(ip), 0))
                 .map_err(|e| BenchError::new("tcp_bind", e))?;
         }
-        let stream = socket.connect(self.addr).await.map_err(err)?;
+        let stream = socket.connect(addr).await.map_err(err)?;
         stream.set_nodelay(true).map_err(err)?;
         Ok(stream)
     }
@@ -181,7 +205,7 @@ fn ws_config() -> WebSocketConfig {
 impl Client {
     /// Connects and waits for `pusher:connection_established`.
     pub async fn connect(target: &Target) -> Result<Client, BenchError> {
-        let stream = target.tcp().await?;
+        let stream = target.ws_tcp().await?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(
             target.ws_url.as_str(),
             stream,

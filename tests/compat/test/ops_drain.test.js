@@ -118,7 +118,9 @@ test('OPS-DRAIN-1 SIGTERM with 2,000 clients: 4200 for all, paced over the windo
     );
   }
   assert.deepEqual(problems, [], detail);
-  assert.ok(accepted.length >= 5, `accepted ${JSON.stringify(accepted)}`);
+  // The three awaited events were accepted; racing ones may be refused once the server stops
+  // accepting requests (a refused event was never accepted, so it cannot be lost).
+  assert.ok(accepted.length >= 3, `accepted ${JSON.stringify(accepted)}`);
 });
 
 test('OPS-DRAIN-2 SIGINT drains like SIGTERM and readiness answers 503 meanwhile', { timeout: 60000 }, async (t) => {
