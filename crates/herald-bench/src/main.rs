@@ -91,7 +91,8 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
         .map(|p| std::net::SocketAddr::new(addr.ip(), *p))
         .collect();
     let target = Arc::new(
-        Target::new(addr, &c.host, &c.app_id, &c.key, &c.secret, c.source_ips).with_ws_addrs(ws_addrs),
+        Target::new(addr, &c.host, &c.app_id, &c.key, &c.secret, c.source_ips)
+            .with_ws_addrs(ws_addrs),
     );
     let ctx = Ctx {
         target: target.clone(),
@@ -118,7 +119,11 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
     report.target.put("address", addr.to_string());
     report.target.put(
         "ws_ports",
-        serde_json::json!(if c.ws_ports.is_empty() { vec![c.port] } else { c.ws_ports.clone() }),
+        serde_json::json!(if c.ws_ports.is_empty() {
+            vec![c.port]
+        } else {
+            c.ws_ports.clone()
+        }),
     );
     report.target.put("app_id", c.app_id.clone());
     report.target.put("server_pid", scenario::opt(c.server_pid));
