@@ -12,7 +12,9 @@ step "lint: cargo fmt, cargo clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "unit and integration tests (cargo test)"
+step "unit and integration tests (cargo test; a throwaway PostgreSQL for the app-store tests)"
+eval "$(bash scripts/postgres.sh start)"
+trap 'bash scripts/postgres.sh stop' EXIT
 cargo test --workspace --locked
 
 step "release build"

@@ -141,6 +141,45 @@ impl App {
     pub fn has_key(&self, key: &str) -> bool {
         self.key == key
     }
+
+    /// Checks what every store requires of an app; the error names the field (`secret is empty`).
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, v) in [
+            ("id", &self.id),
+            ("key", &self.key),
+            ("secret", &self.secret),
+        ] {
+            if v.is_empty() {
+                return Err(format!("{field} is empty"));
+            }
+        }
+        for (field, v) in [("id", &self.id), ("key", &self.key)] {
+            if v.contains(char::is_whitespace) || v.contains('/') {
+                return Err(format!(
+                    "{field} '{v}' may not contain spaces, newlines or '/'"
+                ));
+            }
+        }
+        for (j, w) in self.webhooks.iter().enumerate() {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(format!(
+                    "webhooks[{j}].url `{}` must start with http:// or https://",
+                    w.url
+                ));
+            }
+            if let Some(t) = w
+                .event_types
+                .iter()
+                .find(|t| !WEBHOOK_EVENT_TYPES.contains(&t.as_str()))
+            {
+                return Err(format!(
+                    "webhooks[{j}].event_types has unknown type `{t}`; known: {}",
+                    WEBHOOK_EVENT_TYPES.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where apps are looked up. Implementations must be cheap to call on every connection and request.

@@ -889,6 +889,32 @@ impl Engine {
         out
     }
 
+    /// Ids of apps that have open connections on this node.
+    pub fn connected_apps(&self) -> Vec<Arc<str>> {
+        self.inner
+            .states
+            .read()
+            .values()
+            .filter(|s| s.connections.load(Ordering::Relaxed) > 0)
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// Closes every connection of an app with `code` (the app was disabled or removed).
+    pub fn close_app(&self, app_id: &str, code: CloseCode) -> usize {
+        let Some(st) = self.inner.states.read().get(app_id).cloned() else {
+            return 0;
+        };
+        let mut n = 0;
+        for shard in st.conns.iter() {
+            for c in shard.lock().values() {
+                c.request_close(code);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Open connections across all apps.
     pub fn total_connections(&self) -> u64 {
         self.inner

@@ -211,6 +211,8 @@ impl Default for Config {
 
 /// Environment variables that belong to Herald's tooling, not to the configuration.
 const NOT_SETTINGS: &[&str] = &["HERALD_LOG", "HERALD_CONFIG", "HERALD_BIN"];
+/// Prefix of variables that belong to the test tooling (e.g. `HERALD_TEST_POSTGRES_URL`).
+const TEST_PREFIX: &str = "HERALD_TEST_";
 
 /// Sections that `HERALD_<SECTION>_<KEY>` may address.
 const SECTIONS: &[&str] = &[
@@ -244,7 +246,7 @@ impl Config {
             .filter(|(k, _)| k.starts_with("HERALD_"))
             .collect();
         for (name, raw) in &env {
-            if NOT_SETTINGS.contains(&name.as_str()) {
+            if NOT_SETTINGS.contains(&name.as_str()) || name.starts_with(TEST_PREFIX) {
                 continue;
             }
             let rest = &name["HERALD_".len()..];
@@ -319,37 +321,8 @@ impl Config {
             return Err("invalid configuration: `apps` is empty; list at least one app".into());
         }
         for (i, a) in self.apps.iter().enumerate() {
-            for (field, v) in [("id", &a.id), ("key", &a.key), ("secret", &a.secret)] {
-                if v.is_empty() {
-                    return Err(format!("invalid configuration: apps[{i}].{field} is empty"));
-                }
-            }
-            for (j, w) in a.webhooks.iter().enumerate() {
-                if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                    return Err(format!(
-                        "invalid configuration: apps[{i}].webhooks[{j}].url `{}` must start with http:// or https://",
-                        w.url
-                    ));
-                }
-                if let Some(t) = w
-                    .event_types
-                    .iter()
-                    .find(|t| !herald_core::WEBHOOK_EVENT_TYPES.contains(&t.as_str()))
-                {
-                    return Err(format!(
-                        "invalid configuration: apps[{i}].webhooks[{j}].event_types has unknown type `{t}`; known: {}",
-                        herald_core::WEBHOOK_EVENT_TYPES.join(", ")
-                    ));
-                }
-            }
-            if a.id.contains(char::is_whitespace) || a.key.contains(char::is_whitespace) {
-                return Err(format!("invalid configuration: apps[{i}] id and key may not contain spaces or newlines"));
-            }
-            if a.id.contains('/') || a.key.contains('/') {
-                return Err(format!(
-                    "invalid configuration: apps[{i}] id and key may not contain '/'"
-                ));
-            }
+            a.validate()
+                .map_err(|e| format!("invalid configuration: apps[{i}].{e}"))?;
         }
         let s = &self.server;
         if s.activity_timeout == 0 {

@@ -481,6 +481,8 @@ pub struct RunOptions {
     pub config_path: Option<std::path::PathBuf>,
     /// TLS acceptor built (and its files checked) before anything was announced.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The app store, opened before anything was announced.
+    pub store: Option<OpenedStore>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -535,6 +537,7 @@ pub async fn run_with(
     if let Some(path) = options.config_path {
         background.push(tokio::spawn(reload_on_sighup(shared.clone(), path)));
     }
+    background.push(tokio::spawn(close_disabled_apps(shared.clone())));
     let stop_accepting = CancellationToken::new();
     if let Some(ml) = options.metrics_listener {
         let app = metrics_router(shared.clone());
@@ -585,6 +588,23 @@ pub async fn run_with(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(std::io::Error::other(e)),
         Err(_) => Ok(()),
+    }
+}
+
+/// Closes the connections of apps that a reload or the SQL store disabled (4003) or removed (4001).
+async fn close_disabled_apps(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for app in shared.engine.connected_apps() {
+            let code = match shared.engine.apps().by_id(&app) {
+                Some(a) if a.enabled => continue,
+                Some(_) => herald_protocol::codes::APP_DISABLED,
+                None => herald_protocol::codes::APP_NOT_FOUND,
+            };
+            let n = shared.engine.close_app(&app, code);
+            tracing::info!(app = %app, connections = n, code = code.code, "closing connections of an app that is no longer served");
+        }
     }
 }
 
@@ -665,7 +685,10 @@ pub async fn serve_until_signal(
     config: Config,
     config_path: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
-    // Certificate problems stop startup before anything is announced as listening.
+    // Store and certificate problems stop startup before anything is announced as listening.
+    let store = crate::store::open(&config)
+        .await
+        .map_err(std::io::Error::other)?;
     let tls = if config.tls.enabled() {
         Some(crate::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
     } else {
@@ -688,6 +711,7 @@ pub async fn serve_until_signal(
         metrics_listener,
         config_path,
         tls,
+        store: Some(store),
     };
     run_with(socket, config, options, shutdown_signal()).await
 }

@@ -331,37 +331,7 @@ macro_rules! bind_app {
 /// Checks what the configuration checks for its `[[apps]]`, so the CLI cannot store an app that
 /// the server would refuse.
 pub fn validate_app(app: &App) -> Result<(), String> {
-    for (field, v) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
-        if v.is_empty() {
-            return Err(format!("app {field} is empty"));
-        }
-    }
-    for (field, v) in [("id", &app.id), ("key", &app.key)] {
-        if v.contains(char::is_whitespace) || v.contains('/') {
-            return Err(format!(
-                "app {field} '{v}' may not contain spaces, newlines or '/'"
-            ));
-        }
-    }
-    for w in &app.webhooks {
-        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-            return Err(format!(
-                "webhook url `{}` must start with http:// or https://",
-                w.url
-            ));
-        }
-        if let Some(t) = w
-            .event_types
-            .iter()
-            .find(|t| !WEBHOOK_EVENT_TYPES.contains(&t.as_str()))
-        {
-            return Err(format!(
-                "webhook event type `{t}` is unknown; known: {}",
-                WEBHOOK_EVENT_TYPES.join(", ")
-            ));
-        }
-    }
-    Ok(())
+    app.validate().map_err(|e| format!("app {e}"))
 }
 
 impl SqlAppStore {
@@ -375,9 +345,17 @@ impl SqlAppStore {
                 .map_err(|e| format!("invalid SQLite URL `{shown}`: {e}"))?
                 .create_if_missing(true)
                 .busy_timeout(Duration::from_secs(5));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(if url.contains(":memory:") { 1 } else { 4 })
-                .acquire_timeout(Duration::from_secs(10))
+            let mut pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(10));
+            if url.contains(":memory:") {
+                // Each connection would be its own empty database: keep exactly one, forever.
+                pool = pool
+                    .max_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None);
+            }
+            let pool = pool
                 .connect_with(options)
                 .await
                 .map_err(|e| {
@@ -863,6 +841,16 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://herald.db"), "sqlite://herald.db");
+    }
+
+    #[tokio::test]
+    async fn in_memory_sqlite_keeps_its_apps() {
+        let store = SqlAppStore::open("sqlite::memory:").await.unwrap();
+        assert_eq!(store.backend(), "sqlite");
+        store.insert(&App::default_app()).await.unwrap();
+        assert!(store.refresh().await.unwrap());
+        assert_eq!(store.by_key("app-key").unwrap().id, "app-id");
+        assert_eq!(store.seed(&[App::default_app()]).await.unwrap(), 0);
     }
 
     #[test]

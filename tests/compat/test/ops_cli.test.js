@@ -150,11 +150,16 @@ test('OPS-CLI-6 channels lists occupied channels, with --prefix and --info subsc
 test('OPS-CLI-7 apps list prints the apps of the config store without secrets', T, async () => {
   const d = await ops.cli(['apps', 'list']);
   assert.equal(d.status, 0, d.out);
-  assert.equal(d.stdout.trim(), 'app-id\tkey=app-key\tenabled=true\tclient_events=true');
+  // A table: header, then one row per app (columns separated by runs of spaces).
+  const rows = (text) => text.trim().split('\n').map((l) => l.trim().split(/\s+/));
+  assert.deepEqual(rows(d.stdout), [
+    ['ID', 'KEY', 'ENABLED', 'FLAGS'],
+    ['app-id', 'app-key', 'yes', 'client-events,subscription-count,watchlist-events'],
+  ]);
   const r = await ops.cli(['--config', cfg, 'apps', 'list']);
   assert.equal(r.status, 0, r.out);
-  const lines = r.stdout.trim().split('\n').sort();
-  assert.deepEqual(lines, [`${APP.id}\tkey=${APP.key}\tenabled=true\tclient_events=true`, `${APP2.id}\tkey=${APP2.key}\tenabled=true\tclient_events=false`].sort());
+  const listed = rows(r.stdout).slice(1).map((cols) => cols.slice(0, 3).join(' ')).sort();
+  assert.deepEqual(listed, [`${APP.id} ${APP.key} yes`, `${APP2.id} ${APP2.key} yes`].sort());
   assert.doesNotMatch(r.stdout, /secret/);
   const bad = await ops.cli(['apps', 'nope']);
   assert.equal(bad.status, 2, bad.out);
