@@ -132,7 +132,17 @@ struct Inner {
     notes: mpsc::UnboundedSender<(ClusterNote, bool)>,
     bus: mpsc::Sender<(String, tokio::time::Instant)>,
     up: AtomicBool,
+    /// Subscription counts of big channels: when one was last sent, and the value waiting for the
+    /// end of the window (if any).
+    counts: parking_lot::Mutex<HashMap<CountKey, (tokio::time::Instant, Option<usize>)>>,
 }
+
+/// (app id, channel name).
+type CountKey = (Arc<str>, Arc<str>);
+
+/// Channels above this many subscribers get at most one subscription count per window.
+const COUNT_THROTTLE_ABOVE: usize = 100;
+const COUNT_THROTTLE_WINDOW: Duration = Duration::from_secs(5);
 
 /// The Redis cluster adapter. Cheap to clone.
 #[derive(Clone)]
@@ -175,6 +185,7 @@ impl RedisAdapter {
             notes,
             bus,
             up: AtomicBool::new(false),
+            counts: parking_lot::Mutex::new(HashMap::new()),
         };
         Ok((
             Self {
@@ -560,6 +571,51 @@ impl RedisAdapter {
         if !a.enable_subscription_count {
             return;
         }
+        let key = (app.clone(), channel.arc().clone());
+        let now = tokio::time::Instant::now();
+        {
+            let mut counts = self.inner.counts.lock();
+            if count <= COUNT_THROTTLE_ABOVE {
+                counts.remove(&key);
+            } else {
+                match counts.get_mut(&key) {
+                    Some((last, pending)) if now.duration_since(*last) < COUNT_THROTTLE_WINDOW => {
+                        // Inside the window: keep the latest value; one send at the window's end.
+                        let schedule = pending.is_none();
+                        *pending = Some(count);
+                        if schedule {
+                            let due = *last + COUNT_THROTTLE_WINDOW;
+                            let this = self.clone();
+                            let channel = channel.clone();
+                            let app = app.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep_until(due).await;
+                                let latest = {
+                                    let mut counts = this.inner.counts.lock();
+                                    counts
+                                        .get_mut(&(app.clone(), channel.arc().clone()))
+                                        .and_then(|(last, p)| {
+                                            *last = tokio::time::Instant::now();
+                                            p.take()
+                                        })
+                                };
+                                if let Some(n) = latest {
+                                    this.send_count(&app, &channel, n);
+                                }
+                            });
+                        }
+                        return;
+                    }
+                    _ => {
+                        counts.insert(key, (now, None));
+                    }
+                }
+            }
+        }
+        self.send_count(app, channel, count);
+    }
+
+    fn send_count(&self, app: &Arc<str>, channel: &ChannelName, count: usize) {
         self.broadcast(
             app,
             channel,
