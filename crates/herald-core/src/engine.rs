@@ -438,7 +438,7 @@ impl Engine {
                 }
             }
         }
-        if clustered {
+        let count_sent = if clustered {
             if !channel.is_internal() {
                 notes.push(ClusterNote::ChannelCount {
                     app: st.id.clone(),
@@ -446,9 +446,10 @@ impl Engine {
                     count: ch.subs.len(),
                 });
             }
+            None
         } else {
-            self.after_count_change(&st, ch);
-        }
+            self.after_count_change(&st, ch)
+        };
         drop(shard);
         for n in notes {
             self.inner.adapter.note(n);
@@ -475,6 +476,8 @@ impl Engine {
                     user_id: uid,
                 });
             }
+            // After the occupied event, so webhooks report the channel before its count.
+            self.emit_count(&st, channel, count_sent);
             if cache_miss {
                 self.emit(|| LifecycleEvent::CacheMiss {
                     app: app.clone(),
@@ -523,6 +526,7 @@ impl Engine {
             }
         }
         let vacated = ch.subs.is_empty() && !clustered;
+        let mut count_sent = None;
         if clustered {
             if !channel.is_internal() {
                 notes.push(ClusterNote::ChannelCount {
@@ -532,7 +536,7 @@ impl Engine {
                 });
             }
         } else if !vacated {
-            self.after_count_change(&st, ch);
+            count_sent = self.after_count_change(&st, ch);
         }
         if ch.is_dead(now) {
             shard.remove(channel.as_str());
@@ -562,19 +566,29 @@ impl Engine {
                     channel: name.clone(),
                 });
             }
+            self.emit_count(&st, channel, count_sent);
         }
     }
 
-    /// Sends `pusher_internal:subscription_count` when the app wants it, throttled on big channels.
-    fn after_count_change(&self, st: &Arc<AppState>, ch: &mut Channel) {
-        if ch.name.is_presence() || ch.name.is_internal() || ch.subs.is_empty() {
-            return;
+    fn emit_count(&self, st: &AppState, channel: &ChannelName, count: Option<usize>) {
+        if let Some(count) = count {
+            self.emit(|| LifecycleEvent::SubscriptionCount {
+                app: st.id.clone(),
+                channel: channel.arc().clone(),
+                count,
+            });
         }
-        let Some(app) = ch.subs.values().next().map(|s| s.conn.app.clone()) else {
-            return;
-        };
+    }
+
+    /// Sends `pusher_internal:subscription_count` when the app wants it, throttled on big
+    /// channels; returns the count sent now, for the caller to report once its locks are gone.
+    fn after_count_change(&self, st: &Arc<AppState>, ch: &mut Channel) -> Option<usize> {
+        if ch.name.is_presence() || ch.name.is_internal() || ch.subs.is_empty() {
+            return None;
+        }
+        let app = ch.subs.values().next().map(|s| s.conn.app.clone())?;
         if !app.enable_subscription_count {
-            return;
+            return None;
         }
         let now = Instant::now();
         let throttled = ch.subs.len() > COUNT_THROTTLE_ABOVE
@@ -583,11 +597,10 @@ impl Engine {
                 .last_sent
                 .is_some_and(|t| now.duration_since(t) < COUNT_THROTTLE_WINDOW);
         if !throttled {
-            self.send_count(st, ch, now);
-            return;
+            return Some(self.send_count(ch, now));
         }
         if ch.count.scheduled {
-            return;
+            return None;
         }
         ch.count.scheduled = true;
         let due = ch
@@ -600,29 +613,28 @@ impl Engine {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 tokio::time::sleep_until(due).await;
-                let mut shard = st.shard(name.as_str()).lock();
-                if let Some(ch) = shard.get_mut(name.as_str()) {
-                    ch.count.scheduled = false;
-                    if !ch.subs.is_empty() {
-                        engine.send_count(&st, ch, Instant::now());
-                    }
-                }
+                let sent = {
+                    let mut shard = st.shard(name.as_str()).lock();
+                    shard.get_mut(name.as_str()).and_then(|ch| {
+                        ch.count.scheduled = false;
+                        (!ch.subs.is_empty()).then(|| engine.send_count(ch, Instant::now()))
+                    })
+                };
+                engine.emit_count(&st, &name, sent);
             });
         }
+        None
     }
 
-    fn send_count(&self, st: &AppState, ch: &mut Channel, now: Instant) {
+    /// Queues the count frame to every subscriber; returns the count.
+    fn send_count(&self, ch: &mut Channel, now: Instant) -> usize {
         ch.count.last_sent = Some(now);
         let n = ch.subs.len();
         ch.broadcast(
             &encode::subscription_count(ch.name.as_str(), n).into(),
             None,
         );
-        self.emit(|| LifecycleEvent::SubscriptionCount {
-            app: st.id.clone(),
-            channel: ch.name.arc().clone(),
-            count: n,
-        });
+        n
     }
 
     /// Publishes an HTTP API event to one channel: encoded once, stored when it is a cache

@@ -264,6 +264,10 @@ impl RedisAdapter {
     }
 
     fn send(&self, body: Bus) {
+        if !self.is_up() {
+            // Redis is known to be away: this event stays with the local subscribers (documented).
+            return;
+        }
         let msg = BusMsg {
             n: self.inner.node_id,
             body,
