@@ -47,6 +47,25 @@ pub struct Shared {
     connections: TaskTracker,
     /// HTTP API token buckets per app.
     api_buckets: Mutex<HashMap<String, Bucket>>,
+    /// HTTP API requests being handled: shutdown lets them finish before closing connections, so
+    /// every event the API accepted is queued before any client gets its 4200.
+    api_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::SeqCst);
+        Self(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A token bucket refilled continuously.
@@ -102,11 +121,12 @@ impl Shared {
             draining: AtomicBool::new(false),
             connections: TaskTracker::new(),
             api_buckets: Mutex::new(HashMap::new()),
+            api_in_flight: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Takes one HTTP API token of `app`; false when its rate is exhausted.
@@ -182,8 +202,17 @@ async fn api_call(
     uri: &Uri,
     body: Body,
 ) -> Response {
-    let limit = shared.config.server.max_request_body_bytes;
+    let _in_flight = InFlight::new(&shared.api_in_flight);
     let route = op.route();
+    if shared.draining() {
+        // Accepted means delivered: once the drain starts, nothing new is accepted.
+        shared.metrics.http("", route, 503);
+        return error_response(ApiError::new(
+            503,
+            "Server is shutting down: retry on another node",
+        ));
+    }
+    let limit = shared.config.server.max_request_body_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
         let app = match app_ref {
             AppRef::Id(id) if shared.engine.apps().by_id(id).is_some() => id,
@@ -569,9 +598,14 @@ pub async fn run_with(
     shutdown.await;
     let cfg = &shared.config.server;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
-    shared.draining.store(true, Ordering::Relaxed);
+    shared.draining.store(true, Ordering::SeqCst);
     stop_accepting.cancel();
     shared.console.close();
+    // API requests already inside finish (and queue their events) before any connection closes.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(2);
+    while shared.api_in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     drain(&shared, Duration::from_millis(cfg.drain_window_ms)).await;
     shared.connections.close();
     if tokio::time::timeout_at(deadline, shared.connections.wait())
