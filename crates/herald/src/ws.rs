@@ -41,13 +41,21 @@ async fn send_text(ws: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
 
 /// Sends `pusher:error` with the close code's text, then the close frame.
 async fn close_with(ws: &mut WebSocket, code: CloseCode) {
-    let _ = send_text(ws, encode::error(Some(code.code), code.reason)).await;
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code: code.code,
-            reason: code.reason.into(),
-        })))
-        .await;
+    // A peer that stopped reading cannot take even these frames: then the socket is just dropped.
+    let sent = tokio::time::timeout(CLOSE_FLUSH, async {
+        send_text(ws, encode::error(Some(code.code), code.reason)).await
+            && ws
+                .send(Message::Close(Some(CloseFrame {
+                    code: code.code,
+                    reason: code.reason.into(),
+                })))
+                .await
+                .is_ok()
+    })
+    .await;
+    if !matches!(sent, Ok(true)) {
+        return;
+    }
     // Give the peer a moment to answer the close handshake without holding the task forever.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         use futures_util::StreamExt;
@@ -213,8 +221,23 @@ impl Session {
                 }
                 frame = outbox.recv() => {
                     let first = frame?;
-                    if !write_batch(ws, &conn, first, &mut outbox, &self.counters).await {
-                        return None;
+                    // A write blocked by a client that stopped reading must not outlive the
+                    // slow-consumer close its overflowing outbox requests.
+                    tokio::select! {
+                        ok = write_batch(ws, &conn, first, &mut outbox, &self.counters) => {
+                            if !ok {
+                                return None;
+                            }
+                        }
+                        code = async {
+                            // Only a slow consumer abandons the write; other closes let it finish
+                            // and then flush the rest of the outbox.
+                            let code = conn.close_requested().await;
+                            if code != codes::SLOW_CONSUMER {
+                                std::future::pending::<()>().await;
+                            }
+                            code
+                        } => return Some(code),
                     }
                 }
                 msg = futures_util::StreamExt::next(ws) => {
