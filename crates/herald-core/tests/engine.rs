@@ -1,0 +1,217 @@
+//! The engine's state rules without any network: subscriptions, presence per user, lifecycle
+//! events once per transition, exclusion, cache replay and the connection quota.
+
+use herald_core::{
+    App, Engine, EngineConfig, LifecycleEvent, LifecycleSink, LocalAdapter, Outbound,
+    StaticAppStore, SubscribeError,
+};
+use herald_protocol::presence::{parse_channel_data, PresenceLimits};
+use herald_protocol::{codes, ChannelName};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl LifecycleSink for Recorder {
+    fn emit(&self, e: &LifecycleEvent) {
+        let s = match e {
+            LifecycleEvent::ChannelOccupied { channel, .. } => format!("occupied {channel}"),
+            LifecycleEvent::ChannelVacated { channel, .. } => format!("vacated {channel}"),
+            LifecycleEvent::MemberAdded {
+                channel, user_id, ..
+            } => format!("added {channel} {user_id}"),
+            LifecycleEvent::MemberRemoved {
+                channel, user_id, ..
+            } => format!("removed {channel} {user_id}"),
+            _ => return,
+        };
+        self.0.lock().push(s);
+    }
+}
+
+fn engine(app: App) -> (Engine, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    let e = Engine::new(
+        Arc::new(StaticAppStore::new(vec![app]).unwrap()),
+        Arc::new(LocalAdapter::new()),
+        vec![rec.clone()],
+        EngineConfig::default(),
+    );
+    (e, rec)
+}
+
+fn app() -> Arc<App> {
+    let mut a = App::default_app();
+    a.enable_subscription_count = false;
+    Arc::new(a)
+}
+
+fn ch(name: &str) -> ChannelName {
+    ChannelName::parse(name, 200).unwrap()
+}
+
+fn drain(rx: &mut Outbound) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(f) = rx.try_recv() {
+        out.push(String::from_utf8(f.to_vec()).unwrap());
+    }
+    out
+}
+
+fn member(user: &str) -> herald_protocol::presence::MemberData {
+    let limits = PresenceLimits {
+        max_user_id_length: 128,
+        max_user_info_bytes: 1024,
+    };
+    parse_channel_data(
+        &format!(r#"{{"user_id":"{user}","user_info":{{"n":"{user}"}}}}"#),
+        limits,
+    )
+    .unwrap()
+}
+
+#[test]
+fn subscribe_once_and_deliver_with_exclusion() {
+    let (e, rec) = engine((*app()).clone());
+    let (a, mut ra) = e.connect(app()).unwrap();
+    let (b, mut rb) = e.connect(app()).unwrap();
+    let news = ch("news");
+    e.subscribe(&a, &news, None).unwrap();
+    e.subscribe(&b, &news, None).unwrap();
+    assert_eq!(
+        e.subscribe(&a, &news, None),
+        Err(SubscribeError::Existing {
+            channel: "news".into()
+        })
+    );
+    assert_eq!(
+        drain(&mut ra),
+        [r#"{"event":"pusher_internal:subscription_succeeded","channel":"news","data":"{}"}"#]
+    );
+    drain(&mut rb);
+    e.publish(
+        "app-id",
+        &news,
+        "ev",
+        "{}",
+        Some(a.socket_id),
+        Duration::from_secs(60),
+    );
+    assert!(
+        drain(&mut ra).is_empty(),
+        "the excluded socket gets nothing"
+    );
+    assert_eq!(
+        drain(&mut rb),
+        [r#"{"event":"ev","channel":"news","data":"{}"}"#]
+    );
+    e.unsubscribe(&a, &news);
+    e.unsubscribe(&b, &news);
+    assert_eq!(*rec.0.lock(), ["occupied news", "vacated news"]);
+    assert!(!e.stats("app-id", &news).occupied);
+}
+
+#[test]
+fn presence_members_are_users_not_connections() {
+    let (e, rec) = engine((*app()).clone());
+    let room = ch("presence-room");
+    let (a, mut ra) = e.connect(app()).unwrap();
+    let (b1, _rb1) = e.connect(app()).unwrap();
+    let (b2, _rb2) = e.connect(app()).unwrap();
+    e.subscribe(&a, &room, Some(member("a"))).unwrap();
+    e.subscribe(&b1, &room, Some(member("b"))).unwrap();
+    e.subscribe(&b2, &room, Some(member("b"))).unwrap();
+    let frames = drain(&mut ra);
+    assert_eq!(
+        frames.iter().filter(|f| f.contains("member_added")).count(),
+        1,
+        "{frames:?}"
+    );
+    assert_eq!(e.stats("app-id", &room).user_count, 2);
+    assert_eq!(e.stats("app-id", &room).subscription_count, 3);
+    e.unsubscribe(&b1, &room);
+    assert!(
+        drain(&mut ra).iter().all(|f| !f.contains("member_removed")),
+        "b is still there"
+    );
+    e.disconnect(&b2, [&room], None);
+    assert_eq!(
+        drain(&mut ra)
+            .iter()
+            .filter(|f| f.contains("member_removed"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        *rec.0.lock(),
+        [
+            "occupied presence-room",
+            "added presence-room a",
+            "added presence-room b",
+            "removed presence-room b"
+        ]
+    );
+}
+
+#[test]
+fn presence_limit_refuses_new_users_only() {
+    let mut limited = (*app()).clone();
+    limited.limits.max_presence_members = 1;
+    let limited = Arc::new(limited);
+    let (e, _) = engine((*limited).clone());
+    let room = ch("presence-full");
+    let (a, _ra) = e.connect(limited.clone()).unwrap();
+    let (a2, _ra2) = e.connect(limited.clone()).unwrap();
+    let (b, _rb) = e.connect(limited.clone()).unwrap();
+    e.subscribe(&a, &room, Some(member("a"))).unwrap();
+    e.subscribe(&a2, &room, Some(member("a"))).unwrap();
+    assert!(matches!(
+        e.subscribe(&b, &room, Some(member("b"))),
+        Err(SubscribeError::PresenceFull { max: 1, .. })
+    ));
+}
+
+#[test]
+fn cache_channels_replay_the_last_event_or_report_a_miss() {
+    let (e, _) = engine((*app()).clone());
+    let (a, mut ra) = e.connect(app()).unwrap();
+    let empty = ch("cache-empty");
+    e.subscribe(&a, &empty, None).unwrap();
+    assert_eq!(
+        drain(&mut ra)[1],
+        r#"{"event":"pusher:cache_miss","channel":"cache-empty"}"#
+    );
+    let price = ch("cache-price");
+    e.publish("app-id", &price, "tick", "1", None, Duration::from_secs(60));
+    e.publish("app-id", &price, "tick", "2", None, Duration::from_secs(60));
+    e.subscribe(&a, &price, None).unwrap();
+    assert_eq!(
+        drain(&mut ra)[1],
+        r#"{"event":"tick","channel":"cache-price","data":"2"}"#
+    );
+    assert_eq!(
+        e.stats("app-id", &price).cache.map(|(d, _)| d.to_string()),
+        Some("2".into())
+    );
+    let gone = ch("cache-gone");
+    e.publish("app-id", &gone, "tick", "1", None, Duration::ZERO);
+    e.subscribe(&a, &gone, None).unwrap();
+    assert!(
+        drain(&mut ra)[1].contains("cache_miss"),
+        "an expired event is not replayed"
+    );
+}
+
+#[test]
+fn connection_quota() {
+    let mut limited = (*app()).clone();
+    limited.limits.max_connections = 1;
+    let limited = Arc::new(limited);
+    let (e, _) = engine((*limited).clone());
+    let (a, _ra) = e.connect(limited.clone()).unwrap();
+    assert_eq!(e.connect(limited.clone()).err(), Some(codes::OVER_QUOTA));
+    e.disconnect(&a, [], None);
+    assert!(e.connect(limited).is_ok(), "a freed slot can be used again");
+}
