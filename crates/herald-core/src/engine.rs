@@ -450,10 +450,12 @@ impl Engine {
         } else {
             self.after_count_change(&st, ch)
         };
-        drop(shard);
+        // Under the lock: notes of one channel must reach the adapter in the order the counts
+        // changed, or a stale count would win (the adapter keeps the latest per channel).
         for n in notes {
             self.inner.adapter.note(n);
         }
+        drop(shard);
 
         if !channel.is_internal() {
             let app = &st.id;
@@ -541,10 +543,12 @@ impl Engine {
         if ch.is_dead(now) {
             shard.remove(channel.as_str());
         }
-        drop(shard);
+        // Under the lock: notes of one channel must reach the adapter in the order the counts
+        // changed, or a stale count would win (the adapter keeps the latest per channel).
         for n in notes {
             self.inner.adapter.note(n);
         }
+        drop(shard);
         if !channel.is_internal() {
             let app = &st.id;
             let name = channel.arc();
