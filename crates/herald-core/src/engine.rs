@@ -2,7 +2,7 @@
 
 use crate::app::{App, AppStore};
 use crate::cluster::{ClusterAdapter, ClusterNote};
-use crate::conn::{Conn, Frame, Outbound};
+use crate::conn::{Conn, Frame};
 use crate::lifecycle::{LifecycleEvent, LifecycleSink};
 use herald_protocol::presence::MemberData;
 use herald_protocol::{codes, encode, ChannelName, CloseCode, SocketId};
@@ -250,7 +250,7 @@ impl Engine {
     }
 
     /// Admits a new connection of `app`, or says which close code refuses it.
-    pub fn connect(&self, app: Arc<App>) -> Result<(Arc<Conn>, Outbound), CloseCode> {
+    pub fn connect(&self, app: Arc<App>) -> Result<Arc<Conn>, CloseCode> {
         let st = self.state(&app.id);
         let max = app.limits.max_connections;
         let before = st.connections.fetch_add(1, Ordering::Relaxed);
@@ -262,13 +262,13 @@ impl Engine {
             self.inner.adapter.node_id(),
             self.inner.seq.fetch_add(1, Ordering::Relaxed),
         );
-        let (conn, rx) = Conn::new(id, app);
+        let conn = Conn::new(id, app);
         st.conn_shard(id).lock().insert(id, conn.clone());
         self.emit(|| LifecycleEvent::Connected {
             app: st.id.clone(),
             socket_id: id,
         });
-        Ok((conn, rx))
+        Ok(conn)
     }
 
     /// Removes a closed connection: unsubscribes it from `channels` and signs it out.
@@ -903,6 +903,16 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Visits every open connection of every app, one shard lock at a time (`f` must be quick).
+    pub fn each_connection(&self, mut f: impl FnMut(&Arc<Conn>)) {
+        let states: Vec<Arc<AppState>> = self.inner.states.read().values().cloned().collect();
+        for st in states {
+            for shard in st.conns.iter() {
+                shard.lock().values().for_each(&mut f);
+            }
+        }
     }
 
     /// Ids of apps that have open connections on this node.

@@ -2,8 +2,8 @@
 //! events once per transition, exclusion, cache replay and the connection quota.
 
 use herald_core::{
-    App, Engine, EngineConfig, LifecycleEvent, LifecycleSink, LocalAdapter, Outbound,
-    StaticAppStore, SubscribeError,
+    App, Conn, Engine, EngineConfig, LifecycleEvent, LifecycleSink, LocalAdapter, StaticAppStore,
+    SubscribeError,
 };
 use herald_protocol::presence::{parse_channel_data, PresenceLimits};
 use herald_protocol::{codes, ChannelName};
@@ -52,12 +52,12 @@ fn ch(name: &str) -> ChannelName {
     ChannelName::parse(name, 200).unwrap()
 }
 
-fn drain(rx: &mut Outbound) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Ok(f) = rx.try_recv() {
-        out.push(String::from_utf8(f.to_vec()).unwrap());
-    }
-    out
+fn drain(conn: &Conn) -> Vec<String> {
+    conn.take()
+        .frames
+        .into_iter()
+        .map(|f| String::from_utf8(f.to_vec()).unwrap())
+        .collect()
 }
 
 fn member(user: &str) -> herald_protocol::presence::MemberData {
@@ -75,8 +75,8 @@ fn member(user: &str) -> herald_protocol::presence::MemberData {
 #[test]
 fn subscribe_once_and_deliver_with_exclusion() {
     let (e, rec) = engine((*app()).clone());
-    let (a, mut ra) = e.connect(app()).unwrap();
-    let (b, mut rb) = e.connect(app()).unwrap();
+    let a = e.connect(app()).unwrap();
+    let b = e.connect(app()).unwrap();
     let news = ch("news");
     e.subscribe(&a, &news, None).unwrap();
     e.subscribe(&b, &news, None).unwrap();
@@ -87,10 +87,10 @@ fn subscribe_once_and_deliver_with_exclusion() {
         })
     );
     assert_eq!(
-        drain(&mut ra),
+        drain(&a),
         [r#"{"event":"pusher_internal:subscription_succeeded","channel":"news","data":"{}"}"#]
     );
-    drain(&mut rb);
+    drain(&b);
     e.publish(
         "app-id",
         &news,
@@ -99,12 +99,9 @@ fn subscribe_once_and_deliver_with_exclusion() {
         Some(a.socket_id),
         Duration::from_secs(60),
     );
-    assert!(
-        drain(&mut ra).is_empty(),
-        "the excluded socket gets nothing"
-    );
+    assert!(drain(&a).is_empty(), "the excluded socket gets nothing");
     assert_eq!(
-        drain(&mut rb),
+        drain(&b),
         [r#"{"event":"ev","channel":"news","data":"{}"}"#]
     );
     e.unsubscribe(&a, &news);
@@ -117,13 +114,13 @@ fn subscribe_once_and_deliver_with_exclusion() {
 fn presence_members_are_users_not_connections() {
     let (e, rec) = engine((*app()).clone());
     let room = ch("presence-room");
-    let (a, mut ra) = e.connect(app()).unwrap();
-    let (b1, _rb1) = e.connect(app()).unwrap();
-    let (b2, _rb2) = e.connect(app()).unwrap();
+    let a = e.connect(app()).unwrap();
+    let b1 = e.connect(app()).unwrap();
+    let b2 = e.connect(app()).unwrap();
     e.subscribe(&a, &room, Some(member("a"))).unwrap();
     e.subscribe(&b1, &room, Some(member("b"))).unwrap();
     e.subscribe(&b2, &room, Some(member("b"))).unwrap();
-    let frames = drain(&mut ra);
+    let frames = drain(&a);
     assert_eq!(
         frames.iter().filter(|f| f.contains("member_added")).count(),
         1,
@@ -133,12 +130,12 @@ fn presence_members_are_users_not_connections() {
     assert_eq!(e.stats("app-id", &room).subscription_count, 3);
     e.unsubscribe(&b1, &room);
     assert!(
-        drain(&mut ra).iter().all(|f| !f.contains("member_removed")),
+        drain(&a).iter().all(|f| !f.contains("member_removed")),
         "b is still there"
     );
     e.disconnect(&b2, [&room], None);
     assert_eq!(
-        drain(&mut ra)
+        drain(&a)
             .iter()
             .filter(|f| f.contains("member_removed"))
             .count(),
@@ -162,9 +159,9 @@ fn presence_limit_refuses_new_users_only() {
     let limited = Arc::new(limited);
     let (e, _) = engine((*limited).clone());
     let room = ch("presence-full");
-    let (a, _ra) = e.connect(limited.clone()).unwrap();
-    let (a2, _ra2) = e.connect(limited.clone()).unwrap();
-    let (b, _rb) = e.connect(limited.clone()).unwrap();
+    let a = e.connect(limited.clone()).unwrap();
+    let a2 = e.connect(limited.clone()).unwrap();
+    let b = e.connect(limited.clone()).unwrap();
     e.subscribe(&a, &room, Some(member("a"))).unwrap();
     e.subscribe(&a2, &room, Some(member("a"))).unwrap();
     assert!(matches!(
@@ -176,11 +173,11 @@ fn presence_limit_refuses_new_users_only() {
 #[test]
 fn cache_channels_replay_the_last_event_or_report_a_miss() {
     let (e, _) = engine((*app()).clone());
-    let (a, mut ra) = e.connect(app()).unwrap();
+    let a = e.connect(app()).unwrap();
     let empty = ch("cache-empty");
     e.subscribe(&a, &empty, None).unwrap();
     assert_eq!(
-        drain(&mut ra)[1],
+        drain(&a)[1],
         r#"{"event":"pusher:cache_miss","channel":"cache-empty"}"#
     );
     let price = ch("cache-price");
@@ -188,7 +185,7 @@ fn cache_channels_replay_the_last_event_or_report_a_miss() {
     e.publish("app-id", &price, "tick", "2", None, Duration::from_secs(60));
     e.subscribe(&a, &price, None).unwrap();
     assert_eq!(
-        drain(&mut ra)[1],
+        drain(&a)[1],
         r#"{"event":"tick","channel":"cache-price","data":"2"}"#
     );
     assert_eq!(
@@ -199,7 +196,7 @@ fn cache_channels_replay_the_last_event_or_report_a_miss() {
     e.publish("app-id", &gone, "tick", "1", None, Duration::ZERO);
     e.subscribe(&a, &gone, None).unwrap();
     assert!(
-        drain(&mut ra)[1].contains("cache_miss"),
+        drain(&a)[1].contains("cache_miss"),
         "an expired event is not replayed"
     );
 }
@@ -210,7 +207,7 @@ fn connection_quota() {
     limited.limits.max_connections = 1;
     let limited = Arc::new(limited);
     let (e, _) = engine((*limited).clone());
-    let (a, _ra) = e.connect(limited.clone()).unwrap();
+    let a = e.connect(limited.clone()).unwrap();
     assert_eq!(e.connect(limited.clone()).err(), Some(codes::OVER_QUOTA));
     e.disconnect(&a, [], None);
     assert!(e.connect(limited).is_ok(), "a freed slot can be used again");

@@ -9,10 +9,10 @@ use crate::metrics::Metrics;
 use crate::store::OpenedStore;
 use crate::webhook::Webhooks;
 use crate::ws::{self, ConnectParams};
+use crate::wsframe::{self, Upgrade};
 use axum::body::Body;
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -20,7 +20,7 @@ use herald_core::{App, Engine, EngineConfig, LocalAdapter};
 use herald_protocol::api::ApiError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,8 +43,8 @@ pub struct Shared {
     /// Connections arrive over TLS (the server terminates it).
     pub tls: bool,
     draining: AtomicBool,
-    /// Connection tasks, so shutdown can wait for their cleanup.
-    connections: TaskTracker,
+    /// WebSocket sessions, so shutdown can wait for their cleanup.
+    pub(crate) connections: TaskTracker,
     /// HTTP API token buckets per app.
     api_buckets: Mutex<HashMap<String, Bucket>>,
     /// HTTP API requests being handled: shutdown lets them finish before closing connections, so
@@ -357,68 +357,61 @@ async fn terminate_by_key(
     .await
 }
 
-fn connect_params(uri: &Uri, headers: &HeaderMap, key: Option<String>) -> ConnectParams {
-    let mut protocol = None;
-    for (k, v) in herald_protocol::sign::decode_query(uri.query().unwrap_or("")) {
-        if k == "protocol" && protocol.is_none() {
-            protocol = Some(v);
-        }
-    }
-    let forwarded_tls = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
-    ConnectParams {
+/// A WebSocket upgrade that reached the router: one sent on a connection that carried plain
+/// HTTP requests before (first requests are upgraded by `listener` without the router).
+/// Answered with 101 and run as a session on hyper's upgraded stream.
+fn upgrade(shared: Arc<Shared>, mut req: Request, key: Option<String>) -> Option<Response> {
+    let headers = req.headers();
+    let Upgrade::Yes { accept } = wsframe::check_upgrade(
+        req.method().as_str(),
+        headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+    ) else {
+        return None;
+    };
+    let tls =
+        crate::listener::forwarded_https(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
+            || shared.tls;
+    let protocol = herald_protocol::sign::decode_query(req.uri().query().unwrap_or(""))
+        .into_iter()
+        .find(|(k, _)| k == "protocol")
+        .map(|(_, v)| v);
+    let params = ConnectParams {
+        path_ok: key.is_some(),
         key,
         protocol,
-        tls: forwarded_tls,
-    }
+        tls,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let io = hyper_util::rt::TokioIo::new(upgraded);
+            ws::serve(io, Vec::new(), shared, params).await;
+        }
+    });
+    Some(
+        (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::UPGRADE, "websocket".to_owned()),
+                (header::CONNECTION, "Upgrade".to_owned()),
+                (header::SEC_WEBSOCKET_ACCEPT, accept),
+            ],
+        )
+            .into_response(),
+    )
 }
 
-fn upgrade(
-    shared: Arc<Shared>,
-    ws: WebSocketUpgrade,
-    mut params: ConnectParams,
-    path_ok: bool,
-) -> Response {
-    params.tls |= shared.tls;
-    let max = shared.config.server.max_ws_message_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(1024)
-        .write_buffer_size(8192)
-        .on_upgrade(move |socket| {
-            let tracker = shared.connections.clone();
-            tracker.track_future(ws::serve(socket, shared, params, path_ok))
-        })
-}
-
-async fn ws_app(
-    State(s): AppState,
-    Path(key): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    match ws {
-        Ok(ws) => upgrade(s, ws, connect_params(&uri, &headers, Some(key)), true),
-        Err(_) => error_response(ApiError::bad_request(
+async fn ws_app(State(s): AppState, Path(key): Path<String>, req: Request) -> Response {
+    upgrade(s, req, Some(key)).unwrap_or_else(|| {
+        error_response(ApiError::bad_request(
             "This is the WebSocket endpoint: connect with a WebSocket client",
-        )),
-    }
+        ))
+    })
 }
 
 /// Unknown paths: WebSocket upgrades are completed and closed with 4005, the rest get 404.
-async fn fallback(
-    State(s): AppState,
-    uri: Uri,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    match ws {
-        Ok(ws) => upgrade(s, ws, connect_params(&uri, &headers, None), false),
-        Err(_) => error_response(ApiError::new(404, "404 NOT FOUND")),
-    }
+async fn fallback(State(s): AppState, req: Request) -> Response {
+    upgrade(s, req, None).unwrap_or_else(|| error_response(ApiError::new(404, "404 NOT FOUND")))
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
@@ -575,26 +568,18 @@ pub async fn run_with(
             let _ = axum::serve(ml, app).await;
         }));
     }
-    let app = router(shared.clone());
-    let server = match tls {
-        None => {
-            use axum::serve::ListenerExt;
-            // Small frames must leave at once: latency matters more than packet count here.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            tokio::spawn(
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
-                    .into_future(),
-            )
-        }
-        Some(acceptor) => tokio::spawn(
-            axum::serve(crate::tls::TlsListener::new(listener, acceptor), app)
-                .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
-                .into_future(),
-        ),
-    };
+    background.push(tokio::spawn(ws::keepalive_sweep(
+        shared.engine.clone(),
+        shared.config.server.activity_timeout,
+        shared.config.server.pong_timeout,
+    )));
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        tls,
+        shared.clone(),
+        router(shared.clone()),
+        stop_accepting.clone(),
+    ));
     shutdown.await;
     let cfg = &shared.config.server;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
@@ -619,9 +604,8 @@ pub async fn run_with(
         task.abort();
     }
     match tokio::time::timeout_at(deadline, server).await {
-        Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(std::io::Error::other(e)),
-        Err(_) => Ok(()),
+        Ok(Ok(())) | Err(_) => Ok(()),
     }
 }
 

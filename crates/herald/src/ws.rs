@@ -1,118 +1,263 @@
-//! One WebSocket connection: admission, the frame loop, keep-alive and cleanup.
+//! One WebSocket connection: admission, the frame loop and cleanup.
 //!
 //! Every frame to the client goes through the connection's bounded outbox, so replies and
-//! published events keep the order in which the engine accepted them.
+//! published events keep the order in which the engine accepted them. While it waits, a
+//! connection holds no buffer: input gets one only once it has arrived, and queued frames are
+//! written straight from the engine's shared bytes in one write per wake-up. Keep-alive probes
+//! and the sign-in deadline come from a sweep over all connections (`keepalive_sweep`), not
+//! from a timer per connection.
 
+use crate::listener::Transport;
 use crate::metrics::ConnCounters;
 use crate::server::Shared;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use crate::wsframe::{self, FrameError};
 use bytes::Bytes;
-use futures_util::SinkExt;
-use herald_core::{Conn, Outbound};
+use herald_core::{clock_ms, Conn, Engine, Frame};
 use herald_protocol::frame::{self, ClientMessage, Subscribe};
 use herald_protocol::presence::{self, MemberData};
 use herald_protocol::sign::{self, AuthError};
 use herald_protocol::user::{self, UserData};
 use herald_protocol::{codes, encode, ChannelKind, ChannelName, CloseCode};
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::{sleep_until, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
-/// Most outbox frames written before one flush.
-const WRITE_BATCH: usize = 64;
 /// How long a closing connection may spend writing the frames queued before the close.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// How long a subscription waits for the cluster's presence roster before using the local one.
 const CLUSTER_READ: Duration = Duration::from_secs(1);
 
-/// Query parameters of the upgrade request that matter.
+/// What the upgrade request said that matters.
 #[derive(Debug, Default, Clone)]
 pub struct ConnectParams {
+    /// False for upgrades to paths other than `/app/{key}` (closed with 4005).
+    pub path_ok: bool,
     pub key: Option<String>,
     pub protocol: Option<String>,
     pub tls: bool,
 }
 
-async fn send_text(ws: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
-    ws.send(Message::Text(text.into())).await.is_ok()
+/// WebSocket-level failures: closed with a close frame only (no `pusher:error`).
+fn protocol_close(e: FrameError) -> CloseCode {
+    if e.is_too_big() {
+        codes::MESSAGE_TOO_BIG
+    } else {
+        CloseCode {
+            code: wsframe::CLOSE_PROTOCOL_ERROR,
+            reason: e.reason(),
+        }
+    }
 }
 
-/// Sends `pusher:error` with the close code's text, then the close frame.
-async fn close_with(ws: &mut WebSocket, code: CloseCode) {
+const INVALID_UTF8: CloseCode = CloseCode {
+    code: wsframe::CLOSE_INVALID_DATA,
+    reason: "Text message is not valid UTF-8",
+};
+
+async fn write_out<S: Transport>(io: &mut S, buf: &[u8]) -> bool {
+    io.write_all(buf).await.is_ok() && io.flush().await.is_ok()
+}
+
+/// Sends `pusher:error` with the close code's text (for Pusher codes and 1009), then the close
+/// frame, then waits briefly for the client's close frame.
+async fn close_with<S: Transport>(io: &mut S, code: CloseCode) {
+    let mut out = Vec::new();
+    if code.code >= 4000 || code == codes::MESSAGE_TOO_BIG {
+        wsframe::put_frame(
+            &mut out,
+            wsframe::OP_TEXT,
+            encode::error(Some(code.code), code.reason).as_bytes(),
+        );
+    }
+    wsframe::put_close(&mut out, code.code, code.reason);
     // A peer that stopped reading cannot take even these frames: then the socket is just dropped.
-    let sent = tokio::time::timeout(CLOSE_FLUSH, async {
-        send_text(ws, encode::error(Some(code.code), code.reason)).await
-            && ws
-                .send(Message::Close(Some(CloseFrame {
-                    code: code.code,
-                    reason: code.reason.into(),
-                })))
-                .await
-                .is_ok()
-    })
-    .await;
-    if !matches!(sent, Ok(true)) {
+    if !matches!(
+        tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out)).await,
+        Ok(true)
+    ) {
         return;
     }
     // Give the peer a moment to answer the close handshake without holding the task forever.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        use futures_util::StreamExt;
-        while let Some(Ok(m)) = ws.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
+        let mut buf = Vec::new();
+        loop {
+            match io.read_into(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
+            let mut pos = 0;
+            while let Ok(Some(h)) = wsframe::parse_header(&buf[pos..], usize::MAX) {
+                if buf.len() - pos < h.frame_len() {
+                    break;
+                }
+                if h.opcode == wsframe::OP_CLOSE {
+                    return;
+                }
+                pos += h.frame_len();
+            }
+            buf.drain(..pos);
         }
     })
     .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
 }
 
-/// Entry point after the upgrade. `path_ok` is false for upgrades to unknown paths.
-pub async fn serve(mut ws: WebSocket, shared: Arc<Shared>, params: ConnectParams, path_ok: bool) {
-    if !path_ok {
-        return close_with(&mut ws, codes::PATH_NOT_FOUND).await;
+/// Entry point once the upgrade was answered; `rbuf` holds bytes that came after the head.
+pub async fn serve<S: Transport>(
+    mut io: S,
+    rbuf: Vec<u8>,
+    shared: Arc<Shared>,
+    params: ConnectParams,
+) {
+    match admit(&shared, &params) {
+        Ok(conn) => session(io, rbuf, shared, conn).await,
+        Err(code) => boxed_close(&mut io, code).await,
+    }
+}
+
+/// Closes a connection that `admit` refused.
+pub async fn serve_refusal<S: Transport>(mut io: S, code: CloseCode) {
+    boxed_close(&mut io, code).await;
+}
+
+/// Admits a connection, or says which close code refuses it.
+pub fn admit(shared: &Shared, params: &ConnectParams) -> Result<Arc<Conn>, CloseCode> {
+    if !params.path_ok {
+        return Err(codes::PATH_NOT_FOUND);
     }
     let engine = &shared.engine;
     let Some(app) = params.key.as_deref().and_then(|k| engine.apps().by_key(k)) else {
-        return close_with(&mut ws, codes::APP_NOT_FOUND).await;
+        return Err(codes::APP_NOT_FOUND);
     };
     if !app.enabled {
-        return close_with(&mut ws, codes::APP_DISABLED).await;
+        return Err(codes::APP_DISABLED);
     }
     if app.tls_only && !params.tls {
-        return close_with(&mut ws, codes::SSL_ONLY).await;
+        return Err(codes::SSL_ONLY);
     }
     if let Some(code) = codes::check_protocol(params.protocol.as_deref()) {
-        return close_with(&mut ws, code).await;
+        return Err(code);
     }
     if shared.draining() {
-        return close_with(&mut ws, codes::RECONNECT).await;
+        return Err(codes::RECONNECT);
     }
     let app_id = app.id.clone();
-    let (conn, outbox) = match engine.connect(app) {
-        Ok(c) => c,
-        Err(code) => {
-            shared.metrics.rejected(&app_id, "max_connections");
-            return close_with(&mut ws, code).await;
-        }
-    };
-    let mut session = Session::new(shared.clone(), conn);
-    let code = session.run(&mut ws, outbox).await;
+    engine.connect(app).inspect_err(|_| {
+        shared.metrics.rejected(&app_id, "max_connections");
+    })
+}
+
+/// Runs an admitted connection to its end. Meant to be its own task, so that the task holds
+/// only what a live connection needs.
+pub async fn session<S: Transport>(mut io: S, rbuf: Vec<u8>, shared: Arc<Shared>, conn: Arc<Conn>) {
+    // Shutdown waits for every session's cleanup.
+    let _token = shared.connections.token();
+    let mut session = Session::new(shared, conn);
+    let code = session.run(&mut io, rbuf).await;
     session.cleanup();
     if let Some(code) = code {
         if code == codes::SLOW_CONSUMER {
-            shared.metrics.slow_consumer(&app_id);
-            tracing::info!(app = %app_id, socket_id = %session.socket_id, "closing a slow consumer");
+            let app_id = &session.conn.app.id;
+            session.shared.metrics.slow_consumer(app_id);
+            tracing::info!(app = %app_id, socket_id = %session.conn.socket_id, "closing a slow consumer");
         }
-        close_with(&mut ws, code).await;
+        boxed_close(&mut io, code).await;
     }
+}
+
+/// `close_with` on the heap: closing is rare, and its timers would otherwise enlarge every
+/// connection's task.
+async fn boxed_close<S: Transport>(io: &mut S, code: CloseCode) {
+    Box::pin(close_with(io, code)).await;
+}
+
+/// Probes silent connections and closes unanswered or unauthorized ones, until the process ends.
+pub async fn keepalive_sweep(engine: Engine, activity_s: u64, pong_s: u64) {
+    let activity_ms = activity_s.max(1) * 1000;
+    let pong_ms = pong_s.max(1) * 1000;
+    // A quarter of the shortest timeout, within 100-250 ms: probes and closes come at most that
+    // late, and a sweep of 19,000 idle connections costs well under a millisecond.
+    let tick = Duration::from_millis((activity_ms.min(pong_ms) / 4).clamp(100, 250));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watermark = crate::memory::Watermark::default();
+    loop {
+        interval.tick().await;
+        let now = clock_ms();
+        let mut count = 0u64;
+        engine.each_connection(|c| {
+            count += 1;
+            let auth_ms = c
+                .app
+                .enable_user_authentication
+                .then(|| c.app.user_authentication_timeout * 1000);
+            c.keepalive(now, activity_ms, pong_ms, auth_ms);
+        });
+        watermark.observe(count);
+    }
+}
+
+/// Appends the queued frames to `out` as WebSocket text frames; returns (frames, bytes).
+fn encode_frames(frames: &VecDeque<Frame>, out: &mut Vec<u8>) -> (u64, u64) {
+    let bytes: usize = frames.iter().map(Bytes::len).sum();
+    out.reserve(bytes + 10 * frames.len());
+    for f in frames {
+        wsframe::put_frame(out, wsframe::OP_TEXT, f);
+    }
+    (frames.len() as u64, bytes as u64)
+}
+
+/// Resolves once the connection is closed as a slow consumer.
+async fn slow_consumer_closed(conn: &Conn) -> CloseCode {
+    loop {
+        let woken = conn.woken();
+        if conn.close_code() == Some(codes::SLOW_CONSUMER) {
+            return codes::SLOW_CONSUMER;
+        }
+        woken.await;
+    }
+}
+
+/// What reading the client's frames decided.
+enum Flow {
+    Continue,
+    /// The client closed (answered already): end without a close of our own.
+    Closed,
+    /// Close with this code.
+    Close(CloseCode),
 }
 
 struct Sub {
     name: ChannelName,
     /// Presence user id of this subscription (added to relayed client events).
     user_id: Option<String>,
+}
+
+/// A connection's subscriptions. Most connections hold one or a few, so a list searched in
+/// order is both the smallest and the fastest choice; the per-connection limit bounds a search.
+#[derive(Default)]
+struct Subs(Vec<Sub>);
+
+impl Subs {
+    fn get(&self, channel: &str) -> Option<&Sub> {
+        self.0.iter().find(|s| s.name.as_str() == channel)
+    }
+    fn remove(&mut self, channel: &str) -> Option<Sub> {
+        let i = self.0.iter().position(|s| s.name.as_str() == channel)?;
+        Some(self.0.swap_remove(i))
+    }
+    fn insert(&mut self, sub: Sub) {
+        if self.0.capacity() == 0 {
+            self.0.reserve_exact(1);
+        }
+        self.0.push(sub);
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 struct SignedIn {
@@ -144,31 +289,32 @@ struct Session {
     shared: Arc<Shared>,
     conn: Arc<Conn>,
     counters: ConnCounters,
-    socket_id: String,
-    subs: HashMap<Arc<str>, Sub>,
-    user: Option<SignedIn>,
+    subs: Subs,
+    /// Boxed: most connections never sign in.
+    user: Option<Box<SignedIn>>,
     rate: Rate,
-    /// Signed in or subscribed to an authorized channel (authorized-connections mode).
-    authorized: bool,
 }
 
 impl Session {
     fn new(shared: Arc<Shared>, conn: Arc<Conn>) -> Self {
         let per_sec = f64::from(conn.app.limits.client_event_rate.max(1));
         Self {
-            socket_id: conn.socket_id.to_string(),
             counters: shared.metrics.conn_counters(&conn.app.id),
             shared,
-            subs: HashMap::new(),
+            subs: Subs::default(),
             user: None,
             rate: Rate {
                 tokens: per_sec,
                 per_sec,
                 last: Instant::now(),
             },
-            authorized: false,
             conn,
         }
+    }
+
+    /// Formatted when needed (signatures, the handshake) rather than kept per connection.
+    fn socket_id(&self) -> String {
+        self.conn.socket_id.to_string()
     }
 
     fn queue(&self, frame: String) {
@@ -180,103 +326,164 @@ impl Session {
     }
 
     /// Runs until the socket ends; returns the close code to send, if the server closes.
-    async fn run(&mut self, ws: &mut WebSocket, mut outbox: Outbound) -> Option<CloseCode> {
-        let cfg = &self.shared.config.server;
-        let activity = Duration::from_secs(cfg.activity_timeout);
-        let pong_wait = Duration::from_secs(cfg.pong_timeout);
-        self.queue(encode::connection_established(
-            &self.socket_id,
-            cfg.activity_timeout,
-        ));
-        let auth_deadline = self.conn.app.enable_user_authentication.then(|| {
-            Instant::now() + Duration::from_secs(self.conn.app.user_authentication_timeout)
-        });
-        let mut last_seen = Instant::now();
-        let mut probed: Option<Instant> = None;
+    async fn run<S: Transport>(&mut self, io: &mut S, mut rbuf: Vec<u8>) -> Option<CloseCode> {
+        let activity = self.shared.config.server.activity_timeout;
+        self.queue(encode::connection_established(&self.socket_id(), activity));
         let conn = self.conn.clone();
+        let max = self.shared.config.server.max_ws_message_bytes;
+        // A message arriving in fragments: its opcode and the payload so far.
+        let mut partial: Option<(u8, Vec<u8>)> = None;
+        let mut first = !rbuf.is_empty();
         loop {
-            let mut deadline = match probed {
-                Some(at) => at + pong_wait,
-                None => last_seen + activity,
-            };
-            if let Some(d) = auth_deadline.filter(|_| !self.authorized) {
-                deadline = deadline.min(d);
+            let pending = conn.take();
+            if let Some(code) = pending.close {
+                // Frames the engine accepted before the close still go out first (a drain
+                // must not lose accepted events); a slow consumer is closed as it stands.
+                if code != codes::SLOW_CONSUMER && !pending.frames.is_empty() {
+                    let mut out = Vec::new();
+                    let (n, bytes) = encode_frames(&pending.frames, &mut out);
+                    let flush = Box::pin(tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out)));
+                    if let Ok(true) = flush.await {
+                        self.counters.messages_out.inc_by(n);
+                        self.counters.bytes_out.inc_by(bytes);
+                    }
+                }
+                return Some(code);
             }
-            tokio::select! {
-                biased;
-                code = conn.close_requested() => {
-                    // Frames the engine accepted before the close still go out first (a drain
-                    // must not lose accepted events); a slow consumer is closed as it stands.
-                    if code != codes::SLOW_CONSUMER {
-                        let flush = async {
-                            while let Ok(f) = outbox.try_recv() {
-                                if !write_batch(ws, &conn, f, &mut outbox, &self.counters).await {
-                                    break;
-                                }
-                            }
-                        };
-                        let _ = tokio::time::timeout(CLOSE_FLUSH, flush).await;
-                    }
-                    return Some(code);
+            if !pending.frames.is_empty() || pending.ping {
+                let mut out = Vec::new();
+                let (mut n, bytes) = encode_frames(&pending.frames, &mut out);
+                if pending.ping {
+                    // Probe both ways: a WebSocket ping and Pusher's own.
+                    wsframe::put_frame(&mut out, wsframe::OP_PING, b"");
+                    wsframe::put_frame(&mut out, wsframe::OP_TEXT, encode::PING.as_bytes());
+                    n += 1;
                 }
-                frame = outbox.recv() => {
-                    let first = frame?;
-                    // A write blocked by a client that stopped reading must not outlive the
-                    // slow-consumer close its overflowing outbox requests.
-                    tokio::select! {
-                        ok = write_batch(ws, &conn, first, &mut outbox, &self.counters) => {
-                            if !ok {
-                                return None;
-                            }
-                        }
-                        code = async {
-                            // Only a slow consumer abandons the write; other closes let it finish
-                            // and then flush the rest of the outbox.
-                            let code = conn.close_requested().await;
-                            if code != codes::SLOW_CONSUMER {
-                                std::future::pending::<()>().await;
-                            }
-                            code
-                        } => return Some(code),
-                    }
+                drop(pending);
+                // A write blocked by a client that stopped reading must not outlive the
+                // slow-consumer close its overflowing outbox requests.
+                let written = tokio::select! {
+                    biased;
+                    ok = async {
+                        write_out(io, &out).await
+                    } => ok,
+                    code = slow_consumer_closed(&conn) => return Some(code),
+                };
+                if !written {
+                    return None;
                 }
-                msg = futures_util::StreamExt::next(ws) => {
-                    last_seen = Instant::now();
-                    probed = None;
-                    let text = match msg {
-                        None | Some(Ok(Message::Close(_))) => return None,
-                        Some(Err(e)) => return too_big(&e).then_some(codes::MESSAGE_TOO_BIG),
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Binary(b))) => match Utf8Bytes::try_from(b) {
-                            Ok(t) => t,
-                            Err(_) => continue,
-                        },
-                        Some(Ok(_)) => continue,
-                    };
-                    self.counters.messages_in.inc();
-                    self.counters.bytes_in.inc_by(text.len() as u64);
-                    self.handle(&text).await;
+                self.counters.messages_out.inc_by(n);
+                self.counters.bytes_out.inc_by(bytes);
+            }
+            if first {
+                // Bytes that arrived with the upgrade request.
+                first = false;
+            } else {
+                tokio::select! {
+                    biased;
+                    () = conn.woken() => continue,
+                    r = io.read_into(&mut rbuf) => match r {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) => {}
+                    },
                 }
-                () = sleep_until(deadline) => {
-                    let now = Instant::now();
-                    if auth_deadline.is_some_and(|d| now >= d) && !self.authorized {
-                        return Some(codes::UNAUTHORIZED);
-                    }
-                    match probed {
-                        Some(at) if now >= at + pong_wait => return Some(codes::PONG_TIMEOUT),
-                        Some(_) => {}
-                        None if now >= last_seen + activity => {
-                            probed = Some(now);
-                            if ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                                return None;
-                            }
-                            self.queue(encode::PING.to_owned());
-                        }
-                        None => {}
-                    }
-                }
+            }
+            conn.seen(clock_ms());
+            // Boxed: only a connection reading input needs this state.
+            match Box::pin(self.read_frames(io, &mut rbuf, &mut partial, max)).await {
+                Flow::Continue => {}
+                Flow::Closed => return None,
+                Flow::Close(code) => return Some(code),
+            }
+            if rbuf.is_empty() {
+                // Idle connections keep no read buffer.
+                rbuf = Vec::new();
             }
         }
+    }
+
+    /// Handles every complete frame in `rbuf` and removes it; a partial frame stays.
+    async fn read_frames<S: Transport>(
+        &mut self,
+        io: &mut S,
+        rbuf: &mut Vec<u8>,
+        partial: &mut Option<(u8, Vec<u8>)>,
+        max: usize,
+    ) -> Flow {
+        let mut pos = 0;
+        let flow = loop {
+            let h = match wsframe::parse_header(&rbuf[pos..], max) {
+                Ok(Some(h)) if rbuf.len() - pos >= h.frame_len() => h,
+                Ok(_) => break Flow::Continue,
+                Err(e) => break Flow::Close(protocol_close(e)),
+            };
+            let start = pos + h.header_len;
+            let end = start + h.payload_len;
+            pos = end;
+            wsframe::unmask(&mut rbuf[start..end], h.mask);
+            let payload = &rbuf[start..end];
+            let message: Option<(u8, Vec<u8>)>;
+            let body: &[u8] = match h.opcode {
+                wsframe::OP_PING => {
+                    let mut out = Vec::with_capacity(payload.len() + 2);
+                    wsframe::put_frame(&mut out, wsframe::OP_PONG, payload);
+                    if !write_out(io, &out).await {
+                        break Flow::Closed;
+                    }
+                    continue;
+                }
+                wsframe::OP_PONG => continue,
+                wsframe::OP_CLOSE => {
+                    // Answer the closing handshake with the client's own status.
+                    let code = wsframe::close_code(payload).unwrap_or(1000);
+                    let mut out = Vec::new();
+                    wsframe::put_close(&mut out, code, "");
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out))).await;
+                    break Flow::Closed;
+                }
+                op @ (wsframe::OP_TEXT | wsframe::OP_BINARY) => {
+                    if partial.is_some() {
+                        break Flow::Close(protocol_close(FrameError::Fragmentation));
+                    }
+                    if !h.fin {
+                        *partial = Some((op, payload.to_vec()));
+                        continue;
+                    }
+                    message = None;
+                    payload
+                }
+                _ => {
+                    // Continuation of a fragmented message.
+                    let Some((_, so_far)) = partial.as_mut() else {
+                        break Flow::Close(protocol_close(FrameError::Fragmentation));
+                    };
+                    if so_far.len() + payload.len() > max {
+                        break Flow::Close(codes::MESSAGE_TOO_BIG);
+                    }
+                    so_far.extend_from_slice(payload);
+                    if !h.fin {
+                        continue;
+                    }
+                    message = partial.take();
+                    message.as_ref().map_or(&[][..], |(_, m)| m.as_slice())
+                }
+            };
+            let opcode = message.as_ref().map_or(h.opcode, |(op, _)| *op);
+            let Ok(text) = std::str::from_utf8(body) else {
+                if opcode == wsframe::OP_TEXT {
+                    break Flow::Close(INVALID_UTF8);
+                }
+                // Binary frames are read as text when they are UTF-8, and ignored otherwise.
+                continue;
+            };
+            self.counters.messages_in.inc();
+            self.counters.bytes_in.inc_by(text.len() as u64);
+            // Boxed: handling may wait on the cluster, and that state must not sit in every
+            // idle connection's task.
+            Box::pin(self.handle(text)).await;
+        };
+        rbuf.drain(..pos);
+        flow
     }
 
     async fn handle(&mut self, text: &str) {
@@ -339,7 +546,7 @@ impl Session {
                 return self.error(None, &format!("Invalid channel name '{}': {e}", s.channel))
             }
         };
-        if self.subs.contains_key(ch.as_str()) {
+        if self.subs.get(ch.as_str()).is_some() {
             return self.error(None, &format!("Existing subscription to {ch}"));
         }
         if self.subs.len() >= app.limits.max_channels_per_connection {
@@ -360,7 +567,7 @@ impl Session {
             ChannelKind::Private | ChannelKind::Encrypted => {
                 if !self.verify(
                     s.auth.as_deref(),
-                    &sign::channel_string(&self.socket_id, ch.as_str(), None),
+                    &sign::channel_string(&self.socket_id(), ch.as_str(), None),
                     ch.as_str(),
                 ) {
                     return;
@@ -378,14 +585,14 @@ impl Session {
                 let limits = app.limits.presence();
                 let parsed = match (&s.channel_data, &self.user) {
                     (Some(cd), _) => {
-                        let signed = sign::channel_string(&self.socket_id, ch.as_str(), Some(cd));
+                        let signed = sign::channel_string(&self.socket_id(), ch.as_str(), Some(cd));
                         if !self.verify(s.auth.as_deref(), &signed, ch.as_str()) {
                             return;
                         }
                         presence::parse_channel_data(cd, limits)
                     }
                     (None, Some(u)) => {
-                        let signed = sign::channel_string(&self.socket_id, ch.as_str(), None);
+                        let signed = sign::channel_string(&self.socket_id(), ch.as_str(), None);
                         if !self.verify(s.auth.as_deref(), &signed, ch.as_str()) {
                             return;
                         }
@@ -433,10 +640,9 @@ impl Session {
         {
             Ok(_) => {
                 if ch.needs_auth() {
-                    self.authorized = true;
+                    self.conn.set_authorized();
                 }
-                self.subs
-                    .insert(ch.arc().clone(), Sub { name: ch, user_id });
+                self.subs.insert(Sub { name: ch, user_id });
             }
             Err(e) => {
                 if matches!(e, herald_core::SubscribeError::PresenceFull { .. }) {
@@ -464,7 +670,7 @@ impl Session {
                 "Auth value for sign-in is invalid: should be of format 'key:signature'",
             );
         }
-        let signed = sign::signin_string(&self.socket_id, &user_data);
+        let signed = sign::signin_string(&self.socket_id(), &user_data);
         if let Err(e) = sign::verify_auth(
             Some(&auth),
             &signed,
@@ -508,8 +714,8 @@ impl Session {
         self.shared
             .engine
             .signin_with(&self.conn, &data.id, &data.watchlist, &remote_online);
-        self.authorized = true;
-        self.user = Some(SignedIn { data });
+        self.conn.set_authorized();
+        self.user = Some(Box::new(SignedIn { data }));
     }
 
     fn client_event(&mut self, event: &str, channel: Option<&str>, data: Option<&RawValue>) {
@@ -573,7 +779,7 @@ impl Session {
     }
 
     fn cleanup(&mut self) {
-        let names: Vec<ChannelName> = self.subs.drain().map(|(_, s)| s.name).collect();
+        let names: Vec<ChannelName> = self.subs.0.drain(..).map(|s| s.name).collect();
         let user = self.user.take();
         self.shared.engine.disconnect(
             &self.conn,
@@ -582,41 +788,4 @@ impl Session {
                 .map(|u| (u.data.id.as_str(), u.data.watchlist.as_slice())),
         );
     }
-}
-
-fn too_big(e: &axum::Error) -> bool {
-    let s = format!("{e:?}");
-    s.contains("Capacity") || s.contains("MessageTooLong") || s.contains("too long")
-}
-
-/// Writes `first` and whatever else is queued (up to a batch), then flushes once.
-async fn write_batch(
-    ws: &mut WebSocket,
-    conn: &Conn,
-    first: Bytes,
-    outbox: &mut Outbound,
-    counters: &ConnCounters,
-) -> bool {
-    let mut next = Some(first);
-    let mut n = 0;
-    let mut bytes = 0;
-    while let Some(frame) = next.take() {
-        let len = frame.len();
-        // Frames are built from Rust strings, so the check cannot fail; it costs one pass.
-        let Ok(text) = Utf8Bytes::try_from(frame) else {
-            return false;
-        };
-        if ws.feed(Message::Text(text)).await.is_err() {
-            return false;
-        }
-        conn.sent(len);
-        n += 1;
-        bytes += len;
-        if n < WRITE_BATCH {
-            next = outbox.try_recv().ok();
-        }
-    }
-    counters.messages_out.inc_by(n as u64);
-    counters.bytes_out.inc_by(bytes as u64);
-    ws.flush().await.is_ok()
 }

@@ -1,0 +1,396 @@
+//! The server port: accepts TCP (or TLS) connections, reads the first request head, answers
+//! WebSocket upgrades itself and hands every other connection to the HTTP router (hyper).
+//!
+//! Upgrades skip the HTTP stack on purpose: a WebSocket connection then costs its session and
+//! nothing else (no router clone, no hyper connection state kept alive underneath it).
+
+use crate::server::Shared;
+use crate::ws::{self, ConnectParams};
+use crate::wsframe::{self, Upgrade};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Room reserved for a read once input is waiting.
+const READ_CHUNK: usize = 4096;
+/// A request head larger than this is left to hyper, which refuses it.
+const MAX_HEAD: usize = 16 * 1024;
+/// A client has this long to send its first request head (and, with TLS, to finish the handshake).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A byte stream a WebSocket session runs on.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits for input, then appends it to `buf`, which gets room only once input is there: a
+    /// connection waiting for its client holds no read buffer.
+    fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut Vec<u8>,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+}
+
+fn make_room(buf: &mut Vec<u8>) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+impl Transport for TcpStream {
+    async fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            make_room(buf);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Readiness outlives the read that drained the socket, so this is the
+                    // usual way back to waiting: give the room back first.
+                    if buf.is_empty() {
+                        *buf = Vec::new();
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// Streams whose reads need a buffer while waiting (TLS decrypts into its own buffers anyway).
+macro_rules! buffered_transport {
+    ($t:ty) => {
+        impl Transport for $t {
+            async fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+                make_room(buf);
+                self.read_buf(buf).await
+            }
+        }
+    };
+}
+buffered_transport!(tokio_rustls::server::TlsStream<TcpStream>);
+buffered_transport!(TokioIo<hyper::upgrade::Upgraded>);
+
+/// A stream whose first bytes were already read: replays them, then reads the stream.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = out.remaining().min(self.prefix.len() - self.at);
+            let at = self.at;
+            out.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What the first request head asks for.
+enum Head {
+    /// A WebSocket upgrade; `used` bytes of the buffer were the head.
+    Upgrade {
+        accept: String,
+        target: String,
+        forwarded_https: bool,
+        used: usize,
+    },
+    /// Anything else, for the HTTP router.
+    Http,
+}
+
+fn inspect(buf: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return None,
+        // Too large or malformed: hyper answers it with the right status.
+        _ => return Some(Head::Http),
+    };
+    let upgrade = wsframe::check_upgrade(
+        req.method.unwrap_or(""),
+        req.headers.iter().map(|h| (h.name, h.value)),
+    );
+    Some(match upgrade {
+        Upgrade::No => Head::Http,
+        Upgrade::Yes { accept } => Head::Upgrade {
+            accept,
+            target: req.path.unwrap_or("/").to_owned(),
+            forwarded_https: forwarded_https(req.headers.iter().map(|h| (h.name, h.value))),
+            used,
+        },
+    })
+}
+
+/// `X-Forwarded-Proto: https` from a TLS-terminating proxy.
+pub fn forwarded_https<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> bool {
+    headers.into_iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("x-forwarded-proto") && v.trim_ascii().eq_ignore_ascii_case(b"https")
+    })
+}
+
+/// Splits a request target into what a WebSocket session needs: the app key of
+/// `{prefix}/app/{key}` (`None` for any other path) and the `protocol` query parameter.
+pub fn route(target: &str, prefix: &str) -> (Option<String>, Option<String>) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let key = path
+        .strip_prefix(prefix)
+        .and_then(|p| p.strip_prefix("/app/"))
+        .filter(|k| !k.is_empty() && !k.contains('/'))
+        .map(|k| {
+            percent_encoding::percent_decode_str(k)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
+    let protocol = herald_protocol::sign::decode_query(query)
+        .into_iter()
+        .find(|(k, _)| k == "protocol")
+        .map(|(_, v)| v);
+    (key, protocol)
+}
+
+/// Everything an accepted connection needs, shared by all of them.
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    router: Router,
+    stop: CancellationToken,
+    http: TaskTracker,
+}
+
+/// Accepts until `stop`, then lets open HTTP connections finish their request in flight.
+/// WebSocket sessions are tracked by `Shared` and closed by the drain.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    router: Router,
+    stop: CancellationToken,
+) {
+    let ctx = Ctx {
+        shared,
+        router,
+        stop: stop.clone(),
+        http: TaskTracker::new(),
+    };
+    loop {
+        let tcp = tokio::select! {
+            () = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small frames must leave at once: latency matters more than packet count here.
+        let _ = tcp.set_nodelay(true);
+        let ctx = ctx.clone();
+        match &tls {
+            None => {
+                tokio::spawn(connection(tcp, ctx));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => connection(stream, ctx).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    ctx.http.close();
+    ctx.http.wait().await;
+}
+
+async fn read_head<S: Transport>(io: &mut S, buf: &mut Vec<u8>) -> Option<Head> {
+    loop {
+        match io.read_into(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        if let Some(head) = inspect(buf) {
+            return Some(head);
+        }
+    }
+}
+
+async fn connection<S: Transport>(mut io: S, ctx: Ctx) {
+    let mut buf = Vec::new();
+    let head = match Box::pin(tokio::time::timeout(
+        HEAD_TIMEOUT,
+        read_head(&mut io, &mut buf),
+    ))
+    .await
+    {
+        Ok(Some(h)) => h,
+        // Closed or silent before a whole request head: nothing to answer.
+        _ => return,
+    };
+    match head {
+        Head::Upgrade {
+            accept,
+            target,
+            forwarded_https,
+            used,
+        } => {
+            let Ctx { shared, .. } = ctx;
+            if io
+                .write_all(&wsframe::switching_protocols(&accept))
+                .await
+                .is_err()
+                || io.flush().await.is_err()
+            {
+                return;
+            }
+            // Bytes after the head already belong to the WebSocket.
+            buf.drain(..used);
+            if buf.is_empty() {
+                buf = Vec::new();
+            }
+            let (key, protocol) = route(&target, &shared.config.server.path_prefix);
+            let params = ConnectParams {
+                path_ok: key.is_some(),
+                key,
+                protocol,
+                tls: forwarded_https || shared.tls,
+            };
+            match ws::admit(&shared, &params) {
+                // A task of its own: this one's state (head parsing, the HTTP branch) is not
+                // carried for the connection's whole life.
+                Ok(conn) => drop(tokio::spawn(ws::session(io, buf, shared, conn))),
+                Err(code) => ws::serve_refusal(io, code).await,
+            }
+        }
+        // Boxed: hyper's connection state would otherwise be part of every WebSocket's task.
+        Head::Http => Box::pin(http(io, buf, ctx)).await,
+    }
+}
+
+/// Serves plain HTTP on a connection whose first bytes (`head`) were already read.
+async fn http<S: Transport>(io: S, head: Vec<u8>, ctx: Ctx) {
+    let Ctx {
+        router, stop, http, ..
+    } = ctx;
+    let _token = http.token();
+    let io = TokioIo::new(Prefixed {
+        prefix: head,
+        at: 0,
+        inner: io,
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(io, TowerToHyperService::new(router))
+        .with_upgrades();
+    let mut conn = pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stop.cancelled() => {
+            // Finish the request in flight (answered 503 while draining), then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_app_paths() {
+        assert_eq!(
+            route("/app/app-key?protocol=7&client=js", ""),
+            (Some("app-key".into()), Some("7".into()))
+        );
+        assert_eq!(route("/app/a%20b", ""), (Some("a b".into()), None));
+        assert_eq!(route("/app/", ""), (None, None));
+        assert_eq!(
+            route("/app/k/extra?protocol=7", ""),
+            (None, Some("7".into()))
+        );
+        assert_eq!(route("/other", ""), (None, None));
+        assert_eq!(route("/ws/app/k", "/ws"), (Some("k".into()), None));
+        assert_eq!(route("/app/k", "/ws"), (None, None));
+    }
+
+    #[test]
+    fn inspects_heads() {
+        let ws = b"GET /app/k?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-Proto: https\r\n\r\nEXTRA";
+        match inspect(ws) {
+            Some(Head::Upgrade {
+                accept,
+                target,
+                forwarded_https,
+                used,
+            }) => {
+                assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+                assert_eq!(target, "/app/k?protocol=7");
+                assert!(forwarded_https);
+                assert_eq!(&ws[used..], b"EXTRA");
+            }
+            _ => panic!("not seen as an upgrade"),
+        }
+        assert!(inspect(&ws[..20]).is_none(), "partial head waits");
+        assert!(matches!(
+            inspect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(Head::Http)
+        ));
+        assert!(matches!(inspect(b"\x16\x03\x01garbage"), Some(Head::Http)));
+    }
+}

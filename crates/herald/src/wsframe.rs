@@ -1,0 +1,367 @@
+//! RFC 6455 on the server side, without IO: the handshake's checks and accept key, client frame
+//! headers, and server frame headers.
+//!
+//! Herald speaks WebSocket itself rather than through a general-purpose crate because an idle
+//! connection must cost almost nothing: the connection task keeps no read or write buffer while
+//! it waits, and every server frame is written straight from the shared, encoded event.
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// Close status: the peer broke the framing rules.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close status: a text message that is not UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// What a request's headers say about a WebSocket upgrade.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    /// Not an upgrade request at all: plain HTTP.
+    No,
+    /// A valid upgrade; the accept key to answer with.
+    Yes { accept: String },
+}
+
+/// True when a comma-separated header value lists `token` (case-insensitively).
+fn lists(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Checks a GET request's headers for a version-13 WebSocket upgrade. Anything short of a
+/// complete, valid upgrade is left to the HTTP router, which explains what is missing.
+pub fn check_upgrade<'a>(
+    method: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Upgrade {
+    if method != "GET" {
+        return Upgrade::No;
+    }
+    let (mut upgrade, mut connection, mut version, mut key) = (false, false, false, None);
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= lists(value, "websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection |= lists(value, "upgrade");
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            version |= value.trim_ascii() == b"13";
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            key = Some(value.trim_ascii());
+        }
+    }
+    match key {
+        // The key is 16 random bytes in base64: 24 characters.
+        Some(k) if upgrade && connection && version && k.len() == 24 => Upgrade::Yes {
+            accept: accept_key(k),
+        },
+        _ => Upgrade::No,
+    }
+}
+
+/// The `101 Switching Protocols` answer.
+pub fn switching_protocols(accept: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A client frame's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    pub opcode: u8,
+    pub mask: [u8; 4],
+    /// Bytes of the header itself (2 to 14).
+    pub header_len: usize,
+    pub payload_len: usize,
+}
+
+impl Header {
+    pub fn frame_len(&self) -> usize {
+        self.header_len + self.payload_len
+    }
+}
+
+/// Why a client frame is refused; each maps to a close status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// Reserved bits set (no extension is negotiated).
+    Reserved,
+    UnknownOpcode(u8),
+    /// Clients must mask every frame.
+    Unmasked,
+    /// A control frame fragmented or over 125 bytes.
+    BadControl,
+    /// A continuation without a message to continue, or a new message inside a fragmented one.
+    Fragmentation,
+    /// A payload over the configured maximum.
+    TooBig,
+}
+
+impl FrameError {
+    /// True when the WebSocket close status is 1009 (message too big) rather than 1002.
+    pub fn is_too_big(self) -> bool {
+        self == Self::TooBig
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Reserved => "Reserved bits set without an extension",
+            Self::UnknownOpcode(_) => "Unknown opcode",
+            Self::Unmasked => "Client frames must be masked",
+            Self::BadControl => "Control frames must be final and at most 125 bytes",
+            Self::Fragmentation => "Unexpected continuation frame or interleaved message",
+            Self::TooBig => "Message too big",
+        }
+    }
+}
+
+/// Parses the header at the start of `buf`; `Ok(None)` until the whole header is there.
+pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, FrameError> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(FrameError::Reserved);
+    }
+    let fin = b0 & 0x80 != 0;
+    let opcode = b0 & 0x0F;
+    let control = match opcode {
+        OP_CONTINUATION | OP_TEXT | OP_BINARY => false,
+        OP_CLOSE | OP_PING | OP_PONG => true,
+        other => return Err(FrameError::UnknownOpcode(other)),
+    };
+    if b1 & 0x80 == 0 {
+        return Err(FrameError::Unmasked);
+    }
+    let (len, at) = match b1 & 0x7F {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => (u64::from_be_bytes(b.try_into().unwrap_or_default()), 10),
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    if control && (!fin || len > 125) {
+        return Err(FrameError::BadControl);
+    }
+    if len > max_payload as u64 {
+        return Err(FrameError::TooBig);
+    }
+    let Some(m) = buf.get(at..at + 4) else {
+        return Ok(None);
+    };
+    Ok(Some(Header {
+        fin,
+        opcode,
+        mask: [m[0], m[1], m[2], m[3]],
+        header_len: at + 4,
+        payload_len: len as usize,
+    }))
+}
+
+/// Removes the client's mask from a payload in place.
+pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let word = u32::from_ne_bytes(mask);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for c in &mut chunks {
+        let v = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) ^ word;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i];
+    }
+}
+
+/// Appends a server frame (final, unmasked) holding `payload`.
+pub fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let len = payload.len();
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= usize::from(u16::MAX) {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Appends a close frame with a status code and reason (the reason cut to fit 125 bytes).
+pub fn put_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + cut);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..cut]);
+    put_frame(out, OP_CLOSE, &payload);
+}
+
+/// The status code of a client's close frame payload, if it has one.
+pub fn close_code(payload: &[u8]) -> Option<u16> {
+    match payload {
+        [a, b, ..] => Some(u16::from_be_bytes([*a, *b])),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if len <= 65535 {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        // RFC 6455 section 1.3.
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn upgrade_needs_every_header() {
+        let full: Vec<(&str, &[u8])> = vec![
+            ("Host", b"x"),
+            ("Upgrade", b"WebSocket"),
+            ("Connection", b"keep-alive, Upgrade"),
+            ("Sec-WebSocket-Version", b"13"),
+            ("Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        assert_eq!(
+            check_upgrade("GET", full.clone()),
+            Upgrade::Yes {
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+            }
+        );
+        assert_eq!(check_upgrade("POST", full.clone()), Upgrade::No);
+        for skip in 1..full.len() {
+            let partial: Vec<_> = full
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, h)| *h)
+                .collect();
+            assert_eq!(check_upgrade("GET", partial), Upgrade::No, "without {skip}");
+        }
+        let mut v8 = full.clone();
+        v8[3].1 = b"8";
+        assert_eq!(check_upgrade("GET", v8), Upgrade::No);
+    }
+
+    #[test]
+    fn parses_masked_frames_of_every_length_form() {
+        let mask = [1, 2, 3, 4];
+        for len in [0usize, 5, 125, 126, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let frame = masked(OP_TEXT, true, &payload, mask);
+            let h = parse_header(&frame, 1 << 20).unwrap().unwrap();
+            assert_eq!(h.payload_len, len);
+            assert_eq!(h.frame_len(), frame.len());
+            assert!(h.fin);
+            assert_eq!(h.opcode, OP_TEXT);
+            let mut body = frame[h.header_len..].to_vec();
+            unmask(&mut body, h.mask);
+            assert_eq!(body, payload);
+            // Every strict prefix of the header asks for more bytes.
+            for cut in 0..h.header_len {
+                assert_eq!(parse_header(&frame[..cut], 1 << 20), Ok(None));
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bad_frames() {
+        let m = [9, 9, 9, 9];
+        let mut rsv = masked(OP_TEXT, true, b"x", m);
+        rsv[0] |= 0x40;
+        assert_eq!(parse_header(&rsv, 100), Err(FrameError::Reserved));
+        assert_eq!(
+            parse_header(&masked(0x3, true, b"x", m), 100),
+            Err(FrameError::UnknownOpcode(3))
+        );
+        let mut unmasked = masked(OP_TEXT, true, b"x", m);
+        unmasked[1] &= 0x7F;
+        assert_eq!(parse_header(&unmasked, 100), Err(FrameError::Unmasked));
+        assert_eq!(
+            parse_header(&masked(OP_PING, false, b"x", m), 100),
+            Err(FrameError::BadControl)
+        );
+        assert_eq!(
+            parse_header(&masked(OP_PING, true, &[0; 126], m), 1000),
+            Err(FrameError::BadControl)
+        );
+        let big = masked(OP_TEXT, true, &[0; 101], m);
+        assert_eq!(parse_header(&big, 100), Err(FrameError::TooBig));
+        // The length alone decides: the payload need not have arrived.
+        assert_eq!(parse_header(&big[..4], 100), Err(FrameError::TooBig));
+        assert!(FrameError::TooBig.is_too_big());
+    }
+
+    #[test]
+    fn server_frames_are_unmasked_with_minimal_length() {
+        for (len, header) in [
+            (0usize, 2usize),
+            (125, 2),
+            (126, 4),
+            (65535, 4),
+            (65536, 10),
+        ] {
+            let mut out = Vec::new();
+            put_frame(&mut out, OP_TEXT, &vec![b'a'; len]);
+            assert_eq!(out.len(), header + len);
+            assert_eq!(out[0], 0x81);
+            assert_eq!(out[1] & 0x80, 0, "server frames are not masked");
+        }
+        let mut out = Vec::new();
+        put_close(&mut out, 4201, &"é".repeat(100));
+        assert_eq!(out[0], 0x88);
+        let len = usize::from(out[1]);
+        assert!(len <= 125);
+        assert_eq!(close_code(&out[2..]), Some(4201));
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
+        assert_eq!(close_code(&[3]), None);
+    }
+}
