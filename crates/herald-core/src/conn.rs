@@ -6,16 +6,91 @@
 
 use crate::app::App;
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use herald_protocol::{CloseCode, SocketId};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::futures::Notified;
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
 
-/// An encoded text frame (valid UTF-8 JSON), shared by every recipient.
-pub type Frame = Bytes;
+/// A message as it goes on the wire: a WebSocket text frame (header and JSON), encoded once and
+/// shared by every recipient. (Server frames are not masked, so the bytes are the same for all.)
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame {
+    wire: Bytes,
+    /// Where the JSON starts in `wire` (the header's length).
+    json_at: u8,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Frame")
+            .field(&String::from_utf8_lossy(self.json()))
+            .finish()
+    }
+}
+
+impl Frame {
+    /// Frames a JSON text.
+    pub fn text(json: &[u8]) -> Self {
+        let len = json.len();
+        let mut wire = Vec::with_capacity(len + 10);
+        wire.push(0x81); // final frame, text
+        if len < 126 {
+            wire.push(len as u8);
+        } else if len <= usize::from(u16::MAX) {
+            wire.push(126);
+            wire.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            wire.push(127);
+            wire.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        let json_at = wire.len() as u8;
+        wire.extend_from_slice(json);
+        Self {
+            wire: wire.into(),
+            json_at,
+        }
+    }
+
+    /// The JSON text the frame carries.
+    pub fn json(&self) -> &[u8] {
+        &self.wire[usize::from(self.json_at)..]
+    }
+
+    /// The bytes to write to the socket.
+    pub fn wire(&self) -> &Bytes {
+        &self.wire
+    }
+
+    /// The unwritten tail of a frame a direct write cut short.
+    fn rest(&self, written: usize) -> Self {
+        Self {
+            wire: self.wire.slice(written..),
+            json_at: 0,
+        }
+    }
+}
+
+impl From<String> for Frame {
+    fn from(json: String) -> Self {
+        Self::text(json.as_bytes())
+    }
+}
+
+impl From<&str> for Frame {
+    fn from(json: &str) -> Self {
+        Self::text(json.as_bytes())
+    }
+}
+
+/// A socket the engine may write to directly, from the thread that publishes, when nothing is
+/// queued for it: the frame then leaves without waking the connection's task.
+pub trait Sink: Send + Sync {
+    /// Writes what the socket takes now, without waiting.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+}
 
 /// Most frames a connection may have queued before it counts as a slow consumer.
 pub const OUTBOX_MAX_FRAMES: usize = 4096;
@@ -28,6 +103,9 @@ struct Outbox {
     bytes: usize,
     close: Option<CloseCode>,
     ping: bool,
+    /// The connection task holds frames it took and has not finished writing.
+    writing: bool,
+    sink: Option<Arc<dyn Sink>>,
 }
 
 /// What the connection task takes from its outbox in one go.
@@ -46,7 +124,10 @@ pub struct Conn {
     pub socket_id: SocketId,
     pub app: Arc<App>,
     outbox: Mutex<Outbox>,
-    wake: Notify,
+    /// Wakes the connection task; `woken` says a wake-up is pending (a waker and a flag take
+    /// less room in every task than an intrusive waiter would).
+    wake: AtomicWaker,
+    woken: AtomicBool,
     /// Keep-alive bookkeeping in milliseconds of the server's clock; read by the sweep.
     last_seen_ms: AtomicU64,
     probed_ms: AtomicU64,
@@ -80,7 +161,8 @@ impl Conn {
             socket_id,
             app,
             outbox: Mutex::new(Outbox::default()),
-            wake: Notify::new(),
+            wake: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(now),
             probed_ms: AtomicU64::new(0),
             connected_ms: now,
@@ -96,29 +178,44 @@ impl Conn {
         if o.close == Some(herald_protocol::codes::SLOW_CONSUMER) {
             return false;
         }
-        if o.frames.len() >= OUTBOX_MAX_FRAMES || o.bytes + frame.len() > OUTBOX_MAX_BYTES {
+        if o.frames.len() >= OUTBOX_MAX_FRAMES || o.bytes + frame.wire.len() > OUTBOX_MAX_BYTES {
             if o.close.is_none() {
                 o.close = Some(herald_protocol::codes::SLOW_CONSUMER);
                 drop(o);
-                self.wake.notify_one();
+                self.wake_task();
             }
             return false;
         }
+        let mut frame = frame.clone();
+        if o.frames.is_empty() && !o.writing && o.close.is_none() {
+            if let Some(sink) = &o.sink {
+                let len = frame.wire.len();
+                match sink.try_write(&frame.wire) {
+                    Ok(n) if n == len => return true,
+                    // The rest waits for the socket in the task, ahead of anything later.
+                    Ok(n) => frame = frame.rest(n),
+                    // Full socket or an error: the task finds out which and acts.
+                    Err(_) => {}
+                }
+            }
+        }
         let was_empty = o.frames.is_empty();
-        o.frames.push_back(frame.clone());
-        o.bytes += frame.len();
+        o.bytes += frame.wire.len();
+        o.frames.push_back(frame);
         drop(o);
         // The task takes the whole queue when it wakes: one wake-up per burst is enough.
         if was_empty {
-            self.wake.notify_one();
+            self.wake_task();
         }
         true
     }
 
-    /// Takes everything queued. The connection task calls it after each wake-up.
+    /// Takes everything queued. The connection task calls it after each wake-up, and
+    /// `written` once it has written the frames it took.
     pub fn take(&self) -> Pending {
         let mut o = self.outbox.lock();
         o.bytes = 0;
+        o.writing = !o.frames.is_empty();
         Pending {
             frames: std::mem::take(&mut o.frames),
             close: o.close,
@@ -126,10 +223,46 @@ impl Conn {
         }
     }
 
-    /// Resolves after something was queued or requested since the last `take` (or right away
-    /// when a wake-up is already pending).
-    pub fn woken(&self) -> Notified<'_> {
-        self.wake.notified()
+    /// Whether `take` would return anything (frames, a close or a probe).
+    pub fn has_pending(&self) -> bool {
+        let o = self.outbox.lock();
+        !o.frames.is_empty() || o.close.is_some() || o.ping
+    }
+
+    /// The frames from the last `take` are written: direct writes may resume.
+    pub fn written(&self) {
+        self.outbox.lock().writing = false;
+    }
+
+    /// Lets the engine write to the socket directly while nothing is queued.
+    pub fn attach(&self, sink: Arc<dyn Sink>) {
+        self.outbox.lock().sink = Some(sink);
+    }
+
+    /// Ends direct writes (the connection task is done with the socket).
+    pub fn detach(&self) {
+        let sink = self.outbox.lock().sink.take();
+        drop(sink);
+    }
+
+    fn wake_task(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.wake.wake();
+    }
+
+    /// Ready once something was queued or requested since the last time it was ready.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.wake.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// `poll_woken` as a future.
+    pub async fn woken(&self) {
+        std::future::poll_fn(|cx| self.poll_woken(cx)).await;
     }
 
     /// Asks the connection task to close with `code` (the first request wins).
@@ -138,7 +271,7 @@ impl Conn {
         if o.close.is_none() {
             o.close = Some(code);
             drop(o);
-            self.wake.notify_one();
+            self.wake_task();
         }
     }
 
@@ -179,7 +312,7 @@ impl Conn {
         } else if now_ms >= self.last_seen_ms.load(Ordering::Relaxed) + activity_ms {
             self.probed_ms.store(now_ms, Ordering::Relaxed);
             self.outbox.lock().ping = true;
-            self.wake.notify_one();
+            self.wake_task();
         }
     }
 }
@@ -196,10 +329,10 @@ mod tests {
     fn outbox_keeps_order_and_holds_nothing_once_taken() {
         let c = conn();
         for i in 0..10 {
-            assert!(c.send(&Bytes::from(format!("f{i}"))));
+            assert!(c.send(&Frame::from(format!("f{i}"))));
         }
         let p = c.take();
-        let got: Vec<_> = p.frames.iter().map(|f| f.to_vec()).collect();
+        let got: Vec<_> = p.frames.iter().map(|f| f.json().to_vec()).collect();
         assert_eq!(got.len(), 10);
         assert_eq!(got[3], b"f3");
         assert!(c.take().frames.is_empty());
@@ -209,7 +342,7 @@ mod tests {
     #[test]
     fn overflow_closes_as_slow_consumer_and_refuses_more() {
         let c = conn();
-        let f = Bytes::from_static(b"x");
+        let f = Frame::from("x");
         for _ in 0..OUTBOX_MAX_FRAMES {
             assert!(c.send(&f));
         }
@@ -217,10 +350,89 @@ mod tests {
         assert_eq!(c.close_code(), Some(herald_protocol::codes::SLOW_CONSUMER));
         c.take();
         assert!(!c.send(&f), "nothing is queued for a slow consumer");
-        let big = Bytes::from(vec![b'a'; OUTBOX_MAX_BYTES + 1]);
+        let big = Frame::text(&vec![b'a'; OUTBOX_MAX_BYTES + 1]);
         let d = conn();
         assert!(!d.send(&big));
         assert_eq!(d.close_code(), Some(herald_protocol::codes::SLOW_CONSUMER));
+    }
+
+    #[test]
+    fn frames_carry_a_websocket_header() {
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let json = vec![b'x'; len];
+            let f = Frame::text(&json);
+            assert_eq!(f.json(), &json[..]);
+            assert_eq!(f.wire()[0], 0x81);
+            let header = f.wire().len() - len;
+            assert_eq!(
+                header,
+                if len < 126 {
+                    2
+                } else if len < 65536 {
+                    4
+                } else {
+                    10
+                }
+            );
+        }
+    }
+
+    /// A socket that takes at most `room` bytes.
+    struct Partial {
+        room: Mutex<usize>,
+        got: Mutex<Vec<u8>>,
+    }
+
+    impl Sink for Partial {
+        fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut room = self.room.lock();
+            if *room == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(*room);
+            *room -= n;
+            self.got.lock().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn direct_writes_keep_order_with_the_queue() {
+        let c = conn();
+        let sink = Arc::new(Partial {
+            room: Mutex::new(5),
+            got: Mutex::new(Vec::new()),
+        });
+        c.attach(sink.clone());
+        assert!(c.send(&Frame::from("ab")));
+        assert_eq!(sink.got.lock().len(), 4, "written directly");
+        assert!(c.take().frames.is_empty());
+        // One byte of room left: the rest of the frame is queued, and so is the next one.
+        assert!(c.send(&Frame::from("cd")));
+        assert!(c.send(&Frame::from("ef")));
+        *sink.room.lock() = 100;
+        assert!(c.send(&Frame::from("gh")), "queued behind the others");
+        let p = c.take();
+        assert_eq!(p.frames.len(), 3);
+        assert_eq!(p.frames[0].wire().len(), 3, "the unwritten tail");
+        assert_eq!(p.frames[1].json(), b"ef");
+        assert!(c.send(&Frame::from("ij")));
+        assert_eq!(
+            c.take().frames.len(),
+            1,
+            "no direct write while the task writes"
+        );
+        c.written();
+        c.take();
+        c.written();
+        assert!(c.send(&Frame::from("kl")));
+        assert!(
+            c.take().frames.is_empty(),
+            "direct again once the queue is written"
+        );
+        c.detach();
+        assert!(c.send(&Frame::from("mn")));
+        assert_eq!(c.take().frames.len(), 1, "queued after detach");
     }
 
     #[test]

@@ -56,7 +56,7 @@ fn drain(conn: &Conn) -> Vec<String> {
     conn.take()
         .frames
         .into_iter()
-        .map(|f| String::from_utf8(f.to_vec()).unwrap())
+        .map(|f| String::from_utf8(f.json().to_vec()).unwrap())
         .collect()
 }
 

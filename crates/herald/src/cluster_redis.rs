@@ -892,7 +892,7 @@ impl ClusterAdapter for RedisAdapter {
         self.send(Bus::Publish {
             a: app_id.to_owned(),
             c: channel.to_owned(),
-            f: String::from_utf8_lossy(frame).into_owned(),
+            f: String::from_utf8_lossy(frame.json()).into_owned(),
             x: except.map(|s| s.to_string()),
             d: cache.map(|(d, _)| d.to_owned()),
             ttl: cache.map(|(_, t)| t.as_millis() as u64),

@@ -4,10 +4,12 @@
 //! Upgrades skip the HTTP stack on purpose: a WebSocket connection then costs its session and
 //! nothing else (no router clone, no hyper connection state kept alive underneath it).
 
+use crate::metrics::ConnCounters;
 use crate::server::Shared;
 use crate::ws::{self, ConnectParams};
 use crate::wsframe::{self, Upgrade};
 use axum::Router;
+use herald_core::{Conn, Sink};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
@@ -16,7 +18,7 @@ use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -31,12 +33,26 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A byte stream a WebSocket session runs on.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Waits for input, then appends it to `buf`, which gets room only once input is there: a
-    /// connection waiting for its client holds no read buffer.
+    /// Appends input to `buf` once there is some. `buf` gets room only then, so a connection
+    /// waiting for its client holds no read buffer (and, being a poll, no future either).
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<u8>,
+    ) -> Poll<io::Result<usize>>;
+
+    /// `poll_read_into` as a future.
     fn read_into<'a>(
         &'a mut self,
         buf: &'a mut Vec<u8>,
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        std::future::poll_fn(move |cx| self.poll_read_into(cx, buf))
+    }
+
+    /// The socket for the engine's direct writes, where the stream allows them.
+    fn sink(&self) -> Option<Arc<dyn Sink>> {
+        None
+    }
 }
 
 fn make_room(buf: &mut Vec<u8>) {
@@ -45,22 +61,138 @@ fn make_room(buf: &mut Vec<u8>) {
     }
 }
 
-impl Transport for TcpStream {
-    async fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
-            make_room(buf);
-            match self.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Readiness outlives the read that drained the socket, so this is the
-                    // usual way back to waiting: give the room back first.
-                    if buf.is_empty() {
-                        *buf = Vec::new();
-                    }
+/// Reads from a TCP socket, with no buffer while waiting.
+fn tcp_poll_read_into(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut Vec<u8>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(tcp.poll_read_ready(cx))?;
+        make_room(buf);
+        match tcp.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Readiness outlives the read that drained the socket, so this is the
+                // usual way back to waiting: give the room back first.
+                if buf.is_empty() {
+                    *buf = Vec::new();
                 }
-                r => return r,
+            }
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
+impl Transport for TcpStream {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<u8>,
+    ) -> Poll<io::Result<usize>> {
+        tcp_poll_read_into(self, cx, buf)
+    }
+}
+
+/// A plain TCP connection shared by its session task (reads, queued writes) and the engine
+/// (direct writes while nothing is queued: see `herald_core::Sink`).
+pub struct SharedTcp(Arc<TcpSink>);
+
+pub struct TcpSink {
+    tcp: TcpStream,
+    counters: Arc<ConnCounters>,
+}
+
+impl SharedTcp {
+    pub fn new(tcp: TcpStream, counters: Arc<ConnCounters>) -> Self {
+        Self(Arc::new(TcpSink { tcp, counters }))
+    }
+}
+
+impl Sink for TcpSink {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        let r = self.tcp.try_write(buf);
+        if matches!(r, Ok(n) if n == buf.len()) {
+            self.counters.messages_out.inc();
+            self.counters.bytes_out.inc_by(buf.len() as u64);
+        }
+        r
+    }
+}
+
+impl Transport for SharedTcp {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<u8>,
+    ) -> Poll<io::Result<usize>> {
+        tcp_poll_read_into(&self.0.tcp, cx, buf)
+    }
+
+    fn sink(&self) -> Option<Arc<dyn Sink>> {
+        Some(self.0.clone())
+    }
+}
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.tcp.poll_read_ready(cx))?;
+            match self.0.tcp.try_read(out.initialize_unfilled()) {
+                Ok(n) => {
+                    out.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.tcp.poll_write_ready(cx))?;
+            match self.0.tcp.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The socket closes when the session and the engine have both let go of it.
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What an accepted stream becomes once its WebSocket session starts.
+pub trait IntoSession: Transport {
+    type Session: Transport;
+    fn into_session(self, shared: &Shared, conn: &Conn) -> Self::Session;
+}
+
+impl IntoSession for TcpStream {
+    type Session = SharedTcp;
+    fn into_session(self, shared: &Shared, conn: &Conn) -> SharedTcp {
+        SharedTcp::new(self, shared.metrics.conn_counters(&conn.app.id))
+    }
+}
+
+impl IntoSession for tokio_rustls::server::TlsStream<TcpStream> {
+    type Session = Self;
+    fn into_session(self, _: &Shared, _: &Conn) -> Self {
+        self
     }
 }
 
@@ -68,9 +200,13 @@ impl Transport for TcpStream {
 macro_rules! buffered_transport {
     ($t:ty) => {
         impl Transport for $t {
-            async fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+            fn poll_read_into(
+                &mut self,
+                cx: &mut Context<'_>,
+                buf: &mut Vec<u8>,
+            ) -> Poll<io::Result<usize>> {
                 make_room(buf);
-                self.read_buf(buf).await
+                tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
             }
         }
     };
@@ -269,7 +405,7 @@ async fn read_head<S: Transport>(io: &mut S, buf: &mut Vec<u8>) -> Option<Head> 
     }
 }
 
-async fn connection<S: Transport>(mut io: S, ctx: Ctx) {
+async fn connection<S: IntoSession>(mut io: S, ctx: Ctx) {
     let mut buf = Vec::new();
     let head = match Box::pin(tokio::time::timeout(
         HEAD_TIMEOUT,
@@ -312,7 +448,10 @@ async fn connection<S: Transport>(mut io: S, ctx: Ctx) {
             match ws::admit(&shared, &params) {
                 // A task of its own: this one's state (head parsing, the HTTP branch) is not
                 // carried for the connection's whole life.
-                Ok(conn) => drop(tokio::spawn(ws::session(io, buf, shared, conn))),
+                Ok(conn) => {
+                    let io = io.into_session(&shared, &conn);
+                    drop(tokio::spawn(ws::session(io, buf, shared, conn)));
+                }
                 Err(code) => ws::serve_refusal(io, code).await,
             }
         }

@@ -6,6 +6,7 @@ use herald_core::{Engine, LifecycleEvent, LifecycleSink};
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -23,6 +24,9 @@ pub struct Metrics {
     slow_consumers: IntCounterVec,
     rejections: IntCounterVec,
     adapter_up: IntGauge,
+    /// One set of hot-path counters per app, shared by its connections.
+    per_app:
+        std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, Arc<ConnCounters>>>>,
 }
 
 /// Hot-path counters of one connection's app.
@@ -134,6 +138,7 @@ impl Metrics {
                 &["app", "limit"],
             ),
             adapter_up,
+            per_app: Default::default(),
             registry: r,
         }
     }
@@ -143,13 +148,18 @@ impl Metrics {
         self.adapter_up.set(i64::from(up));
     }
 
-    pub fn conn_counters(&self, app: &str) -> ConnCounters {
-        ConnCounters {
+    pub fn conn_counters(&self, app: &str) -> Arc<ConnCounters> {
+        if let Some(c) = self.per_app.lock().get(app) {
+            return c.clone();
+        }
+        let c = Arc::new(ConnCounters {
             messages_in: self.messages_in.with_label_values(&[app]),
             bytes_in: self.bytes_in.with_label_values(&[app]),
             messages_out: self.messages_out.with_label_values(&[app]),
             bytes_out: self.bytes_out.with_label_values(&[app]),
-        }
+        });
+        self.per_app.lock().insert(app.to_owned(), c.clone());
+        c
     }
 
     pub fn http(&self, app: &str, route: &str, status: u16) {

@@ -11,7 +11,6 @@ use crate::listener::Transport;
 use crate::metrics::ConnCounters;
 use crate::server::Shared;
 use crate::wsframe::{self, FrameError};
-use bytes::Bytes;
 use herald_core::{clock_ms, Conn, Engine, Frame};
 use herald_protocol::frame::{self, ClientMessage, Subscribe};
 use herald_protocol::presence::{self, MemberData};
@@ -21,6 +20,7 @@ use herald_protocol::{codes, encode, ChannelKind, ChannelName, CloseCode};
 use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -155,8 +155,12 @@ pub fn admit(shared: &Shared, params: &ConnectParams) -> Result<Arc<Conn>, Close
 pub async fn session<S: Transport>(mut io: S, rbuf: Vec<u8>, shared: Arc<Shared>, conn: Arc<Conn>) {
     // Shutdown waits for every session's cleanup.
     let _token = shared.connections.token();
+    if let Some(sink) = io.sink() {
+        conn.attach(sink);
+    }
     let mut session = Session::new(shared, conn);
     let code = session.run(&mut io, rbuf).await;
+    session.conn.detach();
     session.cleanup();
     if let Some(code) = code {
         if code == codes::SLOW_CONSUMER {
@@ -200,12 +204,12 @@ pub async fn keepalive_sweep(engine: Engine, activity_s: u64, pong_s: u64) {
     }
 }
 
-/// Appends the queued frames to `out` as WebSocket text frames; returns (frames, bytes).
+/// The queued frames' wire bytes, one after the other; returns (frames, bytes).
 fn encode_frames(frames: &VecDeque<Frame>, out: &mut Vec<u8>) -> (u64, u64) {
-    let bytes: usize = frames.iter().map(Bytes::len).sum();
-    out.reserve(bytes + 10 * frames.len());
+    let bytes: usize = frames.iter().map(|f| f.wire().len()).sum();
+    out.reserve(bytes);
     for f in frames {
-        wsframe::put_frame(out, wsframe::OP_TEXT, f);
+        out.extend_from_slice(f.wire());
     }
     (frames.len() as u64, bytes as u64)
 }
@@ -288,7 +292,7 @@ impl Rate {
 struct Session {
     shared: Arc<Shared>,
     conn: Arc<Conn>,
-    counters: ConnCounters,
+    counters: Arc<ConnCounters>,
     subs: Subs,
     /// Boxed: most connections never sign in.
     user: Option<Box<SignedIn>>,
@@ -318,7 +322,7 @@ impl Session {
     }
 
     fn queue(&self, frame: String) {
-        self.conn.send(&Bytes::from(frame));
+        self.conn.send(&Frame::from(frame));
     }
 
     fn error(&self, code: Option<u16>, message: &str) {
@@ -332,64 +336,35 @@ impl Session {
         let conn = self.conn.clone();
         let max = self.shared.config.server.max_ws_message_bytes;
         // A message arriving in fragments: its opcode and the payload so far.
-        let mut partial: Option<(u8, Vec<u8>)> = None;
+        let mut partial: Option<Box<(u8, Vec<u8>)>> = None;
         let mut first = !rbuf.is_empty();
         loop {
-            let pending = conn.take();
-            if let Some(code) = pending.close {
-                // Frames the engine accepted before the close still go out first (a drain
-                // must not lose accepted events); a slow consumer is closed as it stands.
-                if code != codes::SLOW_CONSUMER && !pending.frames.is_empty() {
-                    let mut out = Vec::new();
-                    let (n, bytes) = encode_frames(&pending.frames, &mut out);
-                    let flush = Box::pin(tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out)));
-                    if let Ok(true) = flush.await {
-                        self.counters.messages_out.inc_by(n);
-                        self.counters.bytes_out.inc_by(bytes);
-                    }
+            // Boxed, like reading below: most frames leave by direct writes, so this state is
+            // needed only now and then, and must not enlarge every idle connection's task.
+            if conn.has_pending() {
+                if let Some(end) = Box::pin(self.write_pending(io, &conn)).await {
+                    return end;
                 }
-                return Some(code);
-            }
-            if !pending.frames.is_empty() || pending.ping {
-                let mut out = Vec::new();
-                let (mut n, bytes) = encode_frames(&pending.frames, &mut out);
-                if pending.ping {
-                    // Probe both ways: a WebSocket ping and Pusher's own.
-                    wsframe::put_frame(&mut out, wsframe::OP_PING, b"");
-                    wsframe::put_frame(&mut out, wsframe::OP_TEXT, encode::PING.as_bytes());
-                    n += 1;
-                }
-                drop(pending);
-                // A write blocked by a client that stopped reading must not outlive the
-                // slow-consumer close its overflowing outbox requests.
-                let written = tokio::select! {
-                    biased;
-                    ok = async {
-                        write_out(io, &out).await
-                    } => ok,
-                    code = slow_consumer_closed(&conn) => return Some(code),
-                };
-                if !written {
-                    return None;
-                }
-                self.counters.messages_out.inc_by(n);
-                self.counters.bytes_out.inc_by(bytes);
             }
             if first {
                 // Bytes that arrived with the upgrade request.
                 first = false;
             } else {
-                tokio::select! {
-                    biased;
-                    () = conn.woken() => continue,
-                    r = io.read_into(&mut rbuf) => match r {
-                        Ok(0) | Err(_) => return None,
-                        Ok(_) => {}
-                    },
+                // A poll rather than a select over two futures: nothing is stored per wait.
+                let read = std::future::poll_fn(|cx| {
+                    if conn.poll_woken(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    io.poll_read_into(cx, &mut rbuf).map(Some)
+                })
+                .await;
+                match read {
+                    None => continue,
+                    Some(Ok(0) | Err(_)) => return None,
+                    Some(Ok(_)) => {}
                 }
             }
             conn.seen(clock_ms());
-            // Boxed: only a connection reading input needs this state.
             match Box::pin(self.read_frames(io, &mut rbuf, &mut partial, max)).await {
                 Flow::Continue => {}
                 Flow::Closed => return None,
@@ -402,12 +377,61 @@ impl Session {
         }
     }
 
+    /// Writes what the outbox holds; `Some` ends the session (with the close code to send).
+    async fn write_pending<S: Transport>(
+        &mut self,
+        io: &mut S,
+        conn: &Conn,
+    ) -> Option<Option<CloseCode>> {
+        let pending = conn.take();
+        if let Some(code) = pending.close {
+            // Frames the engine accepted before the close still go out first (a drain
+            // must not lose accepted events); a slow consumer is closed as it stands.
+            if code != codes::SLOW_CONSUMER && !pending.frames.is_empty() {
+                let mut out = Vec::new();
+                let (n, bytes) = encode_frames(&pending.frames, &mut out);
+                let flush = tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out));
+                if let Ok(true) = flush.await {
+                    self.counters.messages_out.inc_by(n);
+                    self.counters.bytes_out.inc_by(bytes);
+                }
+            }
+            return Some(Some(code));
+        }
+        if pending.frames.is_empty() && !pending.ping {
+            return None;
+        }
+        let mut out = Vec::new();
+        let (mut n, bytes) = encode_frames(&pending.frames, &mut out);
+        if pending.ping {
+            // Probe both ways: a WebSocket ping and Pusher's own.
+            wsframe::put_frame(&mut out, wsframe::OP_PING, b"");
+            wsframe::put_frame(&mut out, wsframe::OP_TEXT, encode::PING.as_bytes());
+            n += 1;
+        }
+        drop(pending);
+        // A write blocked by a client that stopped reading must not outlive the
+        // slow-consumer close its overflowing outbox requests.
+        let written = tokio::select! {
+            biased;
+            ok = write_out(io, &out) => ok,
+            code = slow_consumer_closed(conn) => return Some(Some(code)),
+        };
+        if !written {
+            return Some(None);
+        }
+        conn.written();
+        self.counters.messages_out.inc_by(n);
+        self.counters.bytes_out.inc_by(bytes);
+        None
+    }
+
     /// Handles every complete frame in `rbuf` and removes it; a partial frame stays.
     async fn read_frames<S: Transport>(
         &mut self,
         io: &mut S,
         rbuf: &mut Vec<u8>,
-        partial: &mut Option<(u8, Vec<u8>)>,
+        partial: &mut Option<Box<(u8, Vec<u8>)>>,
         max: usize,
     ) -> Flow {
         let mut pos = 0;
@@ -422,7 +446,7 @@ impl Session {
             pos = end;
             wsframe::unmask(&mut rbuf[start..end], h.mask);
             let payload = &rbuf[start..end];
-            let message: Option<(u8, Vec<u8>)>;
+            let message: Option<Box<(u8, Vec<u8>)>>;
             let body: &[u8] = match h.opcode {
                 wsframe::OP_PING => {
                     let mut out = Vec::with_capacity(payload.len() + 2);
@@ -438,7 +462,7 @@ impl Session {
                     let code = wsframe::close_code(payload).unwrap_or(1000);
                     let mut out = Vec::new();
                     wsframe::put_close(&mut out, code, "");
-                    let _ = Box::pin(tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out))).await;
+                    let _ = tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out)).await;
                     break Flow::Closed;
                 }
                 op @ (wsframe::OP_TEXT | wsframe::OP_BINARY) => {
@@ -446,7 +470,7 @@ impl Session {
                         break Flow::Close(protocol_close(FrameError::Fragmentation));
                     }
                     if !h.fin {
-                        *partial = Some((op, payload.to_vec()));
+                        *partial = Some(Box::new((op, payload.to_vec())));
                         continue;
                     }
                     message = None;
@@ -454,7 +478,7 @@ impl Session {
                 }
                 _ => {
                     // Continuation of a fragmented message.
-                    let Some((_, so_far)) = partial.as_mut() else {
+                    let Some((_, so_far)) = partial.as_deref_mut() else {
                         break Flow::Close(protocol_close(FrameError::Fragmentation));
                     };
                     if so_far.len() + payload.len() > max {
@@ -465,10 +489,10 @@ impl Session {
                         continue;
                     }
                     message = partial.take();
-                    message.as_ref().map_or(&[][..], |(_, m)| m.as_slice())
+                    message.as_deref().map_or(&[][..], |(_, m)| m.as_slice())
                 }
             };
-            let opcode = message.as_ref().map_or(h.opcode, |(op, _)| *op);
+            let opcode = message.as_deref().map_or(h.opcode, |(op, _)| *op);
             let Ok(text) = std::str::from_utf8(body) else {
                 if opcode == wsframe::OP_TEXT {
                     break Flow::Close(INVALID_UTF8);
