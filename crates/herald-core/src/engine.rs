@@ -119,9 +119,14 @@ impl Channel {
     }
 
     fn broadcast(&self, frame: &Frame, except: Option<SocketId>) {
+        let direct = self.subs.len() <= crate::conn::DIRECT_WRITE_MAX_FANOUT;
         for (id, sub) in &self.subs {
             if Some(*id) != except {
-                sub.conn.send(frame);
+                if direct {
+                    sub.conn.send(frame);
+                } else {
+                    sub.conn.send_queued(frame);
+                }
             }
         }
     }
