@@ -14,6 +14,9 @@ mod lifecycle;
 
 pub use app::{App, AppStore, StaticAppStore, WebhookFilter, WebhookTarget, WEBHOOK_EVENT_TYPES};
 pub use cluster::{ClusterAdapter, ClusterNote, LocalAdapter};
-pub use conn::{clock_ms, Conn, Frame, Pending, Sink, OUTBOX_MAX_BYTES, OUTBOX_MAX_FRAMES};
+pub use conn::{
+    clock_ms, Conn, Frame, Pending, Sink, DIRECT_WRITE_MAX_FANOUT, OUTBOX_MAX_BYTES,
+    OUTBOX_MAX_FRAMES,
+};
 pub use engine::{ChannelStats, Engine, EngineConfig, SubscribeError, Subscribed};
 pub use lifecycle::{LifecycleEvent, LifecycleSink};

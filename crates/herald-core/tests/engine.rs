@@ -2,8 +2,8 @@
 //! events once per transition, exclusion, cache replay and the connection quota.
 
 use herald_core::{
-    App, Conn, Engine, EngineConfig, LifecycleEvent, LifecycleSink, LocalAdapter, StaticAppStore,
-    SubscribeError,
+    App, Conn, Engine, EngineConfig, LifecycleEvent, LifecycleSink, LocalAdapter, Sink,
+    StaticAppStore, SubscribeError, DIRECT_WRITE_MAX_FANOUT,
 };
 use herald_protocol::presence::{parse_channel_data, PresenceLimits};
 use herald_protocol::{codes, ChannelName};
@@ -211,4 +211,45 @@ fn connection_quota() {
     assert_eq!(e.connect(limited.clone()).err(), Some(codes::OVER_QUOTA));
     e.disconnect(&a, [], None);
     assert!(e.connect(limited).is_ok(), "a freed slot can be used again");
+}
+
+/// Counts the frames written to it directly.
+#[derive(Default)]
+struct CountingSink(Mutex<usize>);
+
+impl Sink for CountingSink {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        *self.0.lock() += 1;
+        Ok(buf.len())
+    }
+}
+
+#[test]
+fn small_channels_write_directly_large_ones_queue() {
+    for (subscribers, direct) in [(3, true), (DIRECT_WRITE_MAX_FANOUT + 1, false)] {
+        let (e, _) = engine((*app()).clone());
+        let room = ch("room");
+        let mut conns = Vec::new();
+        for _ in 0..subscribers {
+            let c = e.connect(app()).unwrap();
+            e.subscribe(&c, &room, None).unwrap();
+            drain(&c);
+            // As the connection task does once it has written what it took.
+            c.written();
+            let sink = Arc::new(CountingSink::default());
+            c.attach(sink.clone());
+            conns.push((c, sink));
+        }
+        e.publish("app-id", &room, "ev", "{}", None, Duration::from_secs(60));
+        for (c, sink) in &conns {
+            let queued = drain(c);
+            if direct {
+                assert_eq!(*sink.0.lock(), 1, "written directly");
+                assert!(queued.is_empty());
+            } else {
+                assert_eq!(*sink.0.lock(), 0, "no direct write on a large channel");
+                assert_eq!(queued, [r#"{"event":"ev","channel":"room","data":"{}"}"#]);
+            }
+        }
+    }
 }
