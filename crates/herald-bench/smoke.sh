@@ -61,6 +61,8 @@ run() {
     fi
 }
 
+run floor floor --duration 1
+run floor-fanout floor --receivers 20 --groups 5 --rate 200 --duration 1
 run idle idle --connections 50 --channels 5 --duration 1 --settle 0.5
 run fanout-rate fanout --subscribers 50 --channels 5 --rate 200 --duration 2 --drain 3
 run fanout-flat fanout --subscribers 50 --channels 5 --rate 0 --duration 2 --drain 3

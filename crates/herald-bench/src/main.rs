@@ -76,6 +76,12 @@ enum Scenario {
     Churn(scenario::churn::ChurnArgs),
     /// Join/leave storms on presence channels.
     Presence(scenario::presence::PresenceArgs),
+    /// This machine's TCP round-trip latency through a plain echo process (no server): the floor
+    /// under any latency `fanout` can measure here.
+    Floor(scenario::floor::FloorArgs),
+    /// The echo process of `floor` (started by it).
+    #[command(hide = true)]
+    EchoServer,
 }
 
 async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
@@ -115,21 +121,26 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
         Scenario::Trigger(a) => scenario::trigger::run(&ctx, a).await,
         Scenario::Churn(a) => scenario::churn::run(&ctx, a).await,
         Scenario::Presence(a) => scenario::presence::run(&ctx, a).await,
+        Scenario::Floor(a) => scenario::floor::run(&ctx, a).await,
+        Scenario::EchoServer => return Err(scenario::floor::echo_server().await),
     };
-    report.target.put("address", addr.to_string());
-    report.target.put(
-        "ws_ports",
-        serde_json::json!(if c.ws_ports.is_empty() {
-            vec![c.port]
-        } else {
-            c.ws_ports.clone()
-        }),
-    );
-    report.target.put("app_id", c.app_id.clone());
-    report.target.put("server_pid", scenario::opt(c.server_pid));
-    report.target.put("source_ips", target.source_ips());
-    report.target.put("open_files_limit", scenario::opt(nofile));
-    report.target.put("run_id", ctx.run_id.clone());
+    // `floor` involves no server: its report names none.
+    if !matches!(cli.scenario, Scenario::Floor(_)) {
+        report.target.put("address", addr.to_string());
+        report.target.put(
+            "ws_ports",
+            serde_json::json!(if c.ws_ports.is_empty() {
+                vec![c.port]
+            } else {
+                c.ws_ports.clone()
+            }),
+        );
+        report.target.put("app_id", c.app_id.clone());
+        report.target.put("server_pid", scenario::opt(c.server_pid));
+        report.target.put("source_ips", target.source_ips());
+        report.target.put("open_files_limit", scenario::opt(nofile));
+        report.target.put("run_id", ctx.run_id.clone());
+    }
     report.results.put("errors", ctx.errors.to_json());
     report.fail_if(ctx.errors.total(), "errors");
     Ok(report)

@@ -216,7 +216,9 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
             let mut n: u32 = 0;
             loop {
                 if let Some(period) = period {
-                    let at = publish_start + period * n;
+                    // Publishers take turns, a fraction of a period apart: the events of a rate
+                    // arrive evenly spaced, not in bursts of one per publisher.
+                    let at = publish_start + period * k as u32 / pubs as u32 + period * n;
                     if at >= deadline {
                         break;
                     }

@@ -2,6 +2,7 @@
 
 pub mod churn;
 pub mod fanout;
+pub mod floor;
 pub mod idle;
 pub mod presence;
 pub mod trigger;

@@ -69,7 +69,8 @@ pub async fn run(ctx: &Ctx, a: &TriggerArgs) -> Report {
             let mut n: u32 = 0;
             loop {
                 if let Some(period) = period {
-                    let at = start + period * n;
+                    // Evenly spaced over the publishers (see `fanout`).
+                    let at = start + period * k as u32 / pubs as u32 + period * n;
                     if at >= deadline {
                         break;
                     }

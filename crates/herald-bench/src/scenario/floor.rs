@@ -1,0 +1,404 @@
+//! `floor`: the machine's own latency for the path a `fanout` run measures, with no Pusher
+//! server involved. A plain relay runs in a child process (this binary's hidden `echo-server`, on
+//! a tokio runtime like a server's). Senders write fixed-size messages at a rate, and the relay
+//! either echoes each back (no `--receivers`) or writes it to every receiver of the message's
+//! group, from the task that read it, as a server fans an event out to a channel's subscribers.
+//! No HTTP, no WebSocket framing, no JSON: what remains is the kernel, the wake-ups and the
+//! runtime, so no server measured on this machine at this moment can go below these numbers, and
+//! a run next to `fanout` tells the server's share of a latency from the machine's.
+
+use super::{collect, now_us, ticker, Ctx};
+use crate::report::{round, Report};
+use crate::stats::{Latency, Sharded};
+use clap::Args;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args, Clone)]
+pub struct FloorArgs {
+    /// Sending connections, each with its share of the rate and of the groups (as `fanout`'s
+    /// publishers and channels).
+    #[arg(long, default_value_t = 4)]
+    pub connections: u64,
+    /// Receiving connections (receiver i in group i mod G); 0: each message is echoed back to
+    /// its sender and the round trip is measured.
+    #[arg(long, default_value_t = 0)]
+    pub receivers: u64,
+    /// Groups the receivers are spread over (as `fanout`'s channels).
+    #[arg(long, default_value_t = 100)]
+    pub groups: u64,
+    /// Messages per second over all senders.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Bytes per message (at least 12: group and send time).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+}
+
+/// Message header: group (u32 LE), send time in µs since the epoch (u64 LE).
+const HEADER: usize = 12;
+
+/// Receivers of each group, written to directly by the sender's task.
+type Groups = Mutex<HashMap<u32, Vec<Arc<OwnedWriteHalf>>>>;
+
+/// The child process. A connection's first byte says its role: `E` echo, `R` + group (u32 LE)
+/// receiver (acknowledged with one byte once registered), `S` + message size (u32 LE) sender.
+/// Exits when its stdin closes (the parent ended), so that it never outlives a run. Returns only
+/// on failure, with the reason.
+pub async fn echo_server() -> String {
+    let listener = match TcpListener::bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(e) => return format!("echo-server: cannot listen: {e}"),
+    };
+    let port = match listener.local_addr() {
+        Ok(a) => a.port(),
+        Err(e) => return format!("echo-server: {e}"),
+    };
+    println!("port {port}");
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    let groups: Arc<Groups> = Arc::default();
+    loop {
+        let Ok((s, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        tokio::spawn(relay(s, groups.clone()));
+    }
+}
+
+async fn relay(mut s: TcpStream, groups: Arc<Groups>) {
+    let Ok(role) = s.read_u8().await else { return };
+    match role {
+        b'E' => {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+        b'R' => {
+            let Ok(group) = s.read_u32_le().await else {
+                return;
+            };
+            let (mut rd, mut wr) = s.into_split();
+            if wr.write_u8(b'k').await.is_err() {
+                return;
+            }
+            let wr = Arc::new(wr);
+            lock(&groups).entry(group).or_default().push(wr.clone());
+            // Held until the receiver closes.
+            let mut sink = [0u8; 64];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+            if let Some(v) = lock(&groups).get_mut(&group) {
+                v.retain(|w| !Arc::ptr_eq(w, &wr));
+            }
+        }
+        b'S' => {
+            let Ok(size) = s.read_u32_le().await else {
+                return;
+            };
+            let mut msg = vec![0u8; (size as usize).max(HEADER)];
+            while s.read_exact(&mut msg).await.is_ok() {
+                let group = u32::from_le_bytes(msg[..4].try_into().expect("4 bytes"));
+                if let Some(receivers) = lock(&groups).get(&group) {
+                    for w in receivers {
+                        // Messages are small and spaced: a full socket buffer means a stuck
+                        // receiver, which then sees a gap and reports it.
+                        let _ = w.try_write(&msg);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn lock(g: &Groups) -> std::sync::MutexGuard<'_, HashMap<u32, Vec<Arc<OwnedWriteHalf>>>> {
+    g.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills the child when the scenario ends, however it ends.
+struct EchoChild(Child);
+
+impl Drop for EchoChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_echo() -> Result<(EchoChild, u16), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut child = Command::new(exe)
+        .arg("echo-server")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the echo process: {e}"))?;
+    let stdout = child.stdout.take().ok_or("echo process has no stdout")?;
+    let child = EchoChild(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| format!("echo process: {e}"))?;
+    let port = line
+        .trim()
+        .strip_prefix("port ")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("echo process said {line:?}, not its port"))?;
+    Ok((child, port))
+}
+
+async fn connect(port: u16, hello: &[u8]) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot connect to the echo process: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.write_all(hello).await.map_err(|e| format!("echo: {e}"))?;
+    Ok(s)
+}
+
+struct Sender {
+    port: u16,
+    /// Groups this sender owns, in turn (empty: echo mode).
+    groups: Vec<u32>,
+    period: Duration,
+    first: Instant,
+    deadline: Instant,
+    payload: usize,
+}
+
+impl Sender {
+    /// Sends until the deadline; returns the round trips' latency (echo mode) and how many
+    /// messages went to each owned group.
+    async fn run(self, sent: Arc<AtomicU64>) -> Result<(Latency, Vec<(u32, u64)>), String> {
+        let echo = self.groups.is_empty();
+        let size = self.payload.max(HEADER);
+        let mut hello = vec![if echo { b'E' } else { b'S' }];
+        hello.extend_from_slice(&(size as u32).to_le_bytes());
+        let mut s = connect(self.port, if echo { &hello[..1] } else { &hello }).await?;
+        let mut msg = vec![b'x'; size];
+        let mut back = vec![0u8; size];
+        let mut latency = Latency::new();
+        let mut counts = vec![0u64; self.groups.len()];
+        let mut n: u32 = 0;
+        loop {
+            let at = self.first + self.period * n;
+            if at >= self.deadline {
+                return Ok((latency, self.groups.into_iter().zip(counts).collect()));
+            }
+            tokio::time::sleep_until(at).await;
+            let j = n as usize % self.groups.len().max(1);
+            let group = self.groups.get(j).copied().unwrap_or(0);
+            msg[..4].copy_from_slice(&group.to_le_bytes());
+            msg[4..HEADER].copy_from_slice(&now_us().to_le_bytes());
+            let t0 = Instant::now();
+            s.write_all(&msg).await.map_err(|e| format!("echo: {e}"))?;
+            sent.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = counts.get_mut(j) {
+                *c += 1;
+            }
+            if echo {
+                s.read_exact(&mut back)
+                    .await
+                    .map_err(|e| format!("echo: {e}"))?;
+                latency.record_us(t0.elapsed().as_micros() as u64);
+            }
+            n = n.wrapping_add(1);
+        }
+    }
+}
+
+/// Connects a receiver of `group`; returns once the relay has registered it.
+async fn join(port: u16, group: u32) -> Result<TcpStream, String> {
+    let mut hello = vec![b'R'];
+    hello.extend_from_slice(&group.to_le_bytes());
+    let mut s = connect(port, &hello).await?;
+    match s.read_u8().await {
+        Ok(b'k') => Ok(s),
+        _ => Err("echo process did not register a receiver".into()),
+    }
+}
+
+pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
+    let mut r = Report::new("floor");
+    let groups = a.groups.max(1);
+    // Every sender owns at least one group (one without would be taken for an echo sender).
+    let senders = if a.receivers > 0 {
+        a.connections.clamp(1, groups)
+    } else {
+        a.connections.max(1)
+    };
+    let size = a.payload.max(HEADER);
+    r.param("connections", senders);
+    r.param("receivers", a.receivers);
+    if a.receivers > 0 {
+        r.param("groups", groups);
+    }
+    r.param("rate_per_s", a.rate);
+    r.param("payload_bytes", size as u64);
+    r.param("duration_s", a.duration);
+    let (child, port) = match spawn_echo() {
+        Ok(c) => c,
+        Err(e) => {
+            r.failures.push(e);
+            return r;
+        }
+    };
+
+    // Receivers first, all registered before anything is sent.
+    let latency = Arc::new(Sharded::new(32));
+    let received = Arc::new(AtomicU64::new(0));
+    let cancel = CancellationToken::new();
+    let mut errors = Vec::new();
+    let mut receivers = Vec::new();
+    let mut per_group = vec![0u64; groups as usize];
+    for i in 0..a.receivers {
+        let g = (i % groups) as u32;
+        match join(port, g).await {
+            Ok(s) => {
+                per_group[g as usize] += 1;
+                let (latency, received, cancel) =
+                    (latency.clone(), received.clone(), cancel.clone());
+                receivers.push(tokio::spawn(receive(
+                    s, size, i as usize, latency, received, cancel,
+                )));
+            }
+            Err(e) => {
+                errors.push(e);
+                break;
+            }
+        }
+    }
+
+    let period = Duration::from_secs_f64(senders as f64 / a.rate.max(1.0));
+    let start = Instant::now() + Duration::from_millis(100);
+    let deadline = start + Duration::from_secs_f64(a.duration);
+    let relay_pid = child.0.id().to_string();
+    let relay_before = crate::procfs::sample(&relay_pid);
+    let sent = Arc::new(AtomicU64::new(0));
+    let (sent2, received2) = (sent.clone(), received.clone());
+    let t = ticker(Duration::from_secs_f64(a.duration), "send", move || {
+        format!(
+            "{} sent, {} received",
+            sent2.load(Ordering::Relaxed),
+            received2.load(Ordering::Relaxed)
+        )
+    });
+    // Evenly spaced messages, as `fanout` spaces its publishers.
+    let tasks: Vec<_> = (0..senders)
+        .map(|k| {
+            let owned = if a.receivers == 0 {
+                Vec::new()
+            } else {
+                (k..groups)
+                    .step_by(senders as usize)
+                    .map(|g| g as u32)
+                    .collect()
+            };
+            let sender = Sender {
+                port,
+                groups: owned,
+                period,
+                first: start + period * k as u32 / senders as u32,
+                deadline,
+                payload: size,
+            };
+            tokio::spawn(sender.run(sent.clone()))
+        })
+        .collect();
+    let mut echo_latency = Latency::new();
+    let mut expected = 0;
+    for (k, t) in tasks.into_iter().enumerate() {
+        match t.await {
+            Ok(Ok((l, counts))) => {
+                echo_latency.merge(&l);
+                expected += counts
+                    .iter()
+                    .map(|&(g, n)| n * per_group[g as usize])
+                    .sum::<u64>();
+            }
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("sender {k}: {e}")),
+        }
+    }
+    drop(t);
+    let messages = sent.load(Ordering::Relaxed);
+    if a.receivers > 0 {
+        let wait_until = Instant::now() + Duration::from_secs(5);
+        while received.load(Ordering::Relaxed) < expected && Instant::now() < wait_until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let relay_cpu = crate::procfs::sample(&relay_pid)
+        .zip(relay_before)
+        .map(|(after, before)| after.cpu_since(&before));
+    cancel.cancel();
+    let (rx_out, _) = collect(receivers, Duration::from_secs(5)).await;
+    errors.extend(rx_out.into_iter().filter_map(Result::err));
+
+    r.result("messages", messages);
+    r.result(
+        "messages_per_s",
+        round(messages as f64 / a.duration.max(1e-6), 1),
+    );
+    if a.receivers == 0 {
+        r.result("latency", echo_latency.summary().to_json());
+    } else {
+        let got = received.load(Ordering::Relaxed);
+        r.result("deliveries_expected", expected);
+        r.result("delivered", got);
+        r.result("latency", latency.merged().summary().to_json());
+        r.fail_if(expected.saturating_sub(got), "deliveries lost");
+    }
+    r.result("relay_cpu_s", super::opt(relay_cpu));
+    r.result(
+        "relay_cpu_us_per_message",
+        super::us_per(relay_cpu, messages),
+    );
+    r.fail_if(errors.len() as u64, "connections failed");
+    r.failures.extend(errors);
+    if messages == 0 {
+        r.failures.push("nothing sent".into());
+    }
+    r
+}
+
+/// A receiver: records each message's latency from the send time it carries.
+async fn receive(
+    mut s: TcpStream,
+    size: usize,
+    shard: usize,
+    latency: Arc<Sharded>,
+    received: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let mut msg = vec![0u8; size];
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            got = s.read_exact(&mut msg) => {
+                got.map_err(|e| format!("receiver: {e}"))?;
+                let sent = u64::from_le_bytes(msg[4..HEADER].try_into().expect("8 bytes"));
+                latency.record_us(shard, now_us().saturating_sub(sent));
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
