@@ -36,7 +36,8 @@ pub struct FloorArgs {
     /// Groups the receivers are spread over (as `fanout`'s channels).
     #[arg(long, default_value_t = 100)]
     pub groups: u64,
-    /// Messages per second over all senders.
+    /// Messages per second over all senders; 0 is flat out (with receivers: at most 4
+    /// deliveries per receiver in flight, as `fanout`'s window).
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
     /// Bytes per message (at least 12: group and send time).
@@ -173,11 +174,24 @@ async fn connect(port: u16, hello: &[u8]) -> Result<TcpStream, String> {
     Ok(s)
 }
 
+/// Counters shared by the senders and receivers.
+struct Flow {
+    sent: AtomicU64,
+    /// Deliveries due for what was sent.
+    expected: AtomicU64,
+    received: Arc<AtomicU64>,
+    /// Receivers registered in each group.
+    per_group: Vec<u64>,
+    /// Most deliveries in flight before senders wait (0: no limit).
+    window: u64,
+}
+
 struct Sender {
     port: u16,
     /// Groups this sender owns, in turn (empty: echo mode).
     groups: Vec<u32>,
-    period: Duration,
+    /// None: flat out.
+    period: Option<Duration>,
     first: Instant,
     deadline: Instant,
     payload: usize,
@@ -186,7 +200,7 @@ struct Sender {
 impl Sender {
     /// Sends until the deadline; returns the round trips' latency (echo mode) and how many
     /// messages went to each owned group.
-    async fn run(self, sent: Arc<AtomicU64>) -> Result<(Latency, Vec<(u32, u64)>), String> {
+    async fn run(self, flow: Arc<Flow>) -> Result<(Latency, Vec<(u32, u64)>), String> {
         let echo = self.groups.is_empty();
         let size = self.payload.max(HEADER);
         let mut hello = vec![if echo { b'E' } else { b'S' }];
@@ -198,18 +212,33 @@ impl Sender {
         let mut counts = vec![0u64; self.groups.len()];
         let mut n: u32 = 0;
         loop {
-            let at = self.first + self.period * n;
+            let at = match self.period {
+                Some(period) => self.first + period * n,
+                None => Instant::now(),
+            };
             if at >= self.deadline {
                 return Ok((latency, self.groups.into_iter().zip(counts).collect()));
             }
             tokio::time::sleep_until(at).await;
+            while flow.window > 0
+                && flow
+                    .expected
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(flow.received.load(Ordering::Relaxed))
+                    > flow.window
+                && Instant::now() < self.deadline
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let j = n as usize % self.groups.len().max(1);
             let group = self.groups.get(j).copied().unwrap_or(0);
             msg[..4].copy_from_slice(&group.to_le_bytes());
             msg[4..HEADER].copy_from_slice(&now_us().to_le_bytes());
             let t0 = Instant::now();
             s.write_all(&msg).await.map_err(|e| format!("echo: {e}"))?;
-            sent.fetch_add(1, Ordering::Relaxed);
+            flow.sent.fetch_add(1, Ordering::Relaxed);
+            flow.expected
+                .fetch_add(flow.per_group[group as usize], Ordering::Relaxed);
             if let Some(c) = counts.get_mut(j) {
                 *c += 1;
             }
@@ -250,7 +279,14 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
     if a.receivers > 0 {
         r.param("groups", groups);
     }
-    r.param("rate_per_s", a.rate);
+    r.param(
+        "rate_per_s",
+        if a.rate > 0.0 {
+            serde_json::json!(a.rate)
+        } else {
+            "flat out".into()
+        },
+    );
     r.param("payload_bytes", size as u64);
     r.param("duration_s", a.duration);
     let (child, port) = match spawn_echo() {
@@ -286,18 +322,25 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
         }
     }
 
-    let period = Duration::from_secs_f64(senders as f64 / a.rate.max(1.0));
+    let flat_out = a.rate <= 0.0;
+    let period = (!flat_out).then(|| Duration::from_secs_f64(senders as f64 / a.rate));
     let start = Instant::now() + Duration::from_millis(100);
     let deadline = start + Duration::from_secs_f64(a.duration);
     let relay_pid = child.0.id().to_string();
     let relay_before = crate::procfs::sample(&relay_pid);
-    let sent = Arc::new(AtomicU64::new(0));
-    let (sent2, received2) = (sent.clone(), received.clone());
+    let flow = Arc::new(Flow {
+        sent: AtomicU64::new(0),
+        expected: AtomicU64::new(0),
+        received: received.clone(),
+        per_group: per_group.clone(),
+        window: if flat_out { 4 * a.receivers } else { 0 },
+    });
+    let flow2 = flow.clone();
     let t = ticker(Duration::from_secs_f64(a.duration), "send", move || {
         format!(
             "{} sent, {} received",
-            sent2.load(Ordering::Relaxed),
-            received2.load(Ordering::Relaxed)
+            flow2.sent.load(Ordering::Relaxed),
+            flow2.received.load(Ordering::Relaxed)
         )
     });
     // Evenly spaced messages, as `fanout` spaces its publishers.
@@ -315,11 +358,11 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
                 port,
                 groups: owned,
                 period,
-                first: start + period * k as u32 / senders as u32,
+                first: start + period.unwrap_or_default() * k as u32 / senders as u32,
                 deadline,
                 payload: size,
             };
-            tokio::spawn(sender.run(sent.clone()))
+            tokio::spawn(sender.run(flow.clone()))
         })
         .collect();
     let mut echo_latency = Latency::new();
@@ -338,7 +381,7 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
         }
     }
     drop(t);
-    let messages = sent.load(Ordering::Relaxed);
+    let messages = flow.sent.load(Ordering::Relaxed);
     if a.receivers > 0 {
         let wait_until = Instant::now() + Duration::from_secs(5);
         while received.load(Ordering::Relaxed) < expected && Instant::now() < wait_until {
@@ -363,7 +406,12 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
         let got = received.load(Ordering::Relaxed);
         r.result("deliveries_expected", expected);
         r.result("delivered", got);
+        r.result(
+            "delivered_per_s",
+            round(got as f64 / a.duration.max(1e-6), 1),
+        );
         r.result("latency", latency.merged().summary().to_json());
+        r.result("relay_cpu_us_per_delivered", super::us_per(relay_cpu, got));
         r.fail_if(expected.saturating_sub(got), "deliveries lost");
     }
     r.result("relay_cpu_s", super::opt(relay_cpu));
