@@ -67,10 +67,11 @@ bench() { # name, args...
 
 declare -A runs=(
     [idle]="idle --connections 19000 --channels 1000 --duration 5"
-    # The machine's own floor under fanout-latency: the same rate and sizes through a bare relay
-    # process (no server, no protocol), echoed back and fanned out to 1,000 receivers.
+    # The machine's own floor under the fanout targets: the same rates and sizes through a bare
+    # relay process (no server, no protocol), echoed back and fanned out to 1,000 receivers.
     [floor]="floor --connections 4 --rate 1000 --payload 100 --duration 10"
     [floor-fanout]="floor --connections 4 --receivers 1000 --groups 100 --rate 1000 --payload 100 --duration 10"
+    [floor-throughput]="floor --connections 4 --receivers 1000 --groups 10 --rate 0 --payload 100 --duration 10"
     [fanout-latency]="fanout --subscribers 1000 --channels 100 --rate 1000 --payload 100 --duration 10"
     [fanout-throughput]="fanout --subscribers 1000 --channels 10 --rate 0 --payload 100 --duration 10"
     [fanout-10k-one-channel]="fanout --subscribers 10000 --channels 1 --rate 0 --payload 100 --duration 10"
@@ -80,7 +81,7 @@ declare -A runs=(
     [churn-10min]="churn --concurrency 50 --channels 10 --duration 600 --warmup 5 --max-cycles 20000000"
     [presence]="presence --channels 4 --watchers 2 --concurrency 40 --duration 10"
 )
-order=(idle floor floor-fanout fanout-latency fanout-throughput fanout-10k-one-channel trigger churn presence)
+order=(idle floor floor-fanout fanout-latency floor-throughput fanout-throughput fanout-10k-one-channel trigger churn presence)
 [[ $# -gt 0 ]] && order=("$@")
 
 for name in "${order[@]}"; do
