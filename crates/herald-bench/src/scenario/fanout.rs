@@ -202,6 +202,25 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     let deadline = publish_start + Duration::from_secs_f64(a.duration);
     let before = ctx.probe.point();
     let subs_on = Arc::new(subs_on);
+    // At a rate, the publishers run on a thread of their own: their timers and HTTP responses
+    // then wake no subscriber thread (the bench's own hand-offs stay out of the latency), as a
+    // publishing backend is its own process. Flat out they share the workers, for throughput.
+    let own_thread = if flat_out {
+        None
+    } else {
+        match super::OwnThread::start("publishers") {
+            Ok(t) => Some(t),
+            Err(e) => {
+                r.failures
+                    .push(format!("cannot start the publishers' thread: {e}"));
+                return r;
+            }
+        }
+    };
+    let spawner = own_thread
+        .as_ref()
+        .map(|t| t.handle().clone())
+        .unwrap_or_else(tokio::runtime::Handle::current);
     let mut pub_tasks = Vec::new();
     for k in 0..pubs {
         let owned: Vec<usize> = (k..channels).step_by(pubs).collect();
@@ -209,7 +228,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
             (ctx.clone(), flow.clone(), names.clone(), subs_on.clone());
         let period = (!flat_out).then(|| Duration::from_secs_f64(pubs as f64 / a.rate));
         let (payload, max_events) = (a.payload, a.max_events);
-        pub_tasks.push(tokio::spawn(async move {
+        pub_tasks.push(spawner.spawn(async move {
             let mut p = Publisher::new(ctx2.target.clone());
             let mut seqs = vec![0u64; owned.len()];
             let (mut failed, mut latency) = (0, Latency::new());
@@ -276,6 +295,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
         )
     });
     let (pub_out, _) = collect(pub_tasks, Duration::from_secs_f64(a.duration + 30.0)).await;
+    drop(own_thread);
     drop(t);
     let publish_elapsed = publish_start.elapsed();
 

@@ -343,7 +343,23 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
             flow2.received.load(Ordering::Relaxed)
         )
     });
-    // Evenly spaced messages, as `fanout` spaces its publishers.
+    // As `fanout`'s publishers: at a rate, on a thread of their own, evenly spaced.
+    let own_thread = if flat_out {
+        None
+    } else {
+        match super::OwnThread::start("senders") {
+            Ok(t) => Some(t),
+            Err(e) => {
+                r.failures
+                    .push(format!("cannot start the senders' thread: {e}"));
+                return r;
+            }
+        }
+    };
+    let spawner = own_thread
+        .as_ref()
+        .map(|t| t.handle().clone())
+        .unwrap_or_else(tokio::runtime::Handle::current);
     let tasks: Vec<_> = (0..senders)
         .map(|k| {
             let owned = if a.receivers == 0 {
@@ -362,7 +378,7 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
                 deadline,
                 payload: size,
             };
-            tokio::spawn(sender.run(flow.clone()))
+            spawner.spawn(sender.run(flow.clone()))
         })
         .collect();
     let mut echo_latency = Latency::new();
@@ -380,6 +396,7 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
             Err(e) => errors.push(format!("sender {k}: {e}")),
         }
     }
+    drop(own_thread);
     drop(t);
     let messages = flow.sent.load(Ordering::Relaxed);
     if a.receivers > 0 {
