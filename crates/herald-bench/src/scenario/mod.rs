@@ -273,29 +273,6 @@ pub fn client_cpu_s(later: &Point, earlier: &Point) -> Option<f64> {
         .map(|s| crate::report::round(s, 2))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_data_round_trips_and_pads() {
-        let d = event_data(42, 1_700_000_000_123_456, 100);
-        assert_eq!(d.len(), 100);
-        assert!(d.starts_with("42:1700000000123456:x"));
-        assert_eq!(parse_event_data(&d), Some((42, 1_700_000_000_123_456)));
-        assert_eq!(event_data(1, 2, 0), "1:2:");
-        assert_eq!(parse_event_data("1:2:"), Some((1, 2)));
-        assert_eq!(parse_event_data("hello"), None);
-    }
-
-    #[test]
-    fn us_per_unit() {
-        assert_eq!(us_per(Some(2.0), 1_000_000), serde_json::json!(2.0));
-        assert_eq!(us_per(Some(2.0), 0), Value::Null);
-        assert_eq!(us_per(None, 5), Value::Null);
-    }
-}
-
 /// A current-thread runtime on an OS thread of its own, for tasks that must not share the
 /// scenario's worker threads (`fanout`'s publishers at a rate, as a publishing backend would be a
 /// process of its own). Tasks are spawned through `handle`; dropping this stops the thread.
@@ -337,5 +314,28 @@ impl Drop for OwnThread {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_data_round_trips_and_pads() {
+        let d = event_data(42, 1_700_000_000_123_456, 100);
+        assert_eq!(d.len(), 100);
+        assert!(d.starts_with("42:1700000000123456:x"));
+        assert_eq!(parse_event_data(&d), Some((42, 1_700_000_000_123_456)));
+        assert_eq!(event_data(1, 2, 0), "1:2:");
+        assert_eq!(parse_event_data("1:2:"), Some((1, 2)));
+        assert_eq!(parse_event_data("hello"), None);
+    }
+
+    #[test]
+    fn us_per_unit() {
+        assert_eq!(us_per(Some(2.0), 1_000_000), serde_json::json!(2.0));
+        assert_eq!(us_per(Some(2.0), 0), Value::Null);
+        assert_eq!(us_per(None, 5), Value::Null);
     }
 }
