@@ -94,14 +94,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     };
     r.param("subscribers", a.subscribers);
     r.param("channels", channels as u64);
-    r.param(
-        "rate_per_s",
-        if flat_out {
-            "flat out".into()
-        } else {
-            serde_json::json!(a.rate)
-        },
-    );
+    r.param("rate_per_s", super::rate_param(a.rate));
     r.param("payload_bytes", a.payload as u64);
     r.param("publishers", a.publishers);
     r.param("duration_s", a.duration);
@@ -202,25 +195,13 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     let deadline = publish_start + Duration::from_secs_f64(a.duration);
     let before = ctx.probe.point();
     let subs_on = Arc::new(subs_on);
-    // At a rate, the publishers run on a thread of their own: their timers and HTTP responses
-    // then wake no subscriber thread (the bench's own hand-offs stay out of the latency), as a
-    // publishing backend is its own process. Flat out they share the workers, for throughput.
-    let own_thread = if flat_out {
-        None
-    } else {
-        match super::OwnThread::start("publishers") {
-            Ok(t) => Some(t),
-            Err(e) => {
-                r.failures
-                    .push(format!("cannot start the publishers' thread: {e}"));
-                return r;
-            }
+    let (own_thread, spawner) = match super::OwnThread::for_senders(!flat_out, "publishers") {
+        Ok(t) => t,
+        Err(e) => {
+            r.failures.push(e);
+            return r;
         }
     };
-    let spawner = own_thread
-        .as_ref()
-        .map(|t| t.handle().clone())
-        .unwrap_or_else(tokio::runtime::Handle::current);
     let mut pub_tasks = Vec::new();
     for k in 0..pubs {
         let owned: Vec<usize> = (k..channels).step_by(pubs).collect();

@@ -279,14 +279,7 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
     if a.receivers > 0 {
         r.param("groups", groups);
     }
-    r.param(
-        "rate_per_s",
-        if a.rate > 0.0 {
-            serde_json::json!(a.rate)
-        } else {
-            "flat out".into()
-        },
-    );
+    r.param("rate_per_s", super::rate_param(a.rate));
     r.param("payload_bytes", size as u64);
     r.param("duration_s", a.duration);
     let (child, port) = match spawn_echo() {
@@ -343,23 +336,14 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
             flow2.received.load(Ordering::Relaxed)
         )
     });
-    // As `fanout`'s publishers: at a rate, on a thread of their own, evenly spaced.
-    let own_thread = if flat_out {
-        None
-    } else {
-        match super::OwnThread::start("senders") {
-            Ok(t) => Some(t),
-            Err(e) => {
-                r.failures
-                    .push(format!("cannot start the senders' thread: {e}"));
-                return r;
-            }
+    // As `fanout`'s publishers: at a rate on a thread of their own, evenly spaced.
+    let (own_thread, spawner) = match super::OwnThread::for_senders(!flat_out, "senders") {
+        Ok(t) => t,
+        Err(e) => {
+            r.failures.push(e);
+            return r;
         }
     };
-    let spawner = own_thread
-        .as_ref()
-        .map(|t| t.handle().clone())
-        .unwrap_or_else(tokio::runtime::Handle::current);
     let tasks: Vec<_> = (0..senders)
         .map(|k| {
             let owned = if a.receivers == 0 {

@@ -306,6 +306,31 @@ impl OwnThread {
     pub fn handle(&self) -> &tokio::runtime::Handle {
         &self.handle
     }
+
+    /// Where a scenario's senders run: at a rate (`paced`), on a thread of their own, so that
+    /// their timers and responses wake none of the receivers' threads, as a publishing backend is
+    /// its own process; flat out, on the shared workers, for throughput. Keep the `OwnThread`
+    /// until the senders are done.
+    pub fn for_senders(
+        paced: bool,
+        name: &str,
+    ) -> Result<(Option<Self>, tokio::runtime::Handle), String> {
+        if !paced {
+            return Ok((None, tokio::runtime::Handle::current()));
+        }
+        let t = Self::start(name).map_err(|e| format!("cannot start the {name}' thread: {e}"))?;
+        let handle = t.handle().clone();
+        Ok((Some(t), handle))
+    }
+}
+
+/// A rate parameter as reported: the number, or "flat out" for 0.
+pub fn rate_param(rate: f64) -> Value {
+    if rate > 0.0 {
+        serde_json::json!(rate)
+    } else {
+        "flat out".into()
+    }
 }
 
 impl Drop for OwnThread {

@@ -37,14 +37,7 @@ pub async fn run(ctx: &Ctx, a: &TriggerArgs) -> Report {
     r.param("publishers", pubs);
     r.param("channels", channels);
     r.param("payload_bytes", a.payload as u64);
-    r.param(
-        "rate_per_s",
-        if a.rate > 0.0 {
-            serde_json::json!(a.rate)
-        } else {
-            "flat out".into()
-        },
-    );
+    r.param("rate_per_s", super::rate_param(a.rate));
     r.param("duration_s", a.duration);
 
     let names: Arc<Vec<String>> = Arc::new(
