@@ -118,9 +118,9 @@ async fn relay(mut s: TcpStream, groups: Arc<Groups>) {
                 let group = u32::from_le_bytes(msg[..4].try_into().expect("4 bytes"));
                 if let Some(receivers) = lock(&groups).get(&group) {
                     for w in receivers {
-                        // At most a window of small messages is in flight per receiver, so a
-                        // socket buffer never fills; if one did, the receiver would come up
-                        // short and the run would report the deliveries as lost.
+                        // Few small messages are in flight per receiver (a rate, or the window
+                        // flat out), so a socket buffer never fills; if one did, the receiver
+                        // would come up short and the run would report deliveries lost.
                         let _ = w.try_write(&msg);
                     }
                 }
