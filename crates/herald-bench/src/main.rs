@@ -76,8 +76,8 @@ enum Scenario {
     Churn(scenario::churn::ChurnArgs),
     /// Join/leave storms on presence channels.
     Presence(scenario::presence::PresenceArgs),
-    /// This machine's TCP round-trip latency through a plain echo process (no server): the floor
-    /// under any latency `fanout` can measure here.
+    /// No server: a bare relay process at `fanout`'s rates and sizes (echo, fan-out or flat out),
+    /// the machine's own floor under what `fanout` can measure here.
     Floor(scenario::floor::FloorArgs),
     /// The echo process of `floor` (started by it).
     #[command(hide = true)]

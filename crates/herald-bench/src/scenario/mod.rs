@@ -273,6 +273,15 @@ pub fn client_cpu_s(later: &Point, earlier: &Point) -> Option<f64> {
         .map(|s| crate::report::round(s, 2))
 }
 
+/// A rate parameter as reported: the number, or "flat out" for 0.
+pub fn rate_param(rate: f64) -> Value {
+    if rate > 0.0 {
+        serde_json::json!(rate)
+    } else {
+        "flat out".into()
+    }
+}
+
 /// A current-thread runtime on an OS thread of its own, for tasks that must not share the
 /// scenario's worker threads (`fanout`'s publishers at a rate, as a publishing backend would be a
 /// process of its own). Tasks are spawned through `handle`; dropping this stops the thread.
@@ -321,15 +330,6 @@ impl OwnThread {
         let t = Self::start(name).map_err(|e| format!("cannot start the {name}' thread: {e}"))?;
         let handle = t.handle().clone();
         Ok((Some(t), handle))
-    }
-}
-
-/// A rate parameter as reported: the number, or "flat out" for 0.
-pub fn rate_param(rate: f64) -> Value {
-    if rate > 0.0 {
-        serde_json::json!(rate)
-    } else {
-        "flat out".into()
     }
 }
 
