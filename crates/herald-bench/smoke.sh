@@ -63,8 +63,22 @@ run() {
 
 run floor floor --duration 1
 run floor-fanout floor --receivers 20 --groups 5 --rate 200 --duration 1
+# Runs at a rate split each latency: first and last delivery of each event, and arrival in the
+# receiving socket (kernel timestamps).
+measured() { # name, field...
+    local name="$1" f
+    shift
+    for f in "$@"; do
+        if ! python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"]; sys.exit(0 if r[sys.argv[2]]["count"] > 0 else 1)' "$work/$name.json" "$f" 2>/dev/null; then
+            echo "smoke: $name has no $f" >&2
+            failed=1
+        fi
+    done
+}
+measured floor-fanout latency_first_receiver latency_last_receiver delivery_spread latency_at_socket
 run idle idle --connections 50 --channels 5 --duration 1 --settle 0.5
 run fanout-rate fanout --subscribers 50 --channels 5 --rate 200 --duration 2 --drain 3
+measured fanout-rate latency_first_subscriber latency_last_subscriber delivery_spread latency_at_socket
 run fanout-flat fanout --subscribers 50 --channels 5 --rate 0 --duration 2 --drain 3
 run trigger trigger --publishers 4 --channels 5 --duration 2
 run churn churn --concurrency 10 --channels 5 --private --duration 2 --warmup 0.5 --settle 0.5

@@ -1,6 +1,7 @@
 //! herald-bench: a load generator for Pusher-compatible servers (Herald or any other), talking to
 //! the server only as an outside client: WebSocket subscribers and the signed HTTP API.
 
+mod arrival;
 mod http;
 mod net;
 mod procfs;

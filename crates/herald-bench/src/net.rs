@@ -1,5 +1,6 @@
 //! The server as seen from outside: a Pusher WebSocket client and the errors a run can meet.
 
+use crate::arrival::Stamped;
 use crate::sign;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -191,7 +192,7 @@ impl<'a> Frame<'a> {
 
 /// A Pusher protocol 7 client connection.
 pub struct Client {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Stamped>,
     pub socket_id: String,
 }
 
@@ -205,7 +206,7 @@ fn ws_config() -> WebSocketConfig {
 impl Client {
     /// Connects and waits for `pusher:connection_established`.
     pub async fn connect(target: &Target) -> Result<Client, BenchError> {
-        let stream = target.ws_tcp().await?;
+        let stream = Stamped::new(target.ws_tcp().await?);
         let (ws, _) = tokio_tungstenite::client_async_with_config(
             target.ws_url.as_str(),
             stream,
@@ -239,6 +240,20 @@ impl Client {
             .await??;
         client.socket_id = established;
         Ok(client)
+    }
+
+    /// From now on, note when each read's bytes reached the socket ([`Client::last_arrival_us`]).
+    pub fn stamp_arrivals(&mut self) -> Result<(), BenchError> {
+        self.ws
+            .get_mut()
+            .stamp_arrivals()
+            .map_err(|e| BenchError::new("so_timestamp", e))
+    }
+
+    /// When the bytes of the frame just returned by [`Client::next`] reached the socket (µs
+    /// since the epoch), once [`Client::stamp_arrivals`] was called.
+    pub fn last_arrival_us(&self) -> Option<u64> {
+        self.ws.get_ref().last_arrival_us()
     }
 
     pub async fn send_text(&mut self, text: String) -> Result<(), BenchError> {

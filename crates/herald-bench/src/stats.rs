@@ -101,6 +101,46 @@ impl Sharded {
     }
 }
 
+/// Each event's earliest and latest delivery over all its subscribers, by channel and sequence
+/// number. Splits an end-to-end latency into the path to the first subscriber (the server's
+/// handling of one publish) and the spread to the last (the fan-out itself).
+#[derive(Debug)]
+pub struct PerEvent(Vec<Mutex<Vec<(u32, u32)>>>);
+
+impl PerEvent {
+    pub fn new(channels: usize) -> Self {
+        Self((0..channels).map(|_| Mutex::new(Vec::new())).collect())
+    }
+
+    pub fn record_us(&self, channel: usize, seq: u64, us: u64) {
+        let Some(slot) = self.0.get(channel) else {
+            return;
+        };
+        let (seq, us) = (seq as usize, us.min(u64::from(u32::MAX - 1)) as u32);
+        let mut v = slot.lock().expect("not poisoned");
+        if seq >= v.len() {
+            v.resize(seq + 1, (u32::MAX, 0));
+        }
+        let e = &mut v[seq];
+        *e = (e.0.min(us), e.1.max(us));
+    }
+
+    /// Distributions of (first delivery, last delivery, last minus first) over events seen.
+    pub fn summaries(&self) -> (Latency, Latency, Latency) {
+        let (mut first, mut last, mut spread) = (Latency::new(), Latency::new(), Latency::new());
+        for slot in &self.0 {
+            for &(lo, hi) in slot.lock().expect("not poisoned").iter() {
+                if lo <= hi {
+                    first.record_us(lo.into());
+                    last.record_us(hi.into());
+                    spread.record_us((hi - lo).into());
+                }
+            }
+        }
+        (first, last, spread)
+    }
+}
+
 /// What one subscriber saw of one channel's sequence numbers (0, 1, 2, ...).
 #[derive(Debug, Clone, Default)]
 pub struct SeqTracker {
@@ -220,6 +260,26 @@ mod tests {
         let m = s.merged().summary();
         assert_eq!(m.count, 100);
         assert!((m.p50_ms - 1.0).abs() < 0.001);
+    }
+
+    #[test]
+    fn per_event_first_last_and_spread() {
+        let p = PerEvent::new(2);
+        // Channel 0, event 0: delivered at 100, 300 and 200 µs; event 1 never; event 2 at 50.
+        for us in [100, 300, 200] {
+            p.record_us(0, 0, us);
+        }
+        p.record_us(0, 2, 50);
+        p.record_us(5, 0, 1); // no such channel: ignored
+        let (first, last, spread) = p.summaries();
+        let (f, l, s) = (first.summary(), last.summary(), spread.summary());
+        assert_eq!((f.count, l.count, s.count), (2, 2, 2));
+        assert!(
+            (f.max_ms - 0.1).abs() < 1e-9 && (l.max_ms - 0.3).abs() < 1e-9,
+            "{f:?} {l:?}"
+        );
+        // Spreads 200 and 0, the latter clamped to the histogram's 1 µs floor.
+        assert!((s.max_ms - 0.2).abs() < 1e-9 && s.p50_ms <= 0.001, "{s:?}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `fanout`: N subscribers over C channels; events published through the HTTP API at a rate or
 //! flat out. Measures delivery (loss, duplicates, order), end-to-end latency and server CPU per
-//! delivered message.
+//! delivered message. At a rate the latency is also taken apart: each event's first and last
+//! subscriber, and each delivery's arrival in the subscriber's socket (the server's part, without
+//! this process's own wake-up and parsing on the cores it shares with the server).
 
 use super::{
     client_cpu_s, collect, cpu_s, event_data, gate, now_us, opt, parse_event_data, ticker, us_per,
@@ -8,7 +10,7 @@ use super::{
 };
 use crate::http::Publisher;
 use crate::report::{round, Report};
-use crate::stats::{Delivery, Latency, SeqTracker, Sharded};
+use crate::stats::{Delivery, Latency, PerEvent, SeqTracker, Sharded};
 use clap::Args;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -108,6 +110,10 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     let joined: Arc<Vec<AtomicU64>> = Arc::new((0..channels).map(|_| AtomicU64::new(0)).collect());
     let flow = Arc::new(Flow::default());
     let latency = Arc::new(Sharded::new(32));
+    // At a rate, also each delivery's arrival in the subscriber's socket: the server's share.
+    let at_socket = (!flat_out).then(|| Arc::new(Sharded::new(32)));
+    // At a rate, each event's first and last delivery (flat out it would only add contention).
+    let per_event = (!flat_out).then(|| Arc::new(PerEvent::new(channels)));
     let cancel = CancellationToken::new();
 
     // Subscribers.
@@ -116,7 +122,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     let mut sub_tasks = Vec::with_capacity(a.subscribers as usize);
     for i in 0..a.subscribers as usize {
         let ch = i % channels;
-        let (ctx2, g, cancel, flow, latency, names, joined) = (
+        let (ctx2, g, cancel, flow, latency, names, joined, per_event, at_socket) = (
             ctx.clone(),
             g.clone(),
             cancel.clone(),
@@ -124,17 +130,28 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
             latency.clone(),
             names.clone(),
             joined.clone(),
+            per_event.clone(),
+            at_socket.clone(),
         );
         sub_tasks.push(tokio::spawn(async move {
             let name = names[ch].as_str();
             let (mut c, _) = g.join(&ctx2, name, None).await.ok()?;
+            if at_socket.is_some() {
+                if let Err(e) = c.stamp_arrivals() {
+                    ctx2.errors.add(&e);
+                }
+            }
             joined[ch].fetch_add(1, Ordering::Relaxed);
             let mut tracker = SeqTracker::default();
             let mut dropped = false;
+            // Registered once: a fresh wait per message would lock the token's waiter list,
+            // shared by every subscriber, twice per delivery.
+            let cancelled = cancel.cancelled();
+            tokio::pin!(cancelled);
             loop {
                 tokio::select! {
                     biased;
-                    _ = cancel.cancelled() => break,
+                    _ = &mut cancelled => break,
                     got = c.next(|f| {
                         if f.event != EVENT || f.channel.as_deref() != Some(name) {
                             return None;
@@ -143,7 +160,14 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
                         Some(parsed.map(|(seq, sent)| (seq, sent, now_us())))
                     }) => match got {
                         Ok(Some(Some((seq, sent, at)))) => {
-                            latency.record_us(i, at.saturating_sub(sent));
+                            let us = at.saturating_sub(sent);
+                            latency.record_us(i, us);
+                            if let Some(p) = &per_event {
+                                p.record_us(ch, seq, us);
+                            }
+                            if let (Some(h), Some(arrived)) = (&at_socket, c.last_arrival_us()) {
+                                h.record_us(i, arrived.saturating_sub(sent));
+                            }
                             tracker.record(seq);
                             flow.received.fetch_add(1, Ordering::Relaxed);
                             flow.last_receive_us.fetch_max(at, Ordering::Relaxed);
@@ -340,6 +364,15 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     r.result("subscribers_dropped", dropped);
     r.result("drain_complete", complete);
     r.result("latency", latency.merged().summary().to_json());
+    if let Some(p) = &per_event {
+        let (first, last, spread) = p.summaries();
+        r.result("latency_first_subscriber", first.summary().to_json());
+        r.result("latency_last_subscriber", last.summary().to_json());
+        r.result("delivery_spread", spread.summary().to_json());
+    }
+    if let Some(h) = &at_socket {
+        r.result("latency_at_socket", h.merged().summary().to_json());
+    }
     r.result("http_latency", http_latency.summary().to_json());
     r.result("server_cpu_s", opt(server_cpu));
     r.result(

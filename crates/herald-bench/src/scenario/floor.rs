@@ -8,8 +8,9 @@
 //! a run next to `fanout` tells the server's share of a latency from the machine's.
 
 use super::{collect, now_us, ticker, Ctx};
+use crate::arrival::Stamped;
 use crate::report::{round, Report};
-use crate::stats::{Latency, Sharded};
+use crate::stats::{Latency, PerEvent, Sharded};
 use clap::Args;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -40,15 +41,16 @@ pub struct FloorArgs {
     /// deliveries per receiver in flight, as `fanout`'s window).
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
-    /// Bytes per message (at least 12: group and send time).
+    /// Bytes per message (at least 16: group, send time and sequence number).
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
 }
 
-/// Message header: group (u32 LE), send time in µs since the epoch (u64 LE).
-const HEADER: usize = 12;
+/// Message header: group (u32 LE), send time in µs since the epoch (u64 LE), the message's
+/// sequence number in its group (u32 LE).
+const HEADER: usize = 16;
 
 /// Receivers of each group, written to directly by the sender's task.
 type Groups = Mutex<HashMap<u32, Vec<Arc<OwnedWriteHalf>>>>;
@@ -234,7 +236,9 @@ impl Sender {
             let j = n as usize % self.groups.len().max(1);
             let group = self.groups.get(j).copied().unwrap_or(0);
             msg[..4].copy_from_slice(&group.to_le_bytes());
-            msg[4..HEADER].copy_from_slice(&now_us().to_le_bytes());
+            msg[4..12].copy_from_slice(&now_us().to_le_bytes());
+            let seq = counts.get(j).copied().unwrap_or(0) as u32;
+            msg[12..HEADER].copy_from_slice(&seq.to_le_bytes());
             let t0 = Instant::now();
             s.write_all(&msg).await.map_err(|e| format!("echo: {e}"))?;
             flow.sent.fetch_add(1, Ordering::Relaxed);
@@ -293,6 +297,8 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
 
     // Receivers first, all registered before anything is sent.
     let latency = Arc::new(Sharded::new(32));
+    let per_event = (a.rate > 0.0).then(|| Arc::new(PerEvent::new(groups as usize)));
+    let at_socket = (a.rate > 0.0).then(|| Arc::new(Sharded::new(32)));
     let received = Arc::new(AtomicU64::new(0));
     let cancel = CancellationToken::new();
     let mut errors = Vec::new();
@@ -303,11 +309,15 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
         match join(port, g).await {
             Ok(s) => {
                 per_group[g as usize] += 1;
-                let (latency, received, cancel) =
-                    (latency.clone(), received.clone(), cancel.clone());
-                receivers.push(tokio::spawn(receive(
-                    s, size, i as usize, latency, received, cancel,
-                )));
+                let rx = Receiver {
+                    size,
+                    shard: i as usize,
+                    latency: latency.clone(),
+                    per_event: per_event.clone(),
+                    at_socket: at_socket.clone(),
+                    received: received.clone(),
+                };
+                receivers.push(tokio::spawn(rx.run(s, cancel.clone())));
             }
             Err(e) => {
                 errors.push(e);
@@ -413,6 +423,15 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
             round(got as f64 / a.duration.max(1e-6), 1),
         );
         r.result("latency", latency.merged().summary().to_json());
+        if let Some(p) = &per_event {
+            let (first, last, spread) = p.summaries();
+            r.result("latency_first_receiver", first.summary().to_json());
+            r.result("latency_last_receiver", last.summary().to_json());
+            r.result("delivery_spread", spread.summary().to_json());
+        }
+        if let Some(h) = &at_socket {
+            r.result("latency_at_socket", h.merged().summary().to_json());
+        }
         r.result("relay_cpu_us_per_delivered", super::us_per(relay_cpu, got));
         r.fail_if(expected.saturating_sub(got), "deliveries lost");
     }
@@ -430,24 +449,47 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
 }
 
 /// A receiver: records each message's latency from the send time it carries.
-async fn receive(
-    mut s: TcpStream,
+struct Receiver {
     size: usize,
     shard: usize,
     latency: Arc<Sharded>,
+    /// At a rate: each message's first and last delivery.
+    per_event: Option<Arc<PerEvent>>,
+    /// At a rate: each message's arrival in the receiver's socket.
+    at_socket: Option<Arc<Sharded>>,
     received: Arc<AtomicU64>,
-    cancel: CancellationToken,
-) -> Result<(), String> {
-    let mut msg = vec![0u8; size];
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Ok(()),
-            got = s.read_exact(&mut msg) => {
-                got.map_err(|e| format!("receiver: {e}"))?;
-                let sent = u64::from_le_bytes(msg[4..HEADER].try_into().expect("8 bytes"));
-                latency.record_us(shard, now_us().saturating_sub(sent));
-                received.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Receiver {
+    async fn run(self, s: TcpStream, cancel: CancellationToken) -> Result<(), String> {
+        let mut s = Stamped::new(s);
+        if self.at_socket.is_some() {
+            s.stamp_arrivals().map_err(|e| format!("receiver: {e}"))?;
+        }
+        let mut msg = vec![0u8; self.size];
+        // Registered once, as in `fanout`.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => return Ok(()),
+                got = s.read_exact(&mut msg) => {
+                    got.map_err(|e| format!("receiver: {e}"))?;
+                    let field = |r: std::ops::Range<usize>| {
+                        msg[r].iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b))
+                    };
+                    let (group, sent, seq) = (field(0..4), field(4..12), field(12..HEADER));
+                    let us = now_us().saturating_sub(sent);
+                    self.latency.record_us(self.shard, us);
+                    if let Some(p) = &self.per_event {
+                        p.record_us(group as usize, seq, us);
+                    }
+                    if let (Some(h), Some(at)) = (&self.at_socket, s.last_arrival_us()) {
+                        h.record_us(self.shard, at.saturating_sub(sent));
+                    }
+                    self.received.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }

@@ -168,10 +168,13 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
                 watchers_on[c].fetch_add(1, Ordering::Relaxed);
                 let mut tracker = MemberTracker::default();
                 let mut dropped = false;
+                // Registered once, as in `fanout`.
+                let cancelled = cancel.cancelled();
+                tokio::pin!(cancelled);
                 loop {
                     tokio::select! {
                         biased;
-                        _ = cancel.cancelled() => break,
+                        _ = &mut cancelled => break,
                         got = client.next(|f| {
                             let added = match f.event.as_ref() {
                                 "pusher_internal:member_added" => true,
