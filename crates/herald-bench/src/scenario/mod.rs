@@ -292,19 +292,37 @@ pub struct OwnThread {
 }
 
 impl OwnThread {
-    pub fn start(name: &str) -> std::io::Result<Self> {
+    /// Starts the thread; with `lowest_priority`, at the lowest priority of its scheduling policy
+    /// (nice 19), which any process may choose for itself.
+    pub fn start(name: &str, lowest_priority: bool) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (started, outcome) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                rt.block_on(async {
-                    let _ = stopped.await;
-                });
+                let lowered = if lowest_priority {
+                    thread_priority::set_current_thread_priority(
+                        thread_priority::ThreadPriority::Min,
+                    )
+                    .map_err(|e| std::io::Error::other(format!("cannot lower its priority: {e}")))
+                } else {
+                    Ok(())
+                };
+                let failed = lowered.is_err();
+                let _ = started.send(lowered);
+                if !failed {
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                }
             })?;
+        outcome
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the thread did not start")))?;
         Ok(Self {
             handle,
             stop: Some(stop),
@@ -316,10 +334,14 @@ impl OwnThread {
         &self.handle
     }
 
-    /// Where a scenario's senders run: at a rate (`paced`), on a thread of their own, so that
-    /// their timers and responses wake none of the receivers' threads, as a publishing backend is
-    /// its own process; flat out, on the shared workers, for throughput. Keep the `OwnThread`
-    /// until the senders are done.
+    /// Where a scenario's senders run. At a rate (`paced`): on a thread of their own, so that
+    /// their timers and responses wake none of the receivers' threads, and at the lowest priority,
+    /// so that whenever the server or a receiver is ready to run, it runs first: in production
+    /// the publishing backend is another process, usually on another host, and takes none of the
+    /// server's or the subscribers' CPU. A sender takes each send time before it builds and signs
+    /// its request, so a wait this priority costs it between the two counts against the measured
+    /// latency, never in its favour. Flat out: on the shared workers, for throughput. Keep the
+    /// `OwnThread` until the senders are done.
     pub fn for_senders(
         paced: bool,
         name: &str,
@@ -327,7 +349,8 @@ impl OwnThread {
         if !paced {
             return Ok((None, tokio::runtime::Handle::current()));
         }
-        let t = Self::start(name).map_err(|e| format!("cannot start the {name}' thread: {e}"))?;
+        let t =
+            Self::start(name, true).map_err(|e| format!("cannot start the {name} thread: {e}"))?;
         let handle = t.handle().clone();
         Ok((Some(t), handle))
     }
@@ -345,6 +368,31 @@ impl Drop for OwnThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The nice value of the calling thread, from `/proc/thread-self/stat`.
+    fn own_nice() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the command name (which may hold spaces): state is the 3rd, nice the 19th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(19 - 3).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn paced_senders_run_at_the_lowest_priority() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let (thread, handle) = OwnThread::for_senders(true, "test-senders").unwrap();
+            assert!(thread.is_some());
+            assert_eq!(handle.spawn(async { own_nice() }).await.unwrap(), 19);
+            // Flat out they share the scenario's workers, whose priority is left alone.
+            let (thread, handle) = OwnThread::for_senders(false, "test-senders").unwrap();
+            assert!(thread.is_none());
+            assert_eq!(
+                handle.spawn(async { own_nice() }).await.unwrap(),
+                own_nice()
+            );
+        });
+    }
 
     #[test]
     fn event_data_round_trips_and_pads() {
