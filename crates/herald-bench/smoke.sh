@@ -26,7 +26,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-HERALD_HOST=127.0.0.1 HERALD_PORT=0 HERALD_METRICS_PORT=0 "$server_bin" >"$work/server.out" 2>"$work/server.err" &
+# The server refuses HERALD_* variables it does not know, such as the bench's own.
+env -u HERALD_BENCH_BIN HERALD_HOST=127.0.0.1 HERALD_PORT=0 HERALD_METRICS_PORT=0 "$server_bin" >"$work/server.out" 2>"$work/server.err" &
 server_pid=$!
 port=""
 for _ in $(seq 100); do

@@ -28,7 +28,8 @@ trap stop_server EXIT
 
 start_server() {
     local log="$out/server.out"
-    HERALD_HOST=127.0.0.1 HERALD_PORT=0 HERALD_METRICS_PORT=0 "$server_bin" >"$log" 2>"$out/server.err" &
+    # The server refuses HERALD_* variables it does not know, such as the bench's own.
+    env -u HERALD_BENCH_BIN HERALD_HOST=127.0.0.1 HERALD_PORT=0 HERALD_METRICS_PORT=0 "$server_bin" >"$log" 2>"$out/server.err" &
     server_pid=$!
     port=""
     for _ in $(seq 100); do
