@@ -4,6 +4,7 @@
 mod arrival;
 mod http;
 mod net;
+mod pace;
 mod procfs;
 mod progress;
 mod report;

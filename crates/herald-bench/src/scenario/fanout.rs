@@ -246,7 +246,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
                     if at >= deadline {
                         break;
                     }
-                    tokio::time::sleep_until(at).await;
+                    crate::pace::sleep_until(at).await;
                 }
                 while window > 0
                     && flow

@@ -222,7 +222,9 @@ impl Sender {
             if at >= self.deadline {
                 return Ok((latency, self.groups.into_iter().zip(counts).collect()));
             }
-            tokio::time::sleep_until(at).await;
+            if self.period.is_some() {
+                crate::pace::sleep_until(at).await;
+            }
             while flow.window > 0
                 && flow
                     .expected
