@@ -364,15 +364,12 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     r.result("subscribers_dropped", dropped);
     r.result("drain_complete", complete);
     r.result("latency", latency.merged().summary().to_json());
-    if let Some(p) = &per_event {
-        let (first, last, spread) = p.summaries();
-        r.result("latency_first_subscriber", first.summary().to_json());
-        r.result("latency_last_subscriber", last.summary().to_json());
-        r.result("delivery_spread", spread.summary().to_json());
-    }
-    if let Some(h) = &at_socket {
-        r.result("latency_at_socket", h.merged().summary().to_json());
-    }
+    super::put_breakdown(
+        &mut r,
+        "subscriber",
+        per_event.as_deref(),
+        at_socket.as_deref(),
+    );
     r.result("http_latency", http_latency.summary().to_json());
     r.result("server_cpu_s", opt(server_cpu));
     r.result(

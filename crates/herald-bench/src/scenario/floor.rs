@@ -425,15 +425,12 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
             round(got as f64 / a.duration.max(1e-6), 1),
         );
         r.result("latency", latency.merged().summary().to_json());
-        if let Some(p) = &per_event {
-            let (first, last, spread) = p.summaries();
-            r.result("latency_first_receiver", first.summary().to_json());
-            r.result("latency_last_receiver", last.summary().to_json());
-            r.result("delivery_spread", spread.summary().to_json());
-        }
-        if let Some(h) = &at_socket {
-            r.result("latency_at_socket", h.merged().summary().to_json());
-        }
+        super::put_breakdown(
+            &mut r,
+            "receiver",
+            per_event.as_deref(),
+            at_socket.as_deref(),
+        );
         r.result("relay_cpu_us_per_delivered", super::us_per(relay_cpu, got));
         r.fail_if(expected.saturating_sub(got), "deliveries lost");
     }

@@ -282,6 +282,25 @@ pub fn rate_param(rate: f64) -> Value {
     }
 }
 
+/// At a rate, the latency taken apart: each event's first and last `who` (subscriber or
+/// receiver) and their spread, and each delivery's arrival in its socket.
+pub fn put_breakdown(
+    r: &mut crate::report::Report,
+    who: &str,
+    per_event: Option<&crate::stats::PerEvent>,
+    at_socket: Option<&crate::stats::Sharded>,
+) {
+    if let Some(p) = per_event {
+        let (first, last, spread) = p.summaries();
+        r.result(&format!("latency_first_{who}"), first.summary().to_json());
+        r.result(&format!("latency_last_{who}"), last.summary().to_json());
+        r.result("delivery_spread", spread.summary().to_json());
+    }
+    if let Some(h) = at_socket {
+        r.result("latency_at_socket", h.merged().summary().to_json());
+    }
+}
+
 /// A current-thread runtime on an OS thread of its own, for tasks that must not share the
 /// scenario's worker threads (`fanout`'s publishers at a rate, as a publishing backend would be a
 /// process of its own). Tasks are spawned through `handle`; dropping this stops the thread.
