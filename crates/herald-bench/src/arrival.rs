@@ -33,7 +33,9 @@ impl Stamped {
     }
 
     /// Asks the kernel to timestamp what arrives from now on. Off by default: turning it on
-    /// anywhere makes the kernel stamp every packet it receives, a small cost for all.
+    /// anywhere makes the kernel stamp every packet it receives, a small cost for all. When no
+    /// socket had it on, the kernel switches it on shortly after (from a work queue): what
+    /// arrives before then has no arrival time, and is left out of arrival latencies.
     pub fn stamp_arrivals(&mut self) -> io::Result<()> {
         setsockopt(&self.inner, sockopt::ReceiveTimestampns, &true)?;
         self.stamping = true;
@@ -141,6 +143,16 @@ mod tests {
         assert_eq!(rx.last_arrival_us(), None);
 
         rx.stamp_arrivals().unwrap();
+        // The kernel turns receive timestamps on through a work queue when no socket had them
+        // yet: wait (boundedly) until a probe comes back stamped.
+        for _ in 0..200 {
+            tx.write_all(b"probe").await.unwrap();
+            rx.read_exact(&mut buf).await.unwrap();
+            if rx.last_arrival_us().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let before = now_us();
         tx.write_all(b"world").await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
