@@ -5,8 +5,7 @@
 //! finish the first. One OS thread keeps the deadlines instead, sleeping on a futex with a
 //! nanosecond timeout, and wakes each waiting task through its runtime when its time comes.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -29,28 +28,23 @@ fn clock() -> &'static mpsc::Sender<Request> {
 fn keep_time(rx: mpsc::Receiver<Request>) {
     // The kernel may add this much to each sleep to batch wake-ups (50 µs by default).
     let _ = nix::sys::prctl::set_timerslack(1_000);
-    // Ordered by deadline, then by arrival.
-    let mut due: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
-    let mut waiting: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
+    // Keyed by deadline, then by request number (two waits may share a deadline).
+    let mut due: BTreeMap<(Instant, u64), oneshot::Sender<()>> = BTreeMap::new();
     loop {
         let now = Instant::now();
-        while let Some(&Reverse((at, id))) = due.peek() {
-            if at > now {
+        while let Some(entry) = due.first_entry() {
+            if entry.key().0 > now {
                 break;
             }
-            due.pop();
-            if let Some(tx) = waiting.remove(&id) {
-                let _ = tx.send(());
-            }
+            let _ = entry.remove().send(());
         }
-        let next = match due.peek() {
-            Some(&Reverse((at, _))) => rx.recv_timeout(at.saturating_duration_since(now)),
+        let next = match due.first_key_value() {
+            Some((&(at, _), _)) => rx.recv_timeout(at.saturating_duration_since(now)),
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match next {
             Ok((at, id, tx)) => {
-                due.push(Reverse((at, id)));
-                waiting.insert(id, tx);
+                due.insert((at, id), tx);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
