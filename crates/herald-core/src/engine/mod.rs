@@ -1,0 +1,324 @@
+//! The registry: the one module that mutates live state.
+//!
+//! This file holds the state (apps, channel shards, users) and the connection registry; the verbs
+//! live beside it, one file per concern, each with its own `impl Engine`: `channels` (subscribe,
+//! publish, counts), `presence` (members), `users` (sign-in, watchlists) and `cluster` (what a
+//! clustered adapter calls on its inbound side).
+
+mod channels;
+mod cluster;
+mod presence;
+mod users;
+
+pub use channels::{ChannelStats, SubscribeError, Subscribed};
+
+use crate::app::{App, AppStore};
+use crate::cluster::ClusterAdapter;
+use crate::conn::{Conn, Frame};
+use crate::lifecycle::{LifecycleEvent, LifecycleSink};
+use herald_protocol::{codes, ChannelName, CloseCode, SocketId};
+use parking_lot::{Mutex, RwLock};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Channel-map shards per app (rounded up to a power of two).
+    pub shards: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { shards: 64 }
+    }
+}
+
+struct Sub {
+    conn: Arc<Conn>,
+    /// Presence user id of this subscription.
+    user_id: Option<Arc<str>>,
+}
+
+struct Member {
+    conns: u32,
+    info: Box<RawValue>,
+}
+
+struct Cached {
+    frame: Frame,
+    data: Arc<str>,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct CountThrottle {
+    last_sent: Option<Instant>,
+    scheduled: bool,
+}
+
+struct Channel {
+    name: ChannelName,
+    subs: HashMap<SocketId, Sub>,
+    members: HashMap<Arc<str>, Member>,
+    cache: Option<Cached>,
+    count: CountThrottle,
+}
+
+impl Channel {
+    fn new(name: ChannelName) -> Self {
+        Self {
+            name,
+            subs: HashMap::new(),
+            members: HashMap::new(),
+            cache: None,
+            count: CountThrottle::default(),
+        }
+    }
+
+    fn live_cache(&self, now: Instant) -> Option<&Cached> {
+        self.cache.as_ref().filter(|c| c.expires > now)
+    }
+
+    /// A channel entry is kept only while it has subscribers or a live cached event.
+    fn is_dead(&self, now: Instant) -> bool {
+        self.subs.is_empty() && self.live_cache(now).is_none()
+    }
+
+    fn broadcast(&self, frame: &Frame, except: Option<SocketId>) {
+        let direct = self.subs.len() <= crate::conn::DIRECT_WRITE_MAX_FANOUT;
+        for (id, sub) in &self.subs {
+            if Some(*id) != except {
+                if direct {
+                    sub.conn.send(frame);
+                } else {
+                    sub.conn.send_queued(frame);
+                }
+            }
+        }
+    }
+}
+
+type Shard = Mutex<HashMap<Arc<str>, Channel>>;
+type ConnShard = Mutex<HashMap<SocketId, Arc<Conn>>>;
+
+#[derive(Default)]
+struct Users {
+    /// Signed-in connections per user id.
+    signed_in: HashMap<Arc<str>, Vec<Arc<Conn>>>,
+    /// watched user id → watcher user id → how many of the watcher's connections watch.
+    watchers: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
+}
+
+struct AppState {
+    id: Arc<str>,
+    shards: Box<[Shard]>,
+    /// Every open connection, for drain and termination; sharded like channels.
+    conns: Box<[ConnShard]>,
+    connections: AtomicU64,
+    users: Mutex<Users>,
+}
+
+impl AppState {
+    fn conn_shard(&self, id: SocketId) -> &ConnShard {
+        &self.conns[(id.seq as usize) & (self.conns.len() - 1)]
+    }
+
+    fn shard(&self, channel: &str) -> &Shard {
+        // FNV-1a: cheap and stable; the shard count is a power of two.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in channel.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.shards[(h as usize) & (self.shards.len() - 1)]
+    }
+}
+
+struct Inner {
+    apps: Arc<dyn AppStore>,
+    adapter: Arc<dyn ClusterAdapter>,
+    sinks: Vec<Arc<dyn LifecycleSink>>,
+    config: EngineConfig,
+    states: RwLock<HashMap<Arc<str>, Arc<AppState>>>,
+    seq: AtomicU64,
+}
+
+/// Handle to the engine; clones share the same state.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(
+        apps: Arc<dyn AppStore>,
+        adapter: Arc<dyn ClusterAdapter>,
+        sinks: Vec<Arc<dyn LifecycleSink>>,
+        config: EngineConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                apps,
+                adapter,
+                sinks,
+                config,
+                states: RwLock::new(HashMap::new()),
+                seq: AtomicU64::new(rand::random_range(1..1_000_000)),
+            }),
+        }
+    }
+
+    pub fn apps(&self) -> &Arc<dyn AppStore> {
+        &self.inner.apps
+    }
+
+    fn emit(&self, make: impl FnOnce() -> LifecycleEvent) {
+        if self.inner.sinks.is_empty() {
+            return;
+        }
+        let ev = make();
+        for s in &self.inner.sinks {
+            s.emit(&ev);
+        }
+    }
+
+    fn state(&self, app_id: &str) -> Arc<AppState> {
+        if let Some(s) = self.inner.states.read().get(app_id) {
+            return s.clone();
+        }
+        let mut w = self.inner.states.write();
+        w.entry(Arc::from(app_id))
+            .or_insert_with(|| {
+                let n = self.inner.config.shards.max(1).next_power_of_two();
+                Arc::new(AppState {
+                    id: Arc::from(app_id),
+                    shards: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+                    conns: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+                    connections: AtomicU64::new(0),
+                    users: Mutex::new(Users::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// Every app's state as it is now, to visit without holding the map's lock.
+    fn all_states(&self) -> Vec<Arc<AppState>> {
+        self.inner.states.read().values().cloned().collect()
+    }
+
+    /// Admits a new connection of `app`, or says which close code refuses it.
+    pub fn connect(&self, app: Arc<App>) -> Result<Arc<Conn>, CloseCode> {
+        let st = self.state(&app.id);
+        let max = app.limits.max_connections;
+        let before = st.connections.fetch_add(1, Ordering::Relaxed);
+        if max > 0 && before >= max {
+            st.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(codes::OVER_QUOTA);
+        }
+        let id = SocketId::new(
+            self.inner.adapter.node_id(),
+            self.inner.seq.fetch_add(1, Ordering::Relaxed),
+        );
+        let conn = Conn::new(id, app);
+        st.conn_shard(id).lock().insert(id, conn.clone());
+        self.emit(|| LifecycleEvent::Connected {
+            app: st.id.clone(),
+            socket_id: id,
+        });
+        Ok(conn)
+    }
+
+    /// Removes a closed connection: unsubscribes it from `channels` and signs it out.
+    pub fn disconnect<'a>(
+        &self,
+        conn: &Arc<Conn>,
+        channels: impl IntoIterator<Item = &'a ChannelName>,
+        user: Option<(&str, &[String])>,
+    ) {
+        for ch in channels {
+            self.unsubscribe(conn, ch);
+        }
+        if let Some((user_id, watchlist)) = user {
+            self.signout(conn, user_id, watchlist);
+        }
+        let st = self.state(&conn.app.id);
+        st.conn_shard(conn.socket_id).lock().remove(&conn.socket_id);
+        st.connections.fetch_sub(1, Ordering::Relaxed);
+        self.emit(|| LifecycleEvent::Disconnected {
+            app: st.id.clone(),
+            socket_id: conn.socket_id,
+        });
+    }
+
+    pub fn connection_count(&self, app_id: &str) -> u64 {
+        self.inner
+            .states
+            .read()
+            .get(app_id)
+            .map_or(0, |s| s.connections.load(Ordering::Relaxed))
+    }
+
+    /// Every open connection of every app.
+    pub fn all_connections(&self) -> Vec<Arc<Conn>> {
+        let mut out = Vec::new();
+        for st in self.all_states() {
+            for shard in st.conns.iter() {
+                out.extend(shard.lock().values().cloned());
+            }
+        }
+        out
+    }
+
+    /// Visits every open connection of every app, one shard lock at a time (`f` must be quick).
+    pub fn each_connection(&self, mut f: impl FnMut(&Arc<Conn>)) {
+        for st in self.all_states() {
+            for shard in st.conns.iter() {
+                shard.lock().values().for_each(&mut f);
+            }
+        }
+    }
+
+    /// Ids of apps that have open connections on this node.
+    pub fn connected_apps(&self) -> Vec<Arc<str>> {
+        self.inner
+            .states
+            .read()
+            .values()
+            .filter(|s| s.connections.load(Ordering::Relaxed) > 0)
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// Closes every connection of an app with `code` (the app was disabled or removed).
+    pub fn close_app(&self, app_id: &str, code: CloseCode) -> usize {
+        let Some(st) = self.inner.states.read().get(app_id).cloned() else {
+            return 0;
+        };
+        let mut n = 0;
+        for shard in st.conns.iter() {
+            for c in shard.lock().values() {
+                c.request_close(code);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Open connections across all apps.
+    pub fn total_connections(&self) -> u64 {
+        self.inner
+            .states
+            .read()
+            .values()
+            .map(|s| s.connections.load(Ordering::Relaxed))
+            .sum()
+    }
+}
