@@ -1,80 +1,18 @@
 //! The engine's state rules without any network: subscriptions, presence per user, lifecycle
 //! events once per transition, exclusion, cache replay and the connection quota.
 
-use herald_core::{
-    App, Conn, Engine, EngineConfig, LifecycleEvent, LifecycleSink, LocalAdapter, Sink,
-    StaticAppStore, SubscribeError, DIRECT_WRITE_MAX_FANOUT,
-};
-use herald_protocol::presence::{parse_channel_data, PresenceLimits};
-use herald_protocol::{codes, ChannelName};
+mod common;
+
+use common::{app, ch, drain, engine, member, TRANSITIONS};
+use herald_core::{Sink, SubscribeError, DIRECT_WRITE_MAX_FANOUT};
+use herald_protocol::codes;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Default)]
-struct Recorder(Mutex<Vec<String>>);
-
-impl LifecycleSink for Recorder {
-    fn emit(&self, e: &LifecycleEvent) {
-        let s = match e {
-            LifecycleEvent::ChannelOccupied { channel, .. } => format!("occupied {channel}"),
-            LifecycleEvent::ChannelVacated { channel, .. } => format!("vacated {channel}"),
-            LifecycleEvent::MemberAdded {
-                channel, user_id, ..
-            } => format!("added {channel} {user_id}"),
-            LifecycleEvent::MemberRemoved {
-                channel, user_id, ..
-            } => format!("removed {channel} {user_id}"),
-            _ => return,
-        };
-        self.0.lock().push(s);
-    }
-}
-
-fn engine(app: App) -> (Engine, Arc<Recorder>) {
-    let rec = Arc::new(Recorder::default());
-    let e = Engine::new(
-        Arc::new(StaticAppStore::new(vec![app]).unwrap()),
-        Arc::new(LocalAdapter::new()),
-        vec![rec.clone()],
-        EngineConfig::default(),
-    );
-    (e, rec)
-}
-
-fn app() -> Arc<App> {
-    let mut a = App::default_app();
-    a.enable_subscription_count = false;
-    Arc::new(a)
-}
-
-fn ch(name: &str) -> ChannelName {
-    ChannelName::parse(name, 200).unwrap()
-}
-
-fn drain(conn: &Conn) -> Vec<String> {
-    conn.take()
-        .frames
-        .into_iter()
-        .map(|f| String::from_utf8(f.json().to_vec()).unwrap())
-        .collect()
-}
-
-fn member(user: &str) -> herald_protocol::presence::MemberData {
-    let limits = PresenceLimits {
-        max_user_id_length: 128,
-        max_user_info_bytes: 1024,
-    };
-    parse_channel_data(
-        &format!(r#"{{"user_id":"{user}","user_info":{{"n":"{user}"}}}}"#),
-        limits,
-    )
-    .unwrap()
-}
-
 #[test]
 fn subscribe_once_and_deliver_with_exclusion() {
-    let (e, rec) = engine((*app()).clone());
+    let (e, rec) = engine(&app());
     let a = e.connect(app()).unwrap();
     let b = e.connect(app()).unwrap();
     let news = ch("news");
@@ -106,13 +44,13 @@ fn subscribe_once_and_deliver_with_exclusion() {
     );
     e.unsubscribe(&a, &news);
     e.unsubscribe(&b, &news);
-    assert_eq!(*rec.0.lock(), ["occupied news", "vacated news"]);
+    assert_eq!(rec.take(TRANSITIONS), ["occupied news", "vacated news"]);
     assert!(!e.stats("app-id", &news).occupied);
 }
 
 #[test]
 fn presence_members_are_users_not_connections() {
-    let (e, rec) = engine((*app()).clone());
+    let (e, rec) = engine(&app());
     let room = ch("presence-room");
     let a = e.connect(app()).unwrap();
     let b1 = e.connect(app()).unwrap();
@@ -142,7 +80,7 @@ fn presence_members_are_users_not_connections() {
         1
     );
     assert_eq!(
-        *rec.0.lock(),
+        rec.take(TRANSITIONS),
         [
             "occupied presence-room",
             "added presence-room a",
@@ -157,7 +95,7 @@ fn presence_limit_refuses_new_users_only() {
     let mut limited = (*app()).clone();
     limited.limits.max_presence_members = 1;
     let limited = Arc::new(limited);
-    let (e, _) = engine((*limited).clone());
+    let (e, _) = engine(&limited);
     let room = ch("presence-full");
     let a = e.connect(limited.clone()).unwrap();
     let a2 = e.connect(limited.clone()).unwrap();
@@ -172,7 +110,7 @@ fn presence_limit_refuses_new_users_only() {
 
 #[test]
 fn cache_channels_replay_the_last_event_or_report_a_miss() {
-    let (e, _) = engine((*app()).clone());
+    let (e, _) = engine(&app());
     let a = e.connect(app()).unwrap();
     let empty = ch("cache-empty");
     e.subscribe(&a, &empty, None).unwrap();
@@ -206,7 +144,7 @@ fn connection_quota() {
     let mut limited = (*app()).clone();
     limited.limits.max_connections = 1;
     let limited = Arc::new(limited);
-    let (e, _) = engine((*limited).clone());
+    let (e, _) = engine(&limited);
     let a = e.connect(limited.clone()).unwrap();
     assert_eq!(e.connect(limited.clone()).err(), Some(codes::OVER_QUOTA));
     e.disconnect(&a, [], None);
@@ -227,7 +165,7 @@ impl Sink for CountingSink {
 #[test]
 fn small_channels_write_directly_large_ones_queue() {
     for (subscribers, direct) in [(3, true), (DIRECT_WRITE_MAX_FANOUT + 1, false)] {
-        let (e, _) = engine((*app()).clone());
+        let (e, _) = engine(&app());
         let room = ch("room");
         let mut conns = Vec::new();
         for _ in 0..subscribers {

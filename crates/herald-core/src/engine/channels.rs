@@ -270,9 +270,11 @@ impl Engine {
         }
     }
 
-    /// Sends `pusher_internal:subscription_count` when the app wants it, throttled on big
-    /// channels; returns the count sent now, for the caller to report once its locks are gone.
-    fn after_count_change(&self, st: &Arc<AppState>, ch: &mut Channel) -> Option<usize> {
+    /// Sends `pusher_internal:subscription_count` when the app wants it; returns the count sent
+    /// now, for the caller to report once its locks are gone. On a channel above
+    /// `COUNT_THROTTLE_ABOVE` subscribers at most one count goes out per window: a change within
+    /// the window is held back, and [`Engine::tick`] sends the latest count when it ends.
+    fn after_count_change(&self, st: &AppState, ch: &mut Channel) -> Option<usize> {
         if ch.name.is_presence() || ch.name.is_internal() || ch.subs.is_empty() {
             return None;
         }
@@ -281,50 +283,65 @@ impl Engine {
             return None;
         }
         let now = Instant::now();
-        let throttled = ch.subs.len() > COUNT_THROTTLE_ABOVE
-            && ch
-                .count
-                .last_sent
-                .is_some_and(|t| now.duration_since(t) < COUNT_THROTTLE_WINDOW);
-        if !throttled {
-            return Some(self.send_count(ch, now));
+        match ch.count.last_sent.map(|t| t + COUNT_THROTTLE_WINDOW) {
+            Some(window_end) if ch.subs.len() > COUNT_THROTTLE_ABOVE && now < window_end => {
+                if ch.count.due.is_none() {
+                    ch.count.due = Some(window_end);
+                    st.counts_due.lock().push((window_end, ch.name.clone()));
+                }
+                None
+            }
+            _ => Some(self.send_count(ch, now)),
         }
-        if ch.count.scheduled {
-            return None;
-        }
-        ch.count.scheduled = true;
-        let due = ch
-            .count
-            .last_sent
-            .map_or(now, |t| t + COUNT_THROTTLE_WINDOW);
-        let engine = self.clone();
-        let st = st.clone();
-        let name = ch.name.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                tokio::time::sleep_until(due).await;
-                let sent = {
-                    let mut shard = st.shard(name.as_str()).lock();
-                    shard.get_mut(name.as_str()).and_then(|ch| {
-                        ch.count.scheduled = false;
-                        (!ch.subs.is_empty()).then(|| engine.send_count(ch, Instant::now()))
-                    })
-                };
-                engine.emit_count(&st, &name, sent);
-            });
-        }
-        None
     }
 
     /// Queues the count frame to every subscriber; returns the count.
     fn send_count(&self, ch: &mut Channel, now: Instant) -> usize {
         ch.count.last_sent = Some(now);
+        // This count is the latest: one held back is no longer needed.
+        ch.count.due = None;
         let n = ch.subs.len();
         ch.broadcast(
             &encode::subscription_count(ch.name.as_str(), n).into(),
             None,
         );
         n
+    }
+
+    /// Sends every subscription count held back by the throttle whose window ended by `now`:
+    /// the channel's latest count to each subscriber, and one `SubscriptionCount` lifecycle
+    /// event; nothing for a channel that emptied meanwhile. The engine runs no timers of its
+    /// own: the server calls this from its keep-alive sweep (every 250 ms at most) with
+    /// `tokio::time::Instant::now()`, so a held-back count goes out up to one sweep interval after
+    /// its window ends. Without those calls, held-back counts are never sent.
+    pub fn tick(&self, now: Instant) {
+        for st in self.all_states() {
+            let due: Vec<(Instant, ChannelName)> = {
+                let mut pending = st.counts_due.lock();
+                if pending.iter().all(|(at, _)| *at > now) {
+                    continue;
+                }
+                let (due, later) = std::mem::take(&mut *pending)
+                    .into_iter()
+                    .partition(|(at, _)| *at <= now);
+                *pending = later;
+                due
+            };
+            for (at, name) in due {
+                let sent = st
+                    .shard(name.as_str())
+                    .lock()
+                    .get_mut(name.as_str())
+                    // Another deadline: this one was met by a later send, or the channel is a
+                    // new one under the same name.
+                    .filter(|ch| ch.count.due == Some(at))
+                    .and_then(|ch| {
+                        ch.count.due = None;
+                        (!ch.subs.is_empty()).then(|| self.send_count(ch, now))
+                    });
+                self.emit_count(&st, &name, sent);
+            }
+        }
     }
 
     /// Publishes an HTTP API event to one channel: encoded once, stored when it is a cache

@@ -56,7 +56,8 @@ struct Cached {
 #[derive(Default)]
 struct CountThrottle {
     last_sent: Option<Instant>,
-    scheduled: bool,
+    /// When the count held back by the throttle goes out (by [`Engine::tick`]).
+    due: Option<Instant>,
 }
 
 struct Channel {
@@ -119,6 +120,9 @@ struct AppState {
     conns: Box<[ConnShard]>,
     connections: AtomicU64,
     users: Mutex<Users>,
+    /// Channels holding back a subscription count, with when it is due; [`Engine::tick`] sends
+    /// it. Locked after a channel shard, never before.
+    counts_due: Mutex<Vec<(Instant, ChannelName)>>,
 }
 
 impl AppState {
@@ -204,6 +208,7 @@ impl Engine {
                     conns: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
                     connections: AtomicU64::new(0),
                     users: Mutex::new(Users::default()),
+                    counts_due: Mutex::new(Vec::new()),
                 })
             })
             .clone()
