@@ -19,6 +19,11 @@ pub struct Recorder(Mutex<Vec<String>>);
 pub const TRANSITIONS: &[&str] = &["occupied", "vacated", "added", "removed"];
 
 impl Recorder {
+    /// Every event seen so far, in order; forgets them.
+    pub fn take_all(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock())
+    }
+
     /// The events of the given kinds, in order, and forgets every event seen so far.
     pub fn take(&self, kinds: &[&str]) -> Vec<String> {
         std::mem::take(&mut *self.0.lock())
