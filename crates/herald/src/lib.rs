@@ -1,20 +1,18 @@
-//! Herald, the shell: configuration, HTTP API, WebSocket connections.
-//! `run` is the entry point; `router` is the HTTP surface as a value.
+//! Herald, the shell: configuration, transports, the HTTP API, sinks and engines around the
+//! `herald-core` engine. `server::run_with` is the entry point; `http::router` is the HTTP
+//! surface as a value. See ARCHITECTURE.md for the map.
 
-pub mod api;
 pub mod cli;
-pub mod cluster_redis;
+pub mod cluster;
 pub mod config;
-pub mod console;
-pub mod listener;
+pub mod executor;
+pub mod http;
 pub mod memory;
-pub mod metrics;
 pub mod server;
+pub mod session;
+pub mod sinks;
 pub mod store;
-pub mod tls;
-pub mod webhook;
-pub mod ws;
-pub mod wsframe;
+pub mod transport;
 
 pub use config::Config;
 pub use server::{router, run, run_with, RunOptions, Shared};

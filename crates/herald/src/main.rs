@@ -36,9 +36,9 @@ enum Command {
     #[command(subcommand)]
     Apps(herald::store::AppsCommand),
     /// Publish an event through the HTTP API of a running server, signed with the app's secret.
-    Trigger(herald::cli::TriggerArgs),
+    Trigger(herald::cli::api::TriggerArgs),
     /// List the occupied channels of a running server through its HTTP API.
-    Channels(herald::cli::ChannelsArgs),
+    Channels(herald::cli::api::ChannelsArgs),
 }
 
 fn load(cli: &Cli) -> Result<Config, String> {
@@ -126,7 +126,11 @@ fn real_main(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Some(Command::Apps(cmd)) => runtime()?.block_on(herald::store::cli_apps(&config, cmd)),
-        Some(Command::Trigger(args)) => runtime()?.block_on(herald::cli::trigger(&config, args)),
-        Some(Command::Channels(args)) => runtime()?.block_on(herald::cli::channels(&config, args)),
+        Some(Command::Trigger(args)) => {
+            runtime()?.block_on(herald::cli::api::trigger(&config, args))
+        }
+        Some(Command::Channels(args)) => {
+            runtime()?.block_on(herald::cli::api::channels(&config, args))
+        }
     }
 }

@@ -1,15 +1,15 @@
 //! The HTTP/WebSocket front: the router (a value, so tests can drive it without a port) and
 //! `run`, the library entry point that binaries and tests call with a listener.
 
-use crate::api::{self, AppRef, Executor, SignedRequest};
-use crate::cluster_redis::RedisAdapter;
+use crate::cluster::redis::RedisAdapter;
 use crate::config::Config;
-use crate::console::Console;
-use crate::metrics::Metrics;
+use crate::executor::{AppRef, Executor, SignedRequest};
+use crate::sinks::console::Console;
+use crate::sinks::metrics::Metrics;
+use crate::sinks::webhook::Webhooks;
 use crate::store::OpenedStore;
-use crate::webhook::Webhooks;
-use crate::ws::{self, ConnectParams};
-use crate::wsframe::{self, Upgrade};
+use crate::transport::socket::{self, ConnectParams};
+use crate::transport::wsframe::{self, Upgrade};
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
@@ -227,17 +227,18 @@ async fn api_call(
         raw_query: uri.query().unwrap_or(""),
         body: &body,
     };
-    let (app, query) = match api::authenticate(&shared.engine, app_ref, &req, now_unix()) {
-        Ok(v) => v,
-        Err(e) => {
-            let app = match app_ref {
-                AppRef::Id(id) if shared.engine.apps().by_id(id).is_some() => id,
-                _ => "",
-            };
-            shared.metrics.http(app, route, e.status);
-            return error_response(e);
-        }
-    };
+    let (app, query) =
+        match crate::executor::authenticate(&shared.engine, app_ref, &req, now_unix()) {
+            Ok(v) => v,
+            Err(e) => {
+                let app = match app_ref {
+                    AppRef::Id(id) if shared.engine.apps().by_id(id).is_some() => id,
+                    _ => "",
+                };
+                shared.metrics.http(app, route, e.status);
+                return error_response(e);
+            }
+        };
     if !shared.api_allowed(&app) {
         shared.metrics.rejected(&app.id, "api_requests_per_second");
         shared.metrics.http(&app.id, route, 429);
@@ -368,9 +369,9 @@ fn upgrade(shared: Arc<Shared>, mut req: Request, key: Option<String>) -> Option
     ) else {
         return None;
     };
-    let tls =
-        crate::listener::forwarded_https(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
-            || shared.tls;
+    let tls = crate::transport::listener::forwarded_https(
+        headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+    ) || shared.tls;
     let protocol = herald_protocol::sign::decode_query(req.uri().query().unwrap_or(""))
         .into_iter()
         .find(|(k, _)| k == "protocol")
@@ -385,7 +386,7 @@ fn upgrade(shared: Arc<Shared>, mut req: Request, key: Option<String>) -> Option
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
             let io = hyper_util::rt::TokioIo::new(upgraded);
-            ws::serve(io, Vec::new(), shared, params).await;
+            socket::serve(io, Vec::new(), shared, params).await;
         }
     });
     Some(
@@ -485,7 +486,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .method_not_allowed_fallback(method_not_allowed);
     let prefix = shared.config.server.path_prefix.clone();
-    let api = api.merge(crate::console::router());
+    let api = api.merge(crate::sinks::console::router());
     let app = if prefix.is_empty() {
         api
     } else {
@@ -540,7 +541,7 @@ pub async fn run_with(
     let tls = match options.tls {
         Some(t) => Some(t),
         None if config.tls.enabled() => {
-            Some(crate::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
+            Some(crate::transport::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
         }
         None => None,
     };
@@ -568,12 +569,12 @@ pub async fn run_with(
             let _ = axum::serve(ml, app).await;
         }));
     }
-    background.push(tokio::spawn(ws::keepalive_sweep(
+    background.push(tokio::spawn(socket::keepalive_sweep(
         shared.engine.clone(),
         shared.config.server.activity_timeout,
         shared.config.server.pong_timeout,
     )));
-    let server = tokio::spawn(crate::listener::serve(
+    let server = tokio::spawn(crate::transport::listener::serve(
         listener,
         tls,
         shared.clone(),
@@ -708,7 +709,7 @@ pub async fn serve_until_signal(
         .await
         .map_err(std::io::Error::other)?;
     let tls = if config.tls.enabled() {
-        Some(crate::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
+        Some(crate::transport::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
     } else {
         None
     };

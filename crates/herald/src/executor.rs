@@ -1,7 +1,7 @@
 //! The HTTP API: request authentication and a transport-free executor. Routes (current and
 //! deprecated) and the console are thin adapters onto [`Executor`].
 
-use crate::cluster_redis::RedisAdapter;
+use crate::cluster::redis::RedisAdapter;
 use herald_core::{App, ChannelStats, Engine};
 use herald_protocol::api::{self, ApiError, Info, Trigger};
 use herald_protocol::{sign, time, ChannelName};

@@ -7,10 +7,10 @@
 //! and the sign-in deadline come from a sweep over all connections (`keepalive_sweep`), not
 //! from a timer per connection.
 
-use crate::listener::Transport;
-use crate::metrics::ConnCounters;
 use crate::server::Shared;
-use crate::wsframe::{self, FrameError};
+use crate::sinks::metrics::ConnCounters;
+use crate::transport::listener::Transport;
+use crate::transport::wsframe::{self, FrameError};
 use herald_core::{clock_ms, Conn, Engine, Frame};
 use herald_protocol::frame::{self, ClientMessage, Subscribe};
 use herald_protocol::presence::{self, MemberData};

@@ -8,8 +8,8 @@
 //! the spool file, which the next start sends first.
 
 use crate::config::WebhookSettings;
-use crate::console::Console;
-use crate::metrics::Metrics;
+use crate::sinks::console::Console;
+use crate::sinks::metrics::Metrics;
 use herald_core::{App, AppStore, LifecycleEvent, LifecycleSink, WebhookTarget};
 use herald_protocol::sign;
 use parking_lot::Mutex;

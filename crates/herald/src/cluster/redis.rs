@@ -13,7 +13,7 @@
 //!   outage or restart, a node notices its `alive` marker is gone and rewrites its whole share.
 //!   Events published while Redis is unreachable reach local subscribers only (documented).
 
-use crate::metrics::Metrics;
+use crate::sinks::metrics::Metrics;
 use herald_core::{ClusterAdapter, ClusterNote, Engine, Frame, LifecycleEvent};
 use herald_protocol::{encode, ChannelName, SocketId};
 use redis::aio::MultiplexedConnection;

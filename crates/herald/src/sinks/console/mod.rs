@@ -7,7 +7,7 @@
 //!   lines of its own buffer and is told how many (`{"type":"skipped","count":N}`).
 //! - The routes: the page (`/console`, token required), its login prompt and static assets
 //!   (public: they hold no data), and a small JSON API under `/console/api/` (token required)
-//!   that reads and publishes through the same [`Executor`](crate::api::Executor) as the HTTP API,
+//!   that reads and publishes through the same [`Executor`](crate::executor::Executor) as the HTTP API,
 //!   plus the server-sent-events feed `/console/api/feed?app=ID`.
 //! - The token check: `Authorization: Bearer <token>` or `?token=<token>`, compared in constant
 //!   time. Wrong or missing token → 401; console off (no token configured) → 404.
@@ -421,50 +421,50 @@ impl FromRequestParts<Arc<Shared>> for Admin {
 // ---------------------------------------------------------------------------------------------
 // Pages and assets
 
-const INDEX_HTML: &str = include_str!("../console/index.html");
-const LOGIN_HTML: &str = include_str!("../console/login.html");
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const LOGIN_HTML: &str = include_str!("assets/login.html");
 
 /// Static assets: (file name, content type, contents).
 const ASSETS: &[(&str, &str, &str)] = &[
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_str!("../console/style.css"),
+        include_str!("assets/style.css"),
     ),
     (
         "main.js",
         "text/javascript; charset=utf-8",
-        include_str!("../console/main.js"),
+        include_str!("assets/main.js"),
     ),
     (
         "api.js",
         "text/javascript; charset=utf-8",
-        include_str!("../console/api.js"),
+        include_str!("assets/api.js"),
     ),
     (
         "log.js",
         "text/javascript; charset=utf-8",
-        include_str!("../console/log.js"),
+        include_str!("assets/log.js"),
     ),
     (
         "state.js",
         "text/javascript; charset=utf-8",
-        include_str!("../console/state.js"),
+        include_str!("assets/state.js"),
     ),
     (
         "sender.js",
         "text/javascript; charset=utf-8",
-        include_str!("../console/sender.js"),
+        include_str!("assets/sender.js"),
     ),
     (
         "login.js",
         "text/javascript; charset=utf-8",
-        include_str!("../console/login.js"),
+        include_str!("assets/login.js"),
     ),
     (
         "favicon.svg",
         "image/svg+xml",
-        include_str!("../console/favicon.svg"),
+        include_str!("assets/favicon.svg"),
     ),
 ];
 

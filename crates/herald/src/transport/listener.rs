@@ -4,10 +4,10 @@
 //! Upgrades skip the HTTP stack on purpose: a WebSocket connection then costs its session and
 //! nothing else (no router clone, no hyper connection state kept alive underneath it).
 
-use crate::metrics::ConnCounters;
 use crate::server::Shared;
-use crate::ws::{self, ConnectParams};
-use crate::wsframe::{self, Upgrade};
+use crate::sinks::metrics::ConnCounters;
+use crate::transport::socket::{self, ConnectParams};
+use crate::transport::wsframe::{self, Upgrade};
 use axum::Router;
 use herald_core::{Conn, Sink};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -450,14 +450,14 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx) {
                 protocol,
                 tls: forwarded_https || shared.tls,
             };
-            match ws::admit(&shared, &params) {
+            match socket::admit(&shared, &params) {
                 // A task of its own: this one's state (head parsing, the HTTP branch) is not
                 // carried for the connection's whole life.
                 Ok(conn) => {
                     let io = io.into_session(&shared, &conn);
-                    drop(tokio::spawn(ws::session(io, buf, shared, conn)));
+                    drop(tokio::spawn(socket::session(io, buf, shared, conn)));
                 }
-                Err(code) => ws::serve_refusal(io, code).await,
+                Err(code) => socket::serve_refusal(io, code).await,
             }
         }
         // Boxed: hyper's connection state would otherwise be part of every WebSocket's task.

@@ -1,0 +1,3 @@
+//! Subcommands besides `serve`: signed API calls against a running server and app management.
+
+pub mod api;

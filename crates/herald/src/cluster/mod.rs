@@ -1,0 +1,3 @@
+//! Engines that join nodes into one server.
+
+pub mod redis;
