@@ -214,6 +214,29 @@ pub fn parse_trigger(body: &[u8], limits: &Limits) -> Result<Trigger, ApiError> 
     })
 }
 
+/// Validates the deprecated `POST /apps/{id}/channels/{c}/events`, whose event name and
+/// socket id come from the query and whose body is the data, with the same rules as `/events`.
+pub fn raw_trigger(
+    channel: &str,
+    name: Option<&str>,
+    socket_id: Option<&str>,
+    data: &str,
+    limits: &Limits,
+) -> Result<Trigger, ApiError> {
+    let name = name.ok_or_else(|| ApiError::bad_request("Missing required parameter: name"))?;
+    check_event_name(name, limits)?;
+    let channel = check_channel(channel, limits)?;
+    let socket_id = check_socket_id(socket_id.map(|s| Value::String(s.to_owned())).as_ref())?;
+    check_data(data, limits)?;
+    Ok(Trigger {
+        name: name.to_owned(),
+        data: data.to_owned(),
+        channels: vec![channel],
+        socket_id,
+        info: None,
+    })
+}
+
 /// Parses `POST /apps/{id}/batch_events`: the whole batch is validated before anything is published.
 pub fn parse_batch(body: &[u8], limits: &Limits) -> Result<Vec<Trigger>, ApiError> {
     let obj = parse_object(body)?;
@@ -363,6 +386,28 @@ mod tests {
             &l()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn raw_trigger_rules() {
+        let t = raw_trigger("c", Some("e"), Some("1.2"), "d", &l()).unwrap();
+        assert_eq!((t.name.as_str(), t.data.as_str()), ("e", "d"));
+        assert_eq!(t.channels[0].as_str(), "c");
+        assert!(t.socket_id.is_some());
+        let e = raw_trigger("c", None, None, "d", &l()).unwrap_err();
+        assert_eq!(e.message, "Missing required parameter: name");
+        assert_eq!(
+            raw_trigger("c", Some("e"), Some("x"), "d", &l())
+                .unwrap_err()
+                .message,
+            "Invalid socket_id: x"
+        );
+        assert_eq!(
+            raw_trigger("#", Some("e"), None, "d", &l())
+                .unwrap_err()
+                .status,
+            400
+        );
     }
 
     #[test]

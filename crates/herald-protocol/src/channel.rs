@@ -129,6 +129,17 @@ impl ChannelName {
     }
 }
 
+/// The kind of a name that may not have been validated (a listing's filter, a stored key).
+pub fn kind_of(name: &str) -> ChannelKind {
+    classify(name).0
+}
+
+/// True when every channel whose name starts with `prefix` is a presence channel (the
+/// `filter_by_prefix` that `info=user_count` requires).
+pub fn prefix_is_presence(prefix: &str) -> bool {
+    kind_of(prefix) == ChannelKind::Presence
+}
+
 fn classify(name: &str) -> (ChannelKind, bool) {
     const TABLE: &[(&str, ChannelKind, bool)] = &[
         ("private-encrypted-cache-", ChannelKind::Encrypted, true),
@@ -180,6 +191,10 @@ mod tests {
         assert_eq!(kind("private-x"), (ChannelKind::Private, false));
         assert_eq!(kind("presence-cache-x"), (ChannelKind::Presence, true));
         assert_eq!(kind("presence-x"), (ChannelKind::Presence, false));
+        assert!(prefix_is_presence("presence-"));
+        assert!(prefix_is_presence("presence-cache-r"));
+        assert!(!prefix_is_presence("presence"));
+        assert!(!prefix_is_presence(""));
         assert_eq!(kind("cache-x"), (ChannelKind::Public, true));
         assert_eq!(kind("news"), (ChannelKind::Public, false));
         assert_eq!(kind("my-private-x"), (ChannelKind::Public, false));

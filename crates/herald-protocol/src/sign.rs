@@ -121,6 +121,14 @@ pub fn decode_query(raw: &str) -> QueryPairs {
         .collect()
 }
 
+/// The first value of `key` among decoded query pairs: the one lookup every caller shares.
+pub fn query_param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
 /// Percent-decodes `s`; with `plus_is_space`, `+` becomes a space (form encoding).
 pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
