@@ -7,6 +7,54 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use toml::Value;
 
+/// How nodes are joined (`adapter`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Adapter {
+    /// One node.
+    #[default]
+    Local,
+    /// Many nodes joined through Redis.
+    Redis,
+}
+
+/// Where apps come from (`store.kind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The `[[apps]]` of the configuration file.
+    #[default]
+    Config,
+    Sqlite,
+    Postgres,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Config => "config",
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How log lines look (`server.log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    Json,
+}
+
 /// Server-wide settings (`[server]`, `HERALD_SERVER_*`; host and port also `HERALD_HOST`/`HERALD_PORT`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,8 +69,7 @@ pub struct ServerConfig {
     pub pong_timeout: u64,
     pub max_ws_message_bytes: usize,
     pub max_request_body_bytes: usize,
-    /// `text` (human-readable) or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Milliseconds over which a shutdown closes connections (4200) in paced batches.
     pub drain_window_ms: u64,
     /// Hard deadline in milliseconds for the whole shutdown, webhook flushing included.
@@ -75,7 +122,7 @@ impl Default for ServerConfig {
             pong_timeout: 30,
             max_ws_message_bytes: 65_536,
             max_request_body_bytes: 1 << 20,
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             drain_window_ms: 5000,
             shutdown_timeout_ms: 15_000,
         }
@@ -86,8 +133,7 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `config` (the `[[apps]]` of this file), `sqlite` or `postgres`.
-    pub kind: String,
+    pub kind: StoreKind,
     /// Database URL for `sqlite` (`sqlite://herald.db`) or `postgres` (`postgres://user@host/db`).
     pub url: String,
     /// How often a database store refreshes its in-memory cache of apps, in milliseconds.
@@ -97,7 +143,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            kind: "config".into(),
+            kind: StoreKind::Config,
             url: String::new(),
             refresh_interval_ms: 1000,
         }
@@ -167,9 +213,8 @@ pub struct ConsoleConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// `local` (one node, the default) or `redis` (many nodes joined through Redis).
-    #[serde(default = "local_adapter")]
-    pub adapter: String,
+    #[serde(default)]
+    pub adapter: Adapter,
     #[serde(default)]
     pub redis: RedisConfig,
     #[serde(default)]
@@ -189,14 +234,10 @@ pub struct Config {
     pub apps: Vec<App>,
 }
 
-fn local_adapter() -> String {
-    "local".into()
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
-            adapter: local_adapter(),
+            adapter: Adapter::Local,
             redis: RedisConfig::default(),
             server: ServerConfig::default(),
             webhooks: WebhookSettings::default(),
@@ -343,22 +384,26 @@ impl Config {
                 s.path_prefix
             ));
         }
-        if !matches!(self.adapter.as_str(), "local" | "redis") {
-            return Err(format!(
-                "invalid configuration: adapter `{}` must be \"local\" or \"redis\"",
-                self.adapter
-            ));
+        if self.adapter == Adapter::Redis && !cfg!(feature = "redis") {
+            return Err(
+                "invalid configuration: adapter is \"redis\" but this herald was built without the `redis` feature".into(),
+            );
         }
         if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
             return Err("invalid configuration: redis.prefix must be a non-empty word".into());
         }
-        if !matches!(self.store.kind.as_str(), "config" | "sqlite" | "postgres") {
+        let built = match self.store.kind {
+            StoreKind::Config => true,
+            StoreKind::Sqlite => cfg!(feature = "sqlite"),
+            StoreKind::Postgres => cfg!(feature = "postgres"),
+        };
+        if !built {
             return Err(format!(
-                "invalid configuration: store.kind `{}` must be \"config\", \"sqlite\" or \"postgres\"",
+                "invalid configuration: store.kind is \"{0}\" but this herald was built without the `{0}` feature",
                 self.store.kind
             ));
         }
-        if self.store.kind != "config" && self.store.url.is_empty() {
+        if self.store.kind != StoreKind::Config && self.store.url.is_empty() {
             return Err(format!(
                 "invalid configuration: store.kind is `{}` but store.url is empty",
                 self.store.kind
@@ -368,12 +413,6 @@ impl Config {
             return Err(
                 "invalid configuration: set both tls.cert_file and tls.key_file, or neither".into(),
             );
-        }
-        if !matches!(s.log_format.as_str(), "text" | "json") {
-            return Err(format!(
-                "invalid configuration: server.log_format `{}` must be \"text\" or \"json\"",
-                s.log_format
-            ));
         }
         herald_core::StaticAppStore::new(self.apps.clone())
             .map_err(|e| format!("invalid configuration: {e}"))?;

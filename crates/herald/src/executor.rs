@@ -1,143 +1,101 @@
-//! The HTTP API: request authentication and a transport-free executor. Routes (current and
-//! deprecated) and the console are thin adapters onto [`Executor`].
+//! The API operations, transport-free: the HTTP routes (current and deprecated) and the console
+//! call the same [`Executor`] and get typed replies, which the HTTP edge serializes. With a
+//! cluster, counts and rosters come from the cluster's shared state instead of this node's.
 
-use crate::cluster::redis::RedisAdapter;
+use crate::cluster::ClusterReads;
 use herald_core::{App, ChannelStats, Engine};
 use herald_protocol::api::{self, ApiError, Info, Trigger};
-use herald_protocol::{sign, time, ChannelName};
-use serde_json::{json, Map, Value};
+use herald_protocol::channel::{self, ChannelKind};
+use herald_protocol::{sign, ChannelName};
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Seconds a request timestamp may differ from the server clock.
-pub const TIMESTAMP_WINDOW: i64 = 600;
-const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
-
-/// A request as the authenticator needs it.
-#[derive(Debug)]
-pub struct SignedRequest<'a> {
-    pub method: &'a str,
-    /// Path as received (after the configured prefix was stripped).
-    pub path: &'a str,
-    pub raw_query: &'a str,
-    pub body: &'a [u8],
+/// The counts a request asked for about one channel (`info=`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChannelInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_count: Option<usize>,
 }
 
-/// Where the app comes from: the path's app id, or (pusher-http-python's terminate route) the key.
-#[derive(Debug, Clone, Copy)]
-pub enum AppRef<'a> {
-    Id(&'a str),
-    ByAuthKey,
+/// An empty JSON object: the reply of operations that return nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Empty {}
+
+/// `POST /events`: `{}`, or the channels' attributes when `info` was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Triggered {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<BTreeMap<String, ChannelInfo>>,
 }
 
-/// Verifies a signed API request and returns its app plus the decoded query.
-pub fn authenticate(
-    engine: &Engine,
-    app_ref: AppRef<'_>,
-    req: &SignedRequest<'_>,
-    now_unix: i64,
-) -> Result<(Arc<App>, sign::QueryPairs), ApiError> {
-    let pairs = sign::decode_query(req.raw_query);
-    let param = |k: &str| {
-        pairs
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-    };
-    let unauthorized = |m: String| ApiError::new(401, m);
-
-    let app = match app_ref {
-        AppRef::Id(id) => engine
-            .apps()
-            .by_id(id)
-            .ok_or_else(|| ApiError::new(404, format!("Unknown app id {id}")))?,
-        AppRef::ByAuthKey => {
-            let key = param("auth_key")
-                .ok_or_else(|| unauthorized("Missing parameter: auth_key".into()))?;
-            engine
-                .apps()
-                .by_key(key)
-                .ok_or_else(|| unauthorized("Unknown auth_key".into()))?
-        }
-    };
-    let key =
-        param("auth_key").ok_or_else(|| unauthorized("Missing parameter: auth_key".into()))?;
-    if !app.has_key(key) {
-        return Err(unauthorized("Unknown auth_key".into()));
-    }
-    match param("auth_version") {
-        None => return Err(unauthorized("Version required".into())),
-        Some("1.0") => {}
-        Some(_) => return Err(unauthorized("Version not supported".into())),
-    }
-    let ts = param("auth_timestamp").ok_or_else(|| unauthorized("Timestamp required".into()))?;
-    let ts: i64 = ts.trim().parse().map_err(|_| {
-        unauthorized(format!(
-            "Timestamp invalid: {ts} is not a Unix time in seconds"
-        ))
-    })?;
-    if (now_unix - ts).abs() >= TIMESTAMP_WINDOW {
-        return Err(unauthorized(format!(
-            "Timestamp expired: Given timestamp ({}) not within {TIMESTAMP_WINDOW}s of server time ({})",
-            time::iso8601(ts),
-            time::iso8601(now_unix)
-        )));
-    }
-    match param("body_md5") {
-        None if !req.body.is_empty() => {
-            return Err(unauthorized("Missing parameter: body_md5".into()));
-        }
-        None => {}
-        Some(given) => {
-            let actual = if req.body.is_empty() {
-                EMPTY_MD5.to_owned()
-            } else {
-                sign::md5_hex(req.body)
-            };
-            if !given.eq_ignore_ascii_case(&actual) {
-                return Err(unauthorized(format!(
-                    "Invalid body_md5: the MD5 of the body is {actual}, but body_md5 is {given}"
-                )));
-            }
-        }
-    }
-    let given = param("auth_signature")
-        .ok_or_else(|| unauthorized("Missing parameter: auth_signature".into()))?;
-    let given_lc = given.to_ascii_lowercase();
-    let to_sign = sign::request_string_to_sign(req.method, req.path, &pairs);
-    let mut ok = sign::ct_eq(&sign::hmac_hex(&app.secret, to_sign.as_bytes()), &given_lc);
-    if !ok && req.path.contains('%') {
-        // SDKs sign unencoded paths; an HTTP stack may have escaped it on the way.
-        let decoded = sign::percent_decode(req.path, false);
-        let alt = sign::request_string_to_sign(req.method, &decoded, &pairs);
-        ok = sign::ct_eq(&sign::hmac_hex(&app.secret, alt.as_bytes()), &given_lc);
-    }
-    if !ok {
-        return Err(unauthorized(format!(
-            "Invalid signature: you should have sent HmacSHA256Hex(\"{}\", your_secret_key), but you sent \"{given}\"",
-            to_sign.replace('\n', "\\n")
-        )));
-    }
-    if !app.enabled {
-        return Err(ApiError::new(403, "Application disabled"));
-    }
-    Ok((app, pairs))
+/// `POST /batch_events`: `{}`, or one attribute object per event when any asked for `info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BatchTriggered {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Vec<ChannelInfo>>,
 }
 
-/// Runs API operations against the engine; knows nothing of HTTP. With a cluster adapter, counts
-/// come from the cluster's shared state instead of this node's.
+/// `GET /channels`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChannelList {
+    pub channels: BTreeMap<String, ChannelInfo>,
+}
+
+/// A cache channel's current event as `GET /channels/{c}?info=cache` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheEntry {
+    pub data: String,
+    pub ttl: u64,
+}
+
+/// `GET /channels/{c}` (and the deprecated `/stats`, which always carries `connection_count`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChannelState {
+    /// Asked for and absent: `null`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Option<CacheEntry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_count: Option<usize>,
+    pub occupied: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_count: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: String,
+}
+
+/// `GET /channels/{c}/users`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Users {
+    pub users: Vec<User>,
+}
+
+/// Runs API operations against the engine; knows nothing of HTTP.
 #[derive(Debug, Clone)]
 pub struct Executor {
     engine: Engine,
-    cluster: Option<RedisAdapter>,
+    cluster: Option<Arc<dyn ClusterReads>>,
 }
 
 impl Executor {
-    pub fn new(engine: Engine, cluster: Option<RedisAdapter>) -> Self {
+    pub fn new(engine: Engine, cluster: Option<Arc<dyn ClusterReads>>) -> Self {
         Self { engine, cluster }
     }
 
-    /// Counts of one channel: cluster-wide when clustered (this node's if Redis is unreachable).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Counts of one channel: cluster-wide when clustered (this node's if the cluster is
+    /// unreachable).
     pub async fn stats(&self, app: &App, ch: &ChannelName) -> ChannelStats {
         let mut s = self.engine.stats(&app.id, ch);
         if let Some(c) = &self.cluster {
@@ -155,7 +113,8 @@ impl Executor {
         s
     }
 
-    async fn channel_list(&self, app: &App, prefix: &str) -> Vec<(String, ChannelStats)> {
+    /// Occupied channels whose name starts with `prefix`, sorted by name.
+    pub async fn channel_list(&self, app: &App, prefix: &str) -> Vec<(String, ChannelStats)> {
         if let Some(c) = &self.cluster {
             match c.channel_counts(&app.id).await {
                 Ok(counts) => {
@@ -164,7 +123,7 @@ impl Executor {
                         .into_iter()
                         .filter(|(n, c)| *c > 0 && n.starts_with(prefix))
                     {
-                        let user_count = if name.starts_with("presence-") {
+                        let user_count = if channel::kind_of(&name) == ChannelKind::Presence {
                             c.channel_count(&app.id, &name).await.map_or(0, |(_, u)| u)
                         } else {
                             0
@@ -187,11 +146,14 @@ impl Executor {
                 }
             }
         }
-        self.engine
+        let mut out: Vec<(String, ChannelStats)> = self
+            .engine
             .channels(&app.id, prefix)
             .into_iter()
             .map(|(n, s)| (n.to_string(), s))
-            .collect()
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     async fn member_ids(&self, app: &App, ch: &ChannelName) -> Vec<String> {
@@ -208,10 +170,6 @@ impl Executor {
             .iter()
             .map(|id| id.to_string())
             .collect()
-    }
-
-    pub fn engine(&self) -> &Engine {
-        &self.engine
     }
 
     fn check_info(app: &App, info: Option<Info>) -> Result<(), ApiError> {
@@ -231,48 +189,34 @@ impl Executor {
         }
     }
 
-    /// Attributes of `info` that apply to `channel`.
-    fn info_object(
-        &self,
-        app: &App,
-        channel: &ChannelName,
-        info: Info,
-        s: &ChannelStats,
-    ) -> Map<String, Value> {
-        let _ = app;
-        let mut o = Map::new();
-        if info.user_count && channel.is_presence() {
-            o.insert("user_count".into(), json!(s.user_count));
+    /// The attributes of `info` that apply to `channel`.
+    fn info_of(channel: &ChannelName, info: Info, s: &ChannelStats) -> ChannelInfo {
+        ChannelInfo {
+            user_count: (info.user_count && channel.is_presence()).then_some(s.user_count),
+            subscription_count: info.subscription_count.then_some(s.subscription_count),
         }
-        if info.subscription_count {
-            o.insert("subscription_count".into(), json!(s.subscription_count));
-        }
-        o
     }
 
     /// `POST /events`.
-    pub async fn trigger(&self, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn trigger(&self, app: &App, body: &[u8]) -> Result<Triggered, ApiError> {
         let t = api::parse_trigger(body, &app.limits)?;
         Self::check_info(app, t.info)?;
         self.publish(app, &t);
-        Ok(match t.info.filter(Info::any) {
-            None => json!({}),
-            Some(info) => {
-                let mut channels = Map::new();
-                for ch in &t.channels {
-                    let s = self.stats(app, ch).await;
-                    channels.insert(
-                        ch.to_string(),
-                        Value::Object(self.info_object(app, ch, info, &s)),
-                    );
-                }
-                json!({ "channels": channels })
-            }
+        let Some(info) = t.info.filter(Info::any) else {
+            return Ok(Triggered::default());
+        };
+        let mut channels = BTreeMap::new();
+        for ch in &t.channels {
+            let s = self.stats(app, ch).await;
+            channels.insert(ch.to_string(), Self::info_of(ch, info, &s));
+        }
+        Ok(Triggered {
+            channels: Some(channels),
         })
     }
 
     /// `POST /batch_events`.
-    pub async fn trigger_batch(&self, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn trigger_batch(&self, app: &App, body: &[u8]) -> Result<BatchTriggered, ApiError> {
         let batch = api::parse_batch(body, &app.limits)?;
         for t in &batch {
             Self::check_info(app, t.info)?;
@@ -281,20 +225,19 @@ impl Executor {
             self.publish(app, t);
         }
         if !batch.iter().any(|t| t.info.is_some()) {
-            return Ok(json!({}));
+            return Ok(BatchTriggered::default());
         }
-        let mut items: Vec<Value> = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
         for t in &batch {
             items.push(match t.info {
-                None => json!({}),
+                None => ChannelInfo::default(),
                 Some(info) => {
                     let ch = &t.channels[0];
-                    let s = self.stats(app, ch).await;
-                    Value::Object(self.info_object(app, ch, info, &s))
+                    Self::info_of(ch, info, &self.stats(app, ch).await)
                 }
             });
         }
-        Ok(json!({ "batch": items }))
+        Ok(BatchTriggered { batch: Some(items) })
     }
 
     /// Deprecated `POST /channels/{c}/events`: name (and socket_id) from the query, body is data.
@@ -304,64 +247,48 @@ impl Executor {
         channel: &str,
         query: &[(String, String)],
         body: &[u8],
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Empty, ApiError> {
         let data = std::str::from_utf8(body).map_err(|_| {
             ApiError::bad_request("Request body must be valid UTF-8 (it is the event data)")
         })?;
-        let param = |k: &str| {
-            query
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-        };
-        let mut obj = Map::new();
-        obj.insert("channel".into(), json!(channel));
-        obj.insert("data".into(), json!(data));
-        match param("name") {
-            Some(n) => obj.insert("name".into(), json!(n)),
-            None => return Err(ApiError::bad_request("Missing required parameter: name")),
-        };
-        if let Some(s) = param("socket_id") {
-            obj.insert("socket_id".into(), json!(s));
-        }
-        let body = serde_json::to_vec(&obj).expect("JSON values serialize");
-        let t = api::parse_trigger(&body, &app.limits)?;
+        let t = api::raw_trigger(
+            channel,
+            sign::query_param(query, "name"),
+            sign::query_param(query, "socket_id"),
+            data,
+            &app.limits,
+        )?;
         self.publish(app, &t);
-        Ok(json!({}))
+        Ok(Empty {})
     }
 
     /// `GET /channels`.
-    pub async fn channels(&self, app: &App, query: &[(String, String)]) -> Result<Value, ApiError> {
-        let param = |k: &str| {
-            query
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
-        let prefix = param("filter_by_prefix").unwrap_or("");
-        let info = Info::parse(param("info").unwrap_or(""));
-        if info.user_count && !prefix.starts_with("presence-") {
+    pub async fn channels(
+        &self,
+        app: &App,
+        query: &[(String, String)],
+    ) -> Result<ChannelList, ApiError> {
+        let prefix = sign::query_param(query, "filter_by_prefix").unwrap_or("");
+        let info = Info::parse(sign::query_param(query, "info").unwrap_or(""));
+        if info.user_count && !channel::prefix_is_presence(prefix) {
             return Err(ApiError::bad_request(
                 "user_count may only be requested for presence channels - please supply filter_by_prefix begining with presence-",
             ));
         }
         Self::check_info(app, Some(info))?;
-        let channels: Map<String, Value> = self
+        let channels = self
             .channel_list(app, prefix)
             .await
             .into_iter()
             .map(|(name, s)| {
-                let mut o = Map::new();
-                if info.user_count {
-                    o.insert("user_count".into(), json!(s.user_count));
-                }
-                if info.subscription_count {
-                    o.insert("subscription_count".into(), json!(s.subscription_count));
-                }
-                (name.to_string(), Value::Object(o))
+                let attrs = ChannelInfo {
+                    user_count: info.user_count.then_some(s.user_count),
+                    subscription_count: info.subscription_count.then_some(s.subscription_count),
+                };
+                (name, attrs)
             })
             .collect();
-        Ok(json!({ "channels": channels }))
+        Ok(ChannelList { channels })
     }
 
     /// `GET /channels/{c}`.
@@ -370,15 +297,9 @@ impl Executor {
         app: &App,
         name: &str,
         query: &[(String, String)],
-    ) -> Result<Value, ApiError> {
+    ) -> Result<ChannelState, ApiError> {
         let ch = api::check_channel(name, &app.limits)?;
-        let param = |k: &str| {
-            query
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
-        let info = Info::parse(param("info").unwrap_or(""));
+        let info = Info::parse(sign::query_param(query, "info").unwrap_or(""));
         if info.user_count && !ch.is_presence() {
             return Err(ApiError::bad_request(
                 "Cannot retrieve the user count unless the channel is a presence channel",
@@ -391,182 +312,109 @@ impl Executor {
         }
         Self::check_info(app, Some(info))?;
         let s = self.stats(app, &ch).await;
-        let mut o = Map::new();
-        o.insert("occupied".into(), json!(s.occupied));
-        if info.user_count {
-            o.insert("user_count".into(), json!(s.user_count));
-        }
-        if info.subscription_count {
-            o.insert("subscription_count".into(), json!(s.subscription_count));
-        }
-        if info.connection_count {
-            o.insert("connection_count".into(), json!(s.subscription_count));
-        }
-        if info.cache {
-            let v = s.cache.map_or(
-                Value::Null,
-                |(data, ttl)| json!({ "data": &*data, "ttl": ttl }),
-            );
-            o.insert("cache".into(), v);
-        }
-        Ok(Value::Object(o))
+        Ok(ChannelState {
+            occupied: s.occupied,
+            user_count: info.user_count.then_some(s.user_count),
+            subscription_count: info.subscription_count.then_some(s.subscription_count),
+            connection_count: info.connection_count.then_some(s.subscription_count),
+            cache: info.cache.then(|| {
+                s.cache.map(|(data, ttl)| CacheEntry {
+                    data: data.to_string(),
+                    ttl,
+                })
+            }),
+        })
     }
 
     /// Deprecated `GET /channels/{c}/stats`.
-    pub async fn channel_stats(&self, app: &App, name: &str) -> Result<Value, ApiError> {
+    pub async fn channel_stats(&self, app: &App, name: &str) -> Result<ChannelState, ApiError> {
         let ch = api::check_channel(name, &app.limits)?;
         let s = self.stats(app, &ch).await;
-        let mut o = Map::new();
-        o.insert("occupied".into(), json!(s.occupied));
-        if ch.is_presence() {
-            o.insert("user_count".into(), json!(s.user_count));
-        }
-        o.insert("connection_count".into(), json!(s.subscription_count));
-        Ok(Value::Object(o))
+        Ok(ChannelState {
+            occupied: s.occupied,
+            user_count: ch.is_presence().then_some(s.user_count),
+            connection_count: Some(s.subscription_count),
+            ..ChannelState::default()
+        })
     }
 
     /// `GET /channels/{c}/users`.
-    pub async fn users(&self, app: &App, name: &str) -> Result<Value, ApiError> {
+    pub async fn users(&self, app: &App, name: &str) -> Result<Users, ApiError> {
         let ch = api::check_channel(name, &app.limits)?;
         if !ch.is_presence() {
             return Err(ApiError::bad_request(
                 "Users can only be retrieved for presence channels",
             ));
         }
-        let users: Vec<Value> = self
+        let users = self
             .member_ids(app, &ch)
             .await
-            .iter()
-            .map(|id| json!({ "id": id }))
+            .into_iter()
+            .map(|id| User { id })
             .collect();
-        Ok(json!({ "users": users }))
+        Ok(Users { users })
     }
 
     /// `POST /users/{id}/terminate_connections`.
-    pub fn terminate(&self, app: &App, user_id: &str) -> Result<Value, ApiError> {
+    pub fn terminate(&self, app: &App, user_id: &str) -> Result<Empty, ApiError> {
         if user_id.is_empty() {
             return Err(ApiError::bad_request("Missing user id"));
         }
-        if user_id.len() > 200 || !user_id.bytes().all(herald_protocol::channel::is_name_char) {
+        if user_id.len() > 200 || !user_id.bytes().all(channel::is_name_char) {
             return Err(ApiError::bad_request(format!("Invalid user id: {user_id}")));
         }
         self.engine.terminate_user(&app.id, user_id);
-        Ok(json!({}))
+        Ok(Empty {})
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_core::{EngineConfig, LocalAdapter, StaticAppStore};
-
-    fn engine() -> Engine {
-        let mut app = App::default_app();
-        app.id = "3".into();
-        app.key = "278d425bdf160c739803".into();
-        app.secret = "7ad3773142a6692b25b8".into();
-        let mut off = App::default_app();
-        off.id = "4".into();
-        off.key = "k4".into();
-        off.enabled = false;
-        Engine::new(
-            Arc::new(StaticAppStore::new(vec![app, off]).unwrap()),
-            Arc::new(LocalAdapter::new()),
-            vec![],
-            EngineConfig::default(),
-        )
-    }
-
-    const BODY: &str = r#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
-    const Q: &str = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f&auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c";
-
-    fn auth(e: &Engine, q: &str, body: &str, now: i64) -> Result<String, ApiError> {
-        let r = SignedRequest {
-            method: "POST",
-            path: "/apps/3/events",
-            raw_query: q,
-            body: body.as_bytes(),
-        };
-        authenticate(e, AppRef::Id("3"), &r, now).map(|(a, _)| a.id.clone())
-    }
 
     #[test]
-    fn docs_example_authenticates() {
-        let e = engine();
-        assert_eq!(auth(&e, Q, BODY, 1_353_088_179).unwrap(), "3");
-        assert_eq!(auth(&e, Q, BODY, 1_353_088_179 + 599).unwrap(), "3");
-    }
-
-    #[test]
-    fn failures() {
-        let e = engine();
-        let err = auth(&e, Q, BODY, 1_353_088_179 + 600).unwrap_err();
-        assert_eq!(err.status, 401);
-        assert!(err
-            .message
-            .starts_with("Timestamp expired: Given timestamp (2012-11-16T17:49:39Z)"));
-        let err = auth(&e, Q, "{}", 1_353_088_179).unwrap_err();
-        assert!(err.message.starts_with("Invalid body_md5"));
-        let bad = Q.replace("da4548", "000000");
-        let err = auth(&e, &bad, BODY, 1_353_088_179).unwrap_err();
-        assert!(err.message.starts_with(
-            "Invalid signature: you should have sent HmacSHA256Hex(\"POST\\n/apps/3/events\\nauth_key="
-        ));
-        assert_eq!(
-            auth(&e, "", BODY, 0).unwrap_err().message,
-            "Missing parameter: auth_key"
+    fn replies_serialize_as_pusher_documents_them() {
+        let j = |v: &dyn erased::Json| v.json();
+        assert_eq!(j(&Empty {}), "{}");
+        assert_eq!(j(&Triggered::default()), "{}");
+        let mut channels = BTreeMap::new();
+        channels.insert(
+            "presence-a".to_owned(),
+            ChannelInfo {
+                subscription_count: Some(2),
+                user_count: Some(1),
+            },
         );
-        let err = auth(
-            &e,
-            &Q.replace("auth_key=278d425bdf160c739803", "auth_key=nope"),
-            BODY,
-            0,
-        )
-        .unwrap_err();
-        assert_eq!(err.message, "Unknown auth_key");
-        let err = auth(
-            &e,
-            &Q.replace("auth_version=1.0", "auth_version=2.0"),
-            BODY,
-            0,
-        )
-        .unwrap_err();
-        assert_eq!(err.message, "Version not supported");
-        let r = SignedRequest {
-            method: "GET",
-            path: "/apps/9/channels",
-            raw_query: "",
-            body: b"",
-        };
         assert_eq!(
-            authenticate(&e, AppRef::Id("9"), &r, 0).unwrap_err().status,
-            404
+            j(&Triggered {
+                channels: Some(channels)
+            }),
+            r#"{"channels":{"presence-a":{"subscription_count":2,"user_count":1}}}"#
+        );
+        assert_eq!(
+            j(&ChannelState {
+                occupied: true,
+                cache: Some(None),
+                ..ChannelState::default()
+            }),
+            r#"{"cache":null,"occupied":true}"#
+        );
+        assert_eq!(
+            j(&Users {
+                users: vec![User { id: "u".into() }]
+            }),
+            r#"{"users":[{"id":"u"}]}"#
         );
     }
 
-    #[test]
-    fn disabled_app_is_403_after_a_valid_signature() {
-        let e = engine();
-        let mut pairs: Vec<(String, String)> = vec![
-            ("auth_key".into(), "k4".into()),
-            ("auth_timestamp".into(), "100".into()),
-            ("auth_version".into(), "1.0".into()),
-        ];
-        let sig = sign::sign_request("app-secret", "GET", "/apps/4/channels", &pairs);
-        pairs.push(("auth_signature".into(), sig));
-        let q: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let q = q.join("&");
-        let r = SignedRequest {
-            method: "GET",
-            path: "/apps/4/channels",
-            raw_query: &q,
-            body: b"",
-        };
-        assert_eq!(
-            authenticate(&e, AppRef::Id("4"), &r, 100)
-                .unwrap_err()
-                .status,
-            403
-        );
+    mod erased {
+        pub trait Json {
+            fn json(&self) -> String;
+        }
+        impl<T: serde::Serialize> Json for T {
+            fn json(&self) -> String {
+                serde_json::to_string(self).unwrap()
+            }
+        }
     }
 }

@@ -5,9 +5,11 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod drain;
 pub mod executor;
 pub mod http;
 pub mod memory;
+pub mod rate;
 pub mod server;
 pub mod session;
 pub mod sinks;
@@ -15,4 +17,4 @@ pub mod store;
 pub mod transport;
 
 pub use config::Config;
-pub use server::{router, run, run_with, RunOptions, Shared};
+pub use server::{run, run_with, Node, RunOptions};

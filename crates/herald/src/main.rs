@@ -34,7 +34,7 @@ enum Command {
     CheckConfig,
     /// Manage the apps of the configured store.
     #[command(subcommand)]
-    Apps(herald::store::AppsCommand),
+    Apps(herald::cli::apps::AppsCommand),
     /// Publish an event through the HTTP API of a running server, signed with the app's secret.
     Trigger(herald::cli::api::TriggerArgs),
     /// List the occupied channels of a running server through its HTTP API.
@@ -125,7 +125,7 @@ fn real_main(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Some(Command::Apps(cmd)) => runtime()?.block_on(herald::store::cli_apps(&config, cmd)),
+        Some(Command::Apps(cmd)) => runtime()?.block_on(herald::cli::apps::cli_apps(&config, cmd)),
         Some(Command::Trigger(args)) => {
             runtime()?.block_on(herald::cli::api::trigger(&config, args))
         }

@@ -2,7 +2,7 @@
 //! and PostgreSQL. PostgreSQL needs `HERALD_TEST_POSTGRES_URL`: run through `scripts/test.sh`, or
 //! `eval "$(scripts/postgres.sh start)"` first.
 
-use herald::store::SqlAppStore;
+use herald::store::sql::SqlAppStore;
 use herald::Config;
 use herald_core::{App, AppStore, StaticAppStore, WebhookFilter, WebhookTarget};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -13,6 +13,7 @@
 //!   outage or restart, a node notices its `alive` marker is gone and rewrites its whole share.
 //!   Events published while Redis is unreachable reach local subscribers only (documented).
 
+use super::{ClusterReads, Reading};
 use crate::sinks::metrics::Metrics;
 use herald_core::{ClusterAdapter, ClusterNote, Engine, Frame, LifecycleEvent};
 use herald_protocol::{encode, ChannelName, SocketId};
@@ -198,7 +199,7 @@ impl RedisAdapter {
         ))
     }
 
-    pub fn is_up(&self) -> bool {
+    fn up(&self) -> bool {
         self.inner.up.load(Ordering::Relaxed)
     }
 
@@ -264,7 +265,7 @@ impl RedisAdapter {
     }
 
     fn send(&self, body: Bus) {
-        if !self.is_up() {
+        if !self.up() {
             // Redis is known to be away: this event stays with the local subscribers (documented).
             return;
         }
@@ -767,8 +768,7 @@ impl RedisAdapter {
             .await
     }
 
-    /// Cluster-wide subscriber counts of an app's occupied channels.
-    pub async fn channel_counts(&self, app: &str) -> redis::RedisResult<HashMap<String, usize>> {
+    async fn channel_counts(&self, app: &str) -> redis::RedisResult<HashMap<String, usize>> {
         let mut c = self.read_conn().await?;
         redis::cmd("HGETALL")
             .arg(self.key(&["ch", app]))
@@ -776,12 +776,7 @@ impl RedisAdapter {
             .await
     }
 
-    /// Cluster-wide (subscribers, distinct presence users) of one channel.
-    pub async fn channel_count(
-        &self,
-        app: &str,
-        channel: &str,
-    ) -> redis::RedisResult<(usize, usize)> {
+    async fn channel_count(&self, app: &str, channel: &str) -> redis::RedisResult<(usize, usize)> {
         let mut c = self.read_conn().await?;
         let (subs, users): (Option<usize>, usize) = redis::pipe()
             .cmd("HGET")
@@ -794,12 +789,7 @@ impl RedisAdapter {
         Ok((subs.unwrap_or(0), users))
     }
 
-    /// Presence members of a channel across the cluster: (user id, raw user_info).
-    pub async fn members(
-        &self,
-        app: &str,
-        channel: &str,
-    ) -> redis::RedisResult<Vec<(String, String)>> {
+    async fn members(&self, app: &str, channel: &str) -> redis::RedisResult<Vec<(String, String)>> {
         let mut c = self.read_conn().await?;
         let m: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.key(&["pi", app, channel]))
@@ -810,8 +800,7 @@ impl RedisAdapter {
         Ok(v)
     }
 
-    /// Which of `users` are signed in somewhere in the cluster.
-    pub async fn online(&self, app: &str, users: &[String]) -> redis::RedisResult<Vec<String>> {
+    async fn online(&self, app: &str, users: &[String]) -> redis::RedisResult<Vec<String>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -904,5 +893,43 @@ impl ClusterAdapter for RedisAdapter {
             a: app_id.to_owned(),
             u: user_id.to_owned(),
         });
+    }
+}
+
+impl ClusterReads for RedisAdapter {
+    fn is_up(&self) -> bool {
+        self.up()
+    }
+    fn channel_counts<'a>(&'a self, app: &'a str) -> Reading<'a, Vec<(String, usize)>> {
+        Box::pin(async move {
+            let mut v: Vec<(String, usize)> = RedisAdapter::channel_counts(self, app)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect();
+            v.sort();
+            Ok(v)
+        })
+    }
+    fn channel_count<'a>(&'a self, app: &'a str, channel: &'a str) -> Reading<'a, (usize, usize)> {
+        Box::pin(async move {
+            RedisAdapter::channel_count(self, app, channel)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+    fn members<'a>(&'a self, app: &'a str, channel: &'a str) -> Reading<'a, Vec<(String, String)>> {
+        Box::pin(async move {
+            RedisAdapter::members(self, app, channel)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+    fn online<'a>(&'a self, app: &'a str, users: &'a [String]) -> Reading<'a, Vec<String>> {
+        Box::pin(async move {
+            RedisAdapter::online(self, app, users)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }

@@ -2,5 +2,6 @@
 //! a `LifecycleSink`; none is called from connection code.
 
 pub mod console;
+pub mod event;
 pub mod metrics;
 pub mod webhook;

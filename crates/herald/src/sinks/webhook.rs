@@ -8,7 +8,7 @@
 //! the spool file, which the next start sends first.
 
 use crate::config::WebhookSettings;
-use crate::sinks::console::Console;
+use crate::sinks::event::{self, HookName};
 use crate::sinks::metrics::Metrics;
 use herald_core::{App, AppStore, LifecycleEvent, LifecycleSink, WebhookTarget};
 use herald_protocol::sign;
@@ -35,29 +35,88 @@ pub struct WebhookStats {
     pub spooled: AtomicU64,
 }
 
+/// What became of a webhook (or of an event that would have become one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    Retried,
+    Failed,
+    Spooled,
+    Dropped,
+}
+
+impl Outcome {
+    /// The `outcome` label of `herald_webhooks_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Retried => "retried",
+            Outcome::Failed => "failed",
+            Outcome::Spooled => "spooled",
+            Outcome::Dropped => "dropped",
+        }
+    }
+}
+
+/// Hears about every webhook request (the console shows them in its live log).
+pub trait DeliveryObserver: Send + Sync {
+    /// `events` are the (name, channel) pairs of the body; `result` is the HTTP status of the
+    /// answer or the transport error.
+    fn delivery(
+        &self,
+        app: &str,
+        url: &str,
+        events: &[(HookName, Arc<str>)],
+        result: Result<u16, &str>,
+    );
+}
+
+/// What a re-join cancels: the channel, and the user for member events.
+type RejoinKey = (Arc<str>, Option<Arc<str>>);
+
 /// One event in a webhook body.
 #[derive(Debug, Clone)]
 struct HookEvent {
-    name: &'static str,
+    name: HookName,
     channel: Arc<str>,
+    /// Member events: what a re-join within the delay cancels.
+    user_id: Option<Arc<str>>,
     body: Map<String, Value>,
 }
 
 impl HookEvent {
-    fn new(name: &'static str, channel: &Arc<str>) -> Self {
+    /// The body Pusher documents for `ev`: `name`, `channel` and the event's own fields.
+    fn of(ev: &LifecycleEvent) -> Option<Self> {
+        let name = event::hook(ev)?;
+        let f = event::fields(ev);
+        let channel: Arc<str> = Arc::from(f.channel?);
         let mut body = Map::new();
-        body.insert("name".into(), json!(name));
-        body.insert("channel".into(), json!(&**channel));
-        Self {
-            name,
-            channel: channel.clone(),
-            body,
+        body.insert("name".into(), json!(name.as_str()));
+        body.insert("channel".into(), json!(&*channel));
+        if let Some(e) = f.event {
+            body.insert("event".into(), json!(e));
         }
-    }
-
-    fn with(mut self, k: &str, v: Value) -> Self {
-        self.body.insert(k.into(), v);
-        self
+        if let Some(d) = f.data {
+            body.insert("data".into(), json!(d));
+        }
+        if let Some(s) = f.socket_id {
+            body.insert("socket_id".into(), json!(s.to_string()));
+        }
+        if let Some(u) = f.user_id {
+            body.insert("user_id".into(), json!(u));
+        }
+        if let Some(n) = f.count {
+            body.insert("subscription_count".into(), json!(n));
+        }
+        let user_id = matches!(name, HookName::MemberAdded | HookName::MemberRemoved)
+            .then(|| f.user_id.map(Arc::from))
+            .flatten();
+        Some(Self {
+            name,
+            channel,
+            user_id,
+            body,
+        })
     }
 }
 
@@ -72,6 +131,9 @@ struct Delivery {
     headers: Vec<(String, String)>,
     /// Creation time (Unix ms): the retry window counts from here.
     created_ms: u64,
+    /// The (name, channel) of each event in `body`, for observers (absent in older spools).
+    #[serde(default)]
+    events: Vec<(HookName, Arc<str>)>,
 }
 
 fn now_ms() -> u64 {
@@ -91,7 +153,7 @@ struct Inner {
     stats: Arc<WebhookStats>,
     metrics: Option<Arc<Metrics>>,
     /// Shows deliveries in the debug console's live log.
-    console: Option<Arc<Console>>,
+    observer: Option<Arc<dyn DeliveryObserver>>,
     tracker: TaskTracker,
     /// Cancelled when shutdown begins: dispatchers flush delayed events and stop.
     stopping: CancellationToken,
@@ -123,7 +185,7 @@ impl Webhooks {
         settings: WebhookSettings,
         apps: Arc<dyn AppStore>,
         metrics: Option<Arc<Metrics>>,
-        console: Option<Arc<Console>>,
+        observer: Option<Arc<dyn DeliveryObserver>>,
     ) -> Self {
         let client = reqwest::Client::builder()
             .http1_only()
@@ -143,7 +205,7 @@ impl Webhooks {
                 workers: Mutex::new(HashMap::new()),
                 stats: Arc::new(WebhookStats::default()),
                 metrics,
-                console,
+                observer,
                 tracker: TaskTracker::new(),
                 stopping: CancellationToken::new(),
                 deadline: CancellationToken::new(),
@@ -185,63 +247,6 @@ impl Webhooks {
         );
     }
 
-    fn to_hook(ev: &LifecycleEvent) -> Option<(&Arc<str>, HookEvent)> {
-        Some(match ev {
-            LifecycleEvent::ChannelOccupied { app, channel } => {
-                (app, HookEvent::new("channel_occupied", channel))
-            }
-            LifecycleEvent::ChannelVacated { app, channel } => {
-                (app, HookEvent::new("channel_vacated", channel))
-            }
-            LifecycleEvent::MemberAdded {
-                app,
-                channel,
-                user_id,
-            } => (
-                app,
-                HookEvent::new("member_added", channel).with("user_id", json!(&**user_id)),
-            ),
-            LifecycleEvent::MemberRemoved {
-                app,
-                channel,
-                user_id,
-            } => (
-                app,
-                HookEvent::new("member_removed", channel).with("user_id", json!(&**user_id)),
-            ),
-            LifecycleEvent::ClientEvent {
-                app,
-                channel,
-                event,
-                data,
-                socket_id,
-                user_id,
-            } => {
-                let mut h = HookEvent::new("client_event", channel)
-                    .with("event", json!(&**event))
-                    .with("data", json!(&**data))
-                    .with("socket_id", json!(socket_id.to_string()));
-                if let Some(u) = user_id {
-                    h = h.with("user_id", json!(&**u));
-                }
-                (app, h)
-            }
-            LifecycleEvent::CacheMiss { app, channel } => {
-                (app, HookEvent::new("cache_miss", channel))
-            }
-            LifecycleEvent::SubscriptionCount {
-                app,
-                channel,
-                count,
-            } => (
-                app,
-                HookEvent::new("subscription_count", channel)
-                    .with("subscription_count", json!(count)),
-            ),
-            _ => return None,
-        })
-    }
-
     fn dispatcher(&self, app: &App) -> Option<mpsc::Sender<HookEvent>> {
         if self.inner.stopping.is_cancelled() {
             return None;
@@ -268,7 +273,7 @@ impl Webhooks {
         let delay = Duration::from_millis(s.vacate_delay_ms);
         let debounce = Duration::from_millis(s.cache_miss_debounce_ms);
         // Delayed vacate/member-removed events, keyed by what a re-join cancels.
-        let mut delayed: HashMap<(Arc<str>, Option<String>), (Instant, HookEvent)> = HashMap::new();
+        let mut delayed: HashMap<RejoinKey, (Instant, HookEvent)> = HashMap::new();
         let mut last_miss: HashMap<Arc<str>, Instant> = HashMap::new();
         let mut batch: Vec<HookEvent> = Vec::new();
         let mut batch_due: Option<Instant> = None;
@@ -286,23 +291,21 @@ impl Webhooks {
             };
             let now = Instant::now();
             if let Some(ev) = ev {
-                let user = ev
-                    .body
-                    .get("user_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
+                let user = ev.user_id.clone();
                 match ev.name {
-                    "channel_vacated" | "member_removed" if !delay.is_zero() && !stopping => {
+                    HookName::ChannelVacated | HookName::MemberRemoved
+                        if !delay.is_zero() && !stopping =>
+                    {
                         delayed.insert((ev.channel.clone(), user), (now + delay, ev));
                     }
-                    "channel_occupied" | "member_added"
+                    HookName::ChannelOccupied | HookName::MemberAdded
                         if delayed
                             .remove(&(ev.channel.clone(), user.clone()))
                             .is_some() =>
                     {
                         // A quick return: neither the leave nor this join is reported.
                     }
-                    "cache_miss" => {
+                    HookName::CacheMiss => {
                         if last_miss
                             .get(&ev.channel)
                             .is_none_or(|t| now.duration_since(*t) >= debounce)
@@ -325,7 +328,7 @@ impl Webhooks {
             let mut fired: Vec<(Instant, HookEvent)> =
                 due.into_iter().filter_map(|k| delayed.remove(&k)).collect();
             // Member removals before the vacate that follows them.
-            fired.sort_by_key(|(t, e)| (*t, e.name == "channel_vacated"));
+            fired.sort_by_key(|(t, e)| (*t, e.name == HookName::ChannelVacated));
             for (_, ev) in fired {
                 self.push(&app_id, ev, &mut batch, &mut batch_due, now);
             }
@@ -379,9 +382,12 @@ impl Webhooks {
         };
         let created_ms = now_ms();
         for target in &app.webhooks {
-            let chosen: Vec<Value> = events
+            let wanted: Vec<&HookEvent> = events
                 .iter()
-                .filter(|e| target.wants(e.name, &e.channel))
+                .filter(|e| target.wants(e.name.as_str(), &e.channel))
+                .collect();
+            let chosen: Vec<Value> = wanted
+                .iter()
                 .map(|e| Value::Object(e.body.clone()))
                 .collect();
             if chosen.is_empty() {
@@ -397,6 +403,7 @@ impl Webhooks {
                 body,
                 headers: extra_headers(target),
                 created_ms,
+                events: wanted.iter().map(|e| (e.name, e.channel.clone())).collect(),
             });
         }
     }
@@ -422,7 +429,7 @@ impl Webhooks {
         {
             let mut q = worker.queue.lock();
             if q.len() >= self.inner.settings.queue_capacity.max(1) {
-                self.inner.outcome(&d.app_id, "dropped", 1);
+                self.inner.outcome(&d.app_id, Outcome::Dropped, 1);
                 tracing::warn!(app = %d.app_id, url = %d.url, "webhook queue full: dropping a webhook");
                 return;
             }
@@ -464,7 +471,7 @@ impl Webhooks {
         loop {
             if now_ms() > window_end {
                 // Receivers reject stale bodies (pusher-http-python: older than 5 minutes).
-                self.inner.outcome(&d.app_id, "failed", 1);
+                self.inner.outcome(&d.app_id, Outcome::Failed, 1);
                 tracing::warn!(app = %d.app_id, url = %d.url, "webhook not sent: its retry window is over");
                 return;
             }
@@ -491,8 +498,8 @@ impl Webhooks {
             let outcome = match req.send().await {
                 Ok(r) => {
                     let status = r.status();
-                    if let Some(c) = &self.inner.console {
-                        c.webhook(&d.app_id, &d.url, &d.body, Ok(status.as_u16()));
+                    if let Some(o) = &self.inner.observer {
+                        o.delivery(&d.app_id, &d.url, &d.events, Ok(status.as_u16()));
                     }
                     if status.is_success() {
                         Ok(())
@@ -502,24 +509,24 @@ impl Webhooks {
                 }
                 Err(e) => {
                     let reason = e.to_string();
-                    if let Some(c) = &self.inner.console {
-                        c.webhook(&d.app_id, &d.url, &d.body, Err(&reason));
+                    if let Some(o) = &self.inner.observer {
+                        o.delivery(&d.app_id, &d.url, &d.events, Err(&reason));
                     }
                     Err(reason)
                 }
             };
             match outcome {
                 Ok(()) => {
-                    self.inner.outcome(&d.app_id, "delivered", 1);
+                    self.inner.outcome(&d.app_id, Outcome::Delivered, 1);
                     return;
                 }
                 Err(reason) => {
                     if now_ms() + wait.as_millis() as u64 > window_end {
-                        self.inner.outcome(&d.app_id, "failed", 1);
+                        self.inner.outcome(&d.app_id, Outcome::Failed, 1);
                         tracing::warn!(app = %d.app_id, url = %d.url, %reason, "webhook failed; retry window over, giving up");
                         return;
                     }
-                    self.inner.outcome(&d.app_id, "retried", 1);
+                    self.inner.outcome(&d.app_id, Outcome::Retried, 1);
                     tracing::info!(app = %d.app_id, url = %d.url, %reason, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(60));
@@ -562,7 +569,7 @@ impl Webhooks {
         match std::fs::write(path, text) {
             Ok(()) => {
                 for d in &left {
-                    self.inner.outcome(&d.app_id, "spooled", 1);
+                    self.inner.outcome(&d.app_id, Outcome::Spooled, 1);
                 }
                 tracing::info!(
                     count = left.len(),
@@ -579,18 +586,18 @@ impl Webhooks {
 
 impl Inner {
     /// Counts an outcome in the stats and, per app, in the metrics.
-    fn outcome(&self, app: &str, outcome: &str, n: u64) {
+    fn outcome(&self, app: &str, outcome: Outcome, n: u64) {
         let c = match outcome {
-            "delivered" => &self.stats.delivered,
-            "retried" => &self.stats.retried,
-            "failed" => &self.stats.failed,
-            "spooled" => &self.stats.spooled,
-            _ => &self.stats.dropped,
+            Outcome::Delivered => &self.stats.delivered,
+            Outcome::Retried => &self.stats.retried,
+            Outcome::Failed => &self.stats.failed,
+            Outcome::Spooled => &self.stats.spooled,
+            Outcome::Dropped => &self.stats.dropped,
         };
         c.fetch_add(n, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             for _ in 0..n {
-                m.webhook(app, outcome);
+                m.webhook(app, outcome.label());
             }
         }
     }
@@ -613,10 +620,10 @@ fn extra_headers(t: &WebhookTarget) -> Vec<(String, String)> {
 
 impl LifecycleSink for Webhooks {
     fn emit(&self, ev: &LifecycleEvent) {
-        let Some((app_id, hook)) = Self::to_hook(ev) else {
+        let Some(hook) = HookEvent::of(ev) else {
             return;
         };
-        let Some(app) = self.inner.apps.by_id(app_id) else {
+        let Some(app) = self.inner.apps.by_id(event::app(ev)) else {
             return;
         };
         // Every type goes to the dispatcher, even ones no target takes: a vacate nobody receives
@@ -625,12 +632,12 @@ impl LifecycleSink for Webhooks {
             return;
         }
         let Some(tx) = self.dispatcher(&app) else {
-            self.inner.outcome(&app.id, "dropped", 1);
-            tracing::warn!(app = %app.id, event = hook.name, "webhook event after shutdown began: not sent");
+            self.inner.outcome(&app.id, Outcome::Dropped, 1);
+            tracing::warn!(app = %app.id, event = hook.name.as_str(), "webhook event after shutdown began: not sent");
             return;
         };
         if tx.try_send(hook).is_err() {
-            self.inner.outcome(&app.id, "dropped", 1);
+            self.inner.outcome(&app.id, Outcome::Dropped, 1);
             tracing::warn!(app = %app.id, "webhook event queue full: dropping an event");
         }
     }

@@ -4,9 +4,9 @@
 //! Upgrades skip the HTTP stack on purpose: a WebSocket connection then costs its session and
 //! nothing else (no router clone, no hyper connection state kept alive underneath it).
 
-use crate::server::Shared;
-use crate::sinks::metrics::ConnCounters;
-use crate::transport::socket::{self, ConnectParams};
+use crate::session::{self, ConnectParams};
+use crate::sinks::metrics::{ConnCounters, Metrics};
+use crate::transport::socket;
 use crate::transport::wsframe::{self, Upgrade};
 use axum::Router;
 use herald_core::{Conn, Sink};
@@ -184,19 +184,19 @@ impl AsyncWrite for SharedTcp {
 /// What an accepted stream becomes once its WebSocket session starts.
 pub trait IntoSession: Transport {
     type Session: Transport;
-    fn into_session(self, shared: &Shared, conn: &Conn) -> Self::Session;
+    fn into_session(self, metrics: &Metrics, conn: &Conn) -> Self::Session;
 }
 
 impl IntoSession for TcpStream {
     type Session = SharedTcp;
-    fn into_session(self, shared: &Shared, conn: &Conn) -> SharedTcp {
-        SharedTcp::new(self, shared.metrics.conn_counters(&conn.app.id))
+    fn into_session(self, metrics: &Metrics, conn: &Conn) -> SharedTcp {
+        SharedTcp::new(self, metrics.conn_counters(&conn.app.id))
     }
 }
 
 impl IntoSession for tokio_rustls::server::TlsStream<TcpStream> {
     type Session = Self;
-    fn into_session(self, _: &Shared, _: &Conn) -> Self {
+    fn into_session(self, _: &Metrics, _: &Conn) -> Self {
         self
     }
 }
@@ -330,33 +330,46 @@ pub fn route(target: &str, prefix: &str) -> (Option<String>, Option<String>) {
                 .decode_utf8_lossy()
                 .into_owned()
         });
-    let protocol = herald_protocol::sign::decode_query(query)
-        .into_iter()
-        .find(|(k, _)| k == "protocol")
-        .map(|(_, v)| v);
+    let query = herald_protocol::sign::decode_query(query);
+    let protocol = herald_protocol::sign::query_param(&query, "protocol").map(str::to_owned);
     (key, protocol)
+}
+
+/// What the server port needs: the session handle for WebSocket upgrades, and the router for
+/// everything else.
+#[derive(Clone)]
+pub struct Port {
+    pub session: Arc<session::Ctx>,
+    /// Mounted under this path (`server.path_prefix`).
+    pub path_prefix: Arc<str>,
+    pub tls: Option<TlsAcceptor>,
+    pub router: Router,
 }
 
 /// Everything an accepted connection needs, shared by all of them.
 #[derive(Clone)]
 struct Ctx {
-    shared: Arc<Shared>,
+    session: Arc<session::Ctx>,
+    path_prefix: Arc<str>,
+    tls: bool,
     router: Router,
     stop: CancellationToken,
     http: TaskTracker,
 }
 
 /// Accepts until `stop`, then lets open HTTP connections finish their request in flight.
-/// WebSocket sessions are tracked by `Shared` and closed by the drain.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    router: Router,
-    stop: CancellationToken,
-) {
+/// WebSocket sessions are tracked by the `Drain` and closed by the drain.
+pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
+    let Port {
+        session,
+        path_prefix,
+        tls,
+        router,
+    } = port;
     let ctx = Ctx {
-        shared,
+        session,
+        path_prefix,
+        tls: tls.is_some(),
         router,
         stop: stop.clone(),
         http: TaskTracker::new(),
@@ -429,7 +442,12 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx) {
             forwarded_https,
             used,
         } => {
-            let Ctx { shared, .. } = ctx;
+            let Ctx {
+                session,
+                path_prefix,
+                tls,
+                ..
+            } = ctx;
             if io
                 .write_all(&wsframe::switching_protocols(&accept))
                 .await
@@ -443,19 +461,19 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx) {
             if buf.is_empty() {
                 buf = Vec::new();
             }
-            let (key, protocol) = route(&target, &shared.config.server.path_prefix);
+            let (key, protocol) = route(&target, &path_prefix);
             let params = ConnectParams {
                 path_ok: key.is_some(),
                 key,
                 protocol,
-                tls: forwarded_https || shared.tls,
+                tls: forwarded_https || tls,
             };
-            match socket::admit(&shared, &params) {
+            match session::admit(&session, &params) {
                 // A task of its own: this one's state (head parsing, the HTTP branch) is not
                 // carried for the connection's whole life.
                 Ok(conn) => {
-                    let io = io.into_session(&shared, &conn);
-                    drop(tokio::spawn(socket::session(io, buf, shared, conn)));
+                    let io = io.into_session(&session.metrics, &conn);
+                    drop(tokio::spawn(socket::run(io, buf, session, conn)));
                 }
                 Err(code) => socket::serve_refusal(io, code).await,
             }

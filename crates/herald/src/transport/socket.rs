@@ -1,4 +1,6 @@
-//! One WebSocket connection: admission, the frame loop and cleanup.
+//! The socket loop of one WebSocket connection: reads and parses frames (RFC 6455), hands text
+//! messages to the connection's [`Session`], writes what its outbox holds, answers pings and
+//! the closing handshake, and closes with a code when the session or the engine asks.
 //!
 //! Every frame to the client goes through the connection's bounded outbox, so replies and
 //! published events keep the order in which the engine accepted them. While it waits, a
@@ -7,39 +9,20 @@
 //! and the sign-in deadline come from a sweep over all connections (`keepalive_sweep`), not
 //! from a timer per connection.
 
-use crate::server::Shared;
+use crate::session::{self, ConnectParams, Session};
 use crate::sinks::metrics::ConnCounters;
 use crate::transport::listener::Transport;
 use crate::transport::wsframe::{self, FrameError};
 use herald_core::{clock_ms, Conn, Engine, Frame};
-use herald_protocol::frame::{self, ClientMessage, Subscribe};
-use herald_protocol::presence::{self, MemberData};
-use herald_protocol::sign::{self, AuthError};
-use herald_protocol::user::{self, UserData};
-use herald_protocol::{codes, encode, ChannelKind, ChannelName, CloseCode};
-use serde_json::value::RawValue;
+use herald_protocol::{codes, encode, CloseCode};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::time::Instant;
 
 /// How long a closing connection may spend writing the frames queued before the close.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
-/// How long a subscription waits for the cluster's presence roster before using the local one.
-const CLUSTER_READ: Duration = Duration::from_secs(1);
-
-/// What the upgrade request said that matters.
-#[derive(Debug, Default, Clone)]
-pub struct ConnectParams {
-    /// False for upgrades to paths other than `/app/{key}` (closed with 4005).
-    pub path_ok: bool,
-    pub key: Option<String>,
-    pub protocol: Option<String>,
-    pub tls: bool,
-}
-
 /// WebSocket-level failures: closed with a close frame only (no `pusher:error`).
 fn protocol_close(e: FrameError) -> CloseCode {
     if e.is_too_big() {
@@ -109,11 +92,11 @@ async fn close_with<S: Transport>(io: &mut S, code: CloseCode) {
 pub async fn serve<S: Transport>(
     mut io: S,
     rbuf: Vec<u8>,
-    shared: Arc<Shared>,
+    ctx: Arc<session::Ctx>,
     params: ConnectParams,
 ) {
-    match admit(&shared, &params) {
-        Ok(conn) => session(io, rbuf, shared, conn).await,
+    match session::admit(&ctx, &params) {
+        Ok(conn) => run(io, rbuf, ctx, conn).await,
         Err(code) => boxed_close(&mut io, code).await,
     }
 }
@@ -123,50 +106,27 @@ pub async fn serve_refusal<S: Transport>(mut io: S, code: CloseCode) {
     boxed_close(&mut io, code).await;
 }
 
-/// Admits a connection, or says which close code refuses it.
-pub fn admit(shared: &Shared, params: &ConnectParams) -> Result<Arc<Conn>, CloseCode> {
-    if !params.path_ok {
-        return Err(codes::PATH_NOT_FOUND);
-    }
-    let engine = &shared.engine;
-    let Some(app) = params.key.as_deref().and_then(|k| engine.apps().by_key(k)) else {
-        return Err(codes::APP_NOT_FOUND);
-    };
-    if !app.enabled {
-        return Err(codes::APP_DISABLED);
-    }
-    if app.tls_only && !params.tls {
-        return Err(codes::SSL_ONLY);
-    }
-    if let Some(code) = codes::check_protocol(params.protocol.as_deref()) {
-        return Err(code);
-    }
-    if shared.draining() {
-        return Err(codes::RECONNECT);
-    }
-    let app_id = app.id.clone();
-    engine.connect(app).inspect_err(|_| {
-        shared.metrics.rejected(&app_id, "max_connections");
-    })
-}
-
 /// Runs an admitted connection to its end. Meant to be its own task, so that the task holds
 /// only what a live connection needs.
-pub async fn session<S: Transport>(mut io: S, rbuf: Vec<u8>, shared: Arc<Shared>, conn: Arc<Conn>) {
+pub async fn run<S: Transport>(mut io: S, rbuf: Vec<u8>, ctx: Arc<session::Ctx>, conn: Arc<Conn>) {
     // Shutdown waits for every session's cleanup.
-    let _token = shared.connections.token();
+    let _token = ctx.drain.session();
     if let Some(sink) = io.sink() {
         conn.attach(sink);
     }
-    let mut session = Session::new(shared, conn);
-    let code = session.run(&mut io, rbuf).await;
-    session.conn.detach();
-    session.cleanup();
+    let mut socket = Socket {
+        counters: ctx.metrics.conn_counters(&conn.app.id),
+        session: Session::new(ctx, conn),
+    };
+    let code = socket.run(&mut io, rbuf).await;
+    let conn = socket.session.conn().clone();
+    conn.detach();
+    socket.session.cleanup();
     if let Some(code) = code {
         if code == codes::SLOW_CONSUMER {
-            let app_id = &session.conn.app.id;
-            session.shared.metrics.slow_consumer(app_id);
-            tracing::info!(app = %app_id, socket_id = %session.conn.socket_id, "closing a slow consumer");
+            let app_id = &conn.app.id;
+            socket.session.ctx().metrics.slow_consumer(app_id);
+            tracing::info!(app = %app_id, socket_id = %conn.socket_id, "closing a slow consumer");
         }
         boxed_close(&mut io, code).await;
     }
@@ -178,7 +138,8 @@ async fn boxed_close<S: Transport>(io: &mut S, code: CloseCode) {
     Box::pin(close_with(io, code)).await;
 }
 
-/// Probes silent connections and closes unanswered or unauthorized ones, until the process ends.
+/// Probes silent connections and closes unanswered or unauthorized ones, and sends the
+/// engine's due throttled counts, until the process ends.
 pub async fn keepalive_sweep(engine: Engine, activity_s: u64, pong_s: u64) {
     let activity_ms = activity_s.max(1) * 1000;
     let pong_ms = pong_s.max(1) * 1000;
@@ -190,6 +151,8 @@ pub async fn keepalive_sweep(engine: Engine, activity_s: u64, pong_s: u64) {
     let mut watermark = crate::memory::Watermark::default();
     loop {
         interval.tick().await;
+        // Throttled subscription counts whose window ended go out now (at most a tick late).
+        engine.tick(tokio::time::Instant::now());
         let now = clock_ms();
         let mut count = 0u64;
         engine.each_connection(|c| {
@@ -234,107 +197,18 @@ enum Flow {
     Close(CloseCode),
 }
 
-struct Sub {
-    name: ChannelName,
-    /// Presence user id of this subscription (added to relayed client events).
-    user_id: Option<String>,
-}
-
-/// A connection's subscriptions. Most connections hold one or a few, so a list searched in
-/// order is both the smallest and the fastest choice; the per-connection limit bounds a search.
-#[derive(Default)]
-struct Subs(Vec<Sub>);
-
-impl Subs {
-    fn get(&self, channel: &str) -> Option<&Sub> {
-        self.0.iter().find(|s| s.name.as_str() == channel)
-    }
-    fn remove(&mut self, channel: &str) -> Option<Sub> {
-        let i = self.0.iter().position(|s| s.name.as_str() == channel)?;
-        Some(self.0.swap_remove(i))
-    }
-    fn insert(&mut self, sub: Sub) {
-        if self.0.capacity() == 0 {
-            self.0.reserve_exact(1);
-        }
-        self.0.push(sub);
-    }
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
-struct SignedIn {
-    data: UserData,
-}
-
-/// Token bucket for client events.
-struct Rate {
-    tokens: f64,
-    per_sec: f64,
-    last: Instant,
-}
-
-impl Rate {
-    fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-struct Session {
-    shared: Arc<Shared>,
-    conn: Arc<Conn>,
+/// A session on its socket, with the app's traffic counters.
+struct Socket {
+    session: Session,
     counters: Arc<ConnCounters>,
-    subs: Subs,
-    /// Boxed: most connections never sign in.
-    user: Option<Box<SignedIn>>,
-    rate: Rate,
 }
 
-impl Session {
-    fn new(shared: Arc<Shared>, conn: Arc<Conn>) -> Self {
-        let per_sec = f64::from(conn.app.limits.client_event_rate.max(1));
-        Self {
-            counters: shared.metrics.conn_counters(&conn.app.id),
-            shared,
-            subs: Subs::default(),
-            user: None,
-            rate: Rate {
-                tokens: per_sec,
-                per_sec,
-                last: Instant::now(),
-            },
-            conn,
-        }
-    }
-
-    /// Formatted when needed (signatures, the handshake) rather than kept per connection.
-    fn socket_id(&self) -> String {
-        self.conn.socket_id.to_string()
-    }
-
-    fn queue(&self, frame: String) {
-        self.conn.send(&Frame::from(frame));
-    }
-
-    fn error(&self, code: Option<u16>, message: &str) {
-        self.queue(encode::error(code, message));
-    }
-
+impl Socket {
     /// Runs until the socket ends; returns the close code to send, if the server closes.
     async fn run<S: Transport>(&mut self, io: &mut S, mut rbuf: Vec<u8>) -> Option<CloseCode> {
-        let activity = self.shared.config.server.activity_timeout;
-        self.queue(encode::connection_established(&self.socket_id(), activity));
-        let conn = self.conn.clone();
-        let max = self.shared.config.server.max_ws_message_bytes;
+        self.session.established();
+        let conn = self.session.conn().clone();
+        let max = self.session.ctx().max_ws_message_bytes;
         // A message arriving in fragments: its opcode and the payload so far.
         let mut partial: Option<Box<(u8, Vec<u8>)>> = None;
         let mut first = !rbuf.is_empty();
@@ -504,312 +378,9 @@ impl Session {
             self.counters.bytes_in.inc_by(text.len() as u64);
             // Boxed: handling may wait on the cluster, and that state must not sit in every
             // idle connection's task.
-            Box::pin(self.handle(text)).await;
+            Box::pin(self.session.handle(text)).await;
         };
         rbuf.drain(..pos);
         flow
-    }
-
-    async fn handle(&mut self, text: &str) {
-        let msg = match frame::decode(text) {
-            Ok(m) => m,
-            Err(e) => {
-                return self.error(None, &e.to_string());
-            }
-        };
-        match msg {
-            ClientMessage::Ping => self.queue(encode::PONG.to_owned()),
-            ClientMessage::Pong => {}
-            ClientMessage::Subscribe(s) => self.subscribe(s).await,
-            ClientMessage::Unsubscribe { channel } => {
-                if let Some(sub) = self.subs.remove(channel.as_str()) {
-                    self.shared.engine.unsubscribe(&self.conn, &sub.name);
-                }
-            }
-            ClientMessage::Signin { auth, user_data } => self.signin(auth, user_data).await,
-            ClientMessage::ClientEvent {
-                event,
-                channel,
-                data,
-            } => {
-                self.client_event(&event, channel.as_deref(), data.as_deref());
-            }
-            ClientMessage::Unsupported { event } => {
-                self.error(
-                    None,
-                    &format!("Unsupported event received on socket: {event}"),
-                );
-            }
-        }
-    }
-
-    fn auth_failed(&self, channel: &str, e: &AuthError) {
-        let msg = e.to_string();
-        self.error(None, &msg);
-        if self.conn.app.emit_subscription_error {
-            self.queue(encode::subscription_error(channel, &msg, 401));
-        }
-    }
-
-    fn verify(&self, auth: Option<&str>, signed: &str, channel: &str) -> bool {
-        let app = &self.conn.app;
-        match sign::verify_auth(auth, signed, channel, |k| app.has_key(k), &app.secret) {
-            Ok(()) => true,
-            Err(e) => {
-                self.auth_failed(channel, &e);
-                false
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, s: Subscribe) {
-        let app = self.conn.app.clone();
-        let ch = match ChannelName::parse(&s.channel, app.limits.max_channel_name_length) {
-            Ok(c) => c,
-            Err(e) => {
-                return self.error(None, &format!("Invalid channel name '{}': {e}", s.channel))
-            }
-        };
-        if self.subs.get(ch.as_str()).is_some() {
-            return self.error(None, &format!("Existing subscription to {ch}"));
-        }
-        if self.subs.len() >= app.limits.max_channels_per_connection {
-            self.shared
-                .metrics
-                .rejected(&app.id, "max_channels_per_connection");
-            return self.error(
-                None,
-                &format!(
-                    "Cannot subscribe to {ch}: a connection may be subscribed to at most {} channels",
-                    app.limits.max_channels_per_connection
-                ),
-            );
-        }
-        let mut member: Option<MemberData> = None;
-        match ch.kind() {
-            ChannelKind::Public => {}
-            ChannelKind::Private | ChannelKind::Encrypted => {
-                if !self.verify(
-                    s.auth.as_deref(),
-                    &sign::channel_string(&self.socket_id(), ch.as_str(), None),
-                    ch.as_str(),
-                ) {
-                    return;
-                }
-            }
-            ChannelKind::Presence => {
-                if s.auth.as_deref().is_none_or(str::is_empty) {
-                    return self.auth_failed(
-                        ch.as_str(),
-                        &AuthError::Missing {
-                            channel: ch.to_string(),
-                        },
-                    );
-                }
-                let limits = app.limits.presence();
-                let parsed = match (&s.channel_data, &self.user) {
-                    (Some(cd), _) => {
-                        let signed = sign::channel_string(&self.socket_id(), ch.as_str(), Some(cd));
-                        if !self.verify(s.auth.as_deref(), &signed, ch.as_str()) {
-                            return;
-                        }
-                        presence::parse_channel_data(cd, limits)
-                    }
-                    (None, Some(u)) => {
-                        let signed = sign::channel_string(&self.socket_id(), ch.as_str(), None);
-                        if !self.verify(s.auth.as_deref(), &signed, ch.as_str()) {
-                            return;
-                        }
-                        presence::check_member(u.data.id.clone(), u.data.user_info.clone(), limits)
-                    }
-                    (None, None) => {
-                        return self.error(
-                            None,
-                            &format!("{ch} is a presence channel and subscription must include channel_data"),
-                        );
-                    }
-                };
-                match parsed {
-                    Ok(m) => member = Some(m),
-                    Err(reason) => {
-                        return self.error(None, &format!("Invalid channel_data: {reason}"))
-                    }
-                }
-            }
-            ChannelKind::ServerToUser => {
-                let signed_in_as = self.user.as_ref().map(|u| u.data.id.as_str());
-                if signed_in_as != ch.server_to_user_id() {
-                    return self.error(
-                        None,
-                        &format!(
-                            "Cannot subscribe to {ch}: connection is not signed in as this user"
-                        ),
-                    );
-                }
-            }
-        }
-        let user_id = member.as_ref().map(|m| m.user_id.clone());
-        let remote = match (&self.shared.cluster, ch.is_presence()) {
-            (Some(c), true) => tokio::time::timeout(CLUSTER_READ, c.members(&app.id, ch.as_str()))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        match self
-            .shared
-            .engine
-            .subscribe_with(&self.conn, &ch, member, &remote)
-        {
-            Ok(_) => {
-                if ch.needs_auth() {
-                    self.conn.set_authorized();
-                }
-                self.subs.insert(Sub { name: ch, user_id });
-            }
-            Err(e) => {
-                if matches!(e, herald_core::SubscribeError::PresenceFull { .. }) {
-                    self.shared
-                        .metrics
-                        .rejected(&app.id, "max_presence_members");
-                }
-                self.error(None, &e.to_string());
-            }
-        }
-    }
-
-    async fn signin(&mut self, auth: Option<String>, user_data: Option<String>) {
-        let app = self.conn.app.clone();
-        let Some(user_data) = user_data else {
-            return self.error(None, "Invalid user_data: user_data is required to sign in");
-        };
-        let auth = auth.filter(|a| !a.is_empty());
-        let Some(auth) = auth else {
-            return self.error(None, "Auth info required to sign in");
-        };
-        if !auth.contains(':') {
-            return self.error(
-                None,
-                "Auth value for sign-in is invalid: should be of format 'key:signature'",
-            );
-        }
-        let signed = sign::signin_string(&self.socket_id(), &user_data);
-        if let Err(e) = sign::verify_auth(
-            Some(&auth),
-            &signed,
-            "sign-in",
-            |k| app.has_key(k),
-            &app.secret,
-        ) {
-            return self.error(None, &e.to_string());
-        }
-        let data = match user::parse_user_data(&user_data, app.limits.max_watchlist_size) {
-            Ok(d) => d,
-            Err(reason) => return self.error(None, &format!("Invalid user_data: {reason}")),
-        };
-        if let Some(current) = &self.user {
-            if current.data.id != data.id {
-                return self.error(None, "Connection already signed in as another user");
-            }
-            // Same user again: acknowledged, nothing else changes.
-            return self.queue(encode::signin_success(&user_data));
-        }
-        self.queue(encode::signin_success(&user_data));
-        if data.watchlist_truncated {
-            self.error(
-                Some(codes::WATCHLIST_LIMIT),
-                &format!(
-                    "Watchlist limit exceeded. Only the first {} user IDs are accepted.",
-                    app.limits.max_watchlist_size
-                ),
-            );
-        }
-        let remote_online = match &self.shared.cluster {
-            Some(c) if app.enable_watchlist_events => {
-                tokio::time::timeout(CLUSTER_READ, c.online(&app.id, &data.watchlist))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default()
-            }
-            _ => Vec::new(),
-        };
-        self.shared
-            .engine
-            .signin_with(&self.conn, &data.id, &data.watchlist, &remote_online);
-        self.conn.set_authorized();
-        self.user = Some(Box::new(SignedIn { data }));
-    }
-
-    fn client_event(&mut self, event: &str, channel: Option<&str>, data: Option<&RawValue>) {
-        let app = self.conn.app.clone();
-        if !app.enable_client_messages {
-            return self.error(
-                None,
-                "To send client events, you must enable this feature in the Settings page of your dashboard.",
-            );
-        }
-        let Some(channel) = channel else {
-            return self.error(None, "Client event rejected - a channel is required");
-        };
-        let Ok(ch) = ChannelName::parse(channel, app.limits.max_channel_name_length) else {
-            return self.error(
-                None,
-                &format!("Client event rejected - invalid channel name '{channel}'"),
-            );
-        };
-        if !ch.allows_client_events() {
-            return self.error(
-                None,
-                "Client event rejected - only supported on private and presence channels",
-            );
-        }
-        let Some(sub) = self.subs.get(ch.as_str()) else {
-            return self.error(
-                None,
-                &format!("Client event rejected - not subscribed to channel {ch}"),
-            );
-        };
-        if event.chars().count() > app.limits.max_event_name_length {
-            return self.error(
-                None,
-                &format!(
-                    "Client event rejected - event name longer than {} characters",
-                    app.limits.max_event_name_length
-                ),
-            );
-        }
-        if data.map_or(0, |d| d.get().len()) > app.limits.max_event_data_bytes {
-            return self.error(
-                None,
-                &format!(
-                    "Client event rejected - data larger than {} bytes",
-                    app.limits.max_event_data_bytes
-                ),
-            );
-        }
-        if !self.rate.allow(Instant::now()) {
-            self.shared.metrics.rejected(&app.id, "client_event_rate");
-            return self.error(
-                Some(codes::CLIENT_EVENT_RATE_LIMIT),
-                codes::CLIENT_EVENT_RATE_LIMIT_MSG,
-            );
-        }
-        let user_id = sub.user_id.as_deref().filter(|_| ch.is_presence());
-        self.shared
-            .engine
-            .client_event(&self.conn, &ch, event, data, user_id);
-    }
-
-    fn cleanup(&mut self) {
-        let names: Vec<ChannelName> = self.subs.0.drain(..).map(|s| s.name).collect();
-        let user = self.user.take();
-        self.shared.engine.disconnect(
-            &self.conn,
-            names.iter(),
-            user.as_ref()
-                .map(|u| (u.data.id.as_str(), u.data.watchlist.as_slice())),
-        );
     }
 }

@@ -4,6 +4,7 @@
 //! cannot stall the accept loop.
 
 use crate::config::TlsConfig;
+use rustls_pki_types::pem::PemObject;
 use std::sync::Arc;
 use tokio_rustls::rustls::{self, pki_types};
 use tokio_rustls::TlsAcceptor;
@@ -13,7 +14,7 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
     let certs: Vec<pki_types::CertificateDer<'static>> = {
         let pem = std::fs::read(&cfg.cert_file)
             .map_err(|e| format!("cannot read tls.cert_file {}: {e}", cfg.cert_file))?;
-        rustls_pemfile::certs(&mut pem.as_slice())
+        pki_types::CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
             .map_err(|e| {
                 format!(
@@ -31,14 +32,15 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
     let key = {
         let pem = std::fs::read(&cfg.key_file)
             .map_err(|e| format!("cannot read tls.key_file {}: {e}", cfg.key_file))?;
-        rustls_pemfile::private_key(&mut pem.as_slice())
-            .map_err(|e| {
-                format!(
-                    "tls.key_file {} is not a PEM private key: {e}",
-                    cfg.key_file
-                )
-            })?
-            .ok_or_else(|| format!("tls.key_file {} holds no private key", cfg.key_file))?
+        pki_types::PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+            pki_types::pem::Error::NoItemsFound => {
+                format!("tls.key_file {} holds no private key", cfg.key_file)
+            }
+            e => format!(
+                "tls.key_file {} is not a PEM private key: {e}",
+                cfg.key_file
+            ),
+        })?
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
