@@ -7,7 +7,7 @@
 use crate::app::App;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use herald_protocol::{CloseCode, SocketId};
+use herald_protocol::{wsheader, CloseCode, SocketId};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,17 +35,8 @@ impl Frame {
     /// Frames a JSON text.
     pub fn text(json: &[u8]) -> Self {
         let len = json.len();
-        let mut wire = Vec::with_capacity(len + 10);
-        wire.push(0x81); // final frame, text
-        if len < 126 {
-            wire.push(len as u8);
-        } else if len <= usize::from(u16::MAX) {
-            wire.push(126);
-            wire.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            wire.push(127);
-            wire.extend_from_slice(&(len as u64).to_be_bytes());
-        }
+        let mut wire = Vec::with_capacity(len + wsheader::MAX_LEN);
+        wsheader::put(&mut wire, 0x1, len); // text
         let json_at = wire.len() as u8;
         wire.extend_from_slice(json);
         Self {

@@ -16,6 +16,7 @@ pub mod sign;
 pub mod socket_id;
 pub mod time;
 pub mod user;
+pub mod wsheader;
 
 pub use channel::{ChannelKind, ChannelName};
 pub use codes::CloseCode;

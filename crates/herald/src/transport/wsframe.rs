@@ -197,17 +197,7 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// Appends a server frame (final, unmasked) holding `payload`.
 pub fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    let len = payload.len();
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        out.push(126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
+    herald_protocol::wsheader::put(out, opcode, payload.len());
     out.extend_from_slice(payload);
 }
 
