@@ -3,5 +3,6 @@
 
 pub mod listener;
 pub mod socket;
+pub mod stream;
 pub mod tls;
 pub mod wsframe;

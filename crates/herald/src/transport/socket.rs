@@ -11,7 +11,7 @@
 
 use crate::session::{self, ConnectParams, Session};
 use crate::sinks::metrics::ConnCounters;
-use crate::transport::listener::Transport;
+use crate::transport::stream::Transport;
 use crate::transport::wsframe::{self, FrameError};
 use herald_core::{clock_ms, Conn, Engine, Frame};
 use herald_protocol::{codes, encode, CloseCode};
