@@ -3,6 +3,9 @@
 //! cleanup when the connection ends. Replies and published events leave through the
 //! connection's outbox (`Conn`), so the same rules are tested here without a network.
 
+#[cfg(test)]
+mod tests;
+
 use crate::cluster::ClusterReads;
 use crate::drain::Drain;
 use crate::rate::TokenBucket;
