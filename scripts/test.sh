@@ -12,6 +12,9 @@ step "lint: cargo fmt, cargo clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "lean build: herald without its optional engines and stores (--no-default-features)"
+cargo clippy -p herald --no-default-features --all-targets --locked -- -D warnings
+
 step "unit and integration tests (cargo test; a throwaway PostgreSQL for the app-store tests)"
 eval "$(bash scripts/postgres.sh start)"
 trap 'bash scripts/postgres.sh stop' EXIT

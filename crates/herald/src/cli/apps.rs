@@ -173,12 +173,20 @@ pub async fn cli_apps(config: &Config, cmd: AppsCommand) -> Result<(), String> {
             )),
         };
     }
-    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-    return Err(format!(
+    sql_apps(config, cmd).await
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+async fn sql_apps(config: &Config, _: AppsCommand) -> Result<(), String> {
+    Err(format!(
         "store.kind is \"{}\" but this herald was built without SQL stores",
         config.store.kind
-    ));
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    ))
+}
+
+/// An `apps` subcommand against a SQL store.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn sql_apps(config: &Config, cmd: AppsCommand) -> Result<(), String> {
     let store = crate::store::sql::open_sql(config).await?;
     match cmd {
         AppsCommand::List => {
