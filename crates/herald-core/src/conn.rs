@@ -8,7 +8,7 @@ use crate::app::App;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use herald_protocol::{wsheader, CloseCode, SocketId};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -113,7 +113,8 @@ pub struct Pending {
 /// The engine's side of a connection. The connection task owns the socket and drains the outbox.
 pub struct Conn {
     pub socket_id: SocketId,
-    pub app: Arc<App>,
+    /// The app's current settings: replaced when the store changes them (`Engine::follow_apps`).
+    app: RwLock<Arc<App>>,
     outbox: Mutex<Outbox>,
     /// Wakes the connection task; `woken` says a wake-up is pending (a waker and a flag take
     /// less room in every task than an intrusive waiter would).
@@ -157,7 +158,7 @@ impl Conn {
         let now = clock_ms();
         Arc::new(Self {
             socket_id,
-            app,
+            app: RwLock::new(app),
             outbox: Mutex::new(Outbox::default()),
             wake: AtomicWaker::new(),
             woken: AtomicBool::new(false),
@@ -166,6 +167,21 @@ impl Conn {
             connected_ms: now,
             authorized: AtomicBool::new(false),
         })
+    }
+
+    /// The settings of the connection's app as they are now.
+    pub fn app(&self) -> Arc<App> {
+        self.app.read().clone()
+    }
+
+    /// Reads the app's current settings without taking a reference (hot loops).
+    pub fn with_app<R>(&self, f: impl FnOnce(&App) -> R) -> R {
+        f(&self.app.read())
+    }
+
+    /// Follows a change of the app's settings.
+    pub(crate) fn set_app(&self, app: Arc<App>) {
+        *self.app.write() = app;
     }
 
     /// Sends a frame without waiting: written to the socket at once when nothing is queued

@@ -214,7 +214,7 @@ pub async fn run_with(
     if let Some(path) = options.config_path {
         background.push(tokio::spawn(reload_on_sighup(node.store.clone(), path)));
     }
-    background.push(tokio::spawn(close_disabled_apps(node.engine.clone())));
+    background.push(tokio::spawn(follow_apps(node.engine.clone())));
     let stop_accepting = CancellationToken::new();
     if let Some(ml) = options.metrics_listener {
         let app = node.metrics_router();
@@ -263,18 +263,13 @@ pub async fn run_with(
     }
 }
 
-/// Closes the connections of apps that a reload or the SQL store disabled (4003) or removed (4001).
-async fn close_disabled_apps(engine: Engine) {
+/// Every second: open connections follow their app's settings as the store has them now, and
+/// those of apps that a reload or the SQL store disabled (4003) or removed (4001) are closed.
+async fn follow_apps(engine: Engine) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        for app in engine.connected_apps() {
-            let code = match engine.apps().by_id(&app) {
-                Some(a) if a.enabled => continue,
-                Some(_) => herald_protocol::codes::APP_DISABLED,
-                None => herald_protocol::codes::APP_NOT_FOUND,
-            };
-            let n = engine.close_app(&app, code);
+        for (app, code, n) in engine.follow_apps() {
             tracing::info!(app = %app, connections = n, code = code.code, "closing connections of an app that is no longer served");
         }
     }

@@ -254,7 +254,7 @@ impl Engine {
         if let Some((user_id, watchlist)) = user {
             self.signout(conn, user_id, watchlist);
         }
-        let st = self.state(&conn.app.id);
+        let st = self.state(&conn.app().id);
         st.conn_shard(conn.socket_id).lock().remove(&conn.socket_id);
         st.connections.fetch_sub(1, Ordering::Relaxed);
         self.emit(|| LifecycleEvent::Disconnected {
@@ -315,6 +315,46 @@ impl Engine {
             }
         }
         n
+    }
+
+    /// Makes the app store the one source of app settings for open connections: each
+    /// connection of an app whose settings changed (a reload, a database refresh) is handed the
+    /// new ones, and the connections of an app that was disabled or removed are closed with 4003
+    /// or 4001. Returns, for each app closed, its id, the code and how many connections it had.
+    pub fn follow_apps(&self) -> Vec<(Arc<str>, CloseCode, usize)> {
+        let states: Vec<Arc<AppState>> = self
+            .inner
+            .states
+            .read()
+            .values()
+            .filter(|s| s.connections.load(Ordering::Relaxed) > 0)
+            .cloned()
+            .collect();
+        let mut closed = Vec::new();
+        for st in states {
+            let current = match self.inner.apps.by_id(&st.id) {
+                Some(a) if a.enabled => a,
+                gone => {
+                    let code = if gone.is_some() {
+                        codes::APP_DISABLED
+                    } else {
+                        codes::APP_NOT_FOUND
+                    };
+                    closed.push((st.id.clone(), code, self.close_app(&st.id, code)));
+                    continue;
+                }
+            };
+            for shard in st.conns.iter() {
+                for c in shard.lock().values() {
+                    let held = c.app();
+                    // Stores hand out the same `Arc` until an app changes: most checks end here.
+                    if !Arc::ptr_eq(&held, &current) && *held != *current {
+                        c.set_app(current.clone());
+                    }
+                }
+            }
+        }
+        closed
     }
 
     /// Open connections across all apps.

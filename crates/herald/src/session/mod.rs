@@ -121,7 +121,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(ctx: Arc<Ctx>, conn: Arc<Conn>) -> Self {
-        let rate = TokenBucket::new(conn.app.limits.client_event_rate, Instant::now());
+        let rate = TokenBucket::new(conn.app().limits.client_event_rate, Instant::now());
         Self {
             ctx,
             subs: Subs::default(),
@@ -195,13 +195,13 @@ impl Session {
     fn auth_failed(&self, channel: &str, e: &AuthError) {
         let msg = e.to_string();
         self.error(None, &msg);
-        if self.conn.app.emit_subscription_error {
+        if self.conn.app().emit_subscription_error {
             self.queue(encode::subscription_error(channel, &msg, 401));
         }
     }
 
     fn verify(&self, auth: Option<&str>, signed: &str, channel: &str) -> bool {
-        let app = &self.conn.app;
+        let app = self.conn.app();
         match sign::verify_auth(auth, signed, channel, |k| app.has_key(k), &app.secret) {
             Ok(()) => true,
             Err(e) => {
@@ -212,7 +212,7 @@ impl Session {
     }
 
     async fn subscribe(&mut self, s: Subscribe) {
-        let app = self.conn.app.clone();
+        let app = self.conn.app();
         let ch = match ChannelName::parse(&s.channel, app.limits.max_channel_name_length) {
             Ok(c) => c,
             Err(e) => {
@@ -327,7 +327,7 @@ impl Session {
     }
 
     async fn signin(&mut self, auth: Option<String>, user_data: Option<String>) {
-        let app = self.conn.app.clone();
+        let app = self.conn.app();
         let Some(user_data) = user_data else {
             return self.error(None, "Invalid user_data: user_data is required to sign in");
         };
@@ -390,7 +390,7 @@ impl Session {
     }
 
     fn client_event(&mut self, event: &str, channel: Option<&str>, data: Option<&RawValue>) {
-        let app = self.conn.app.clone();
+        let app = self.conn.app();
         if !app.enable_client_messages {
             return self.error(
                 None,

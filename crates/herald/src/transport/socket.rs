@@ -115,7 +115,7 @@ pub async fn run<S: Transport>(mut io: S, rbuf: Vec<u8>, ctx: Arc<session::Ctx>,
         conn.attach(sink);
     }
     let mut socket = Socket {
-        counters: ctx.metrics.conn_counters(&conn.app.id),
+        counters: ctx.metrics.conn_counters(&conn.app().id),
         session: Session::new(ctx, conn),
     };
     let code = socket.run(&mut io, rbuf).await;
@@ -124,7 +124,8 @@ pub async fn run<S: Transport>(mut io: S, rbuf: Vec<u8>, ctx: Arc<session::Ctx>,
     socket.session.cleanup();
     if let Some(code) = code {
         if code == codes::SLOW_CONSUMER {
-            let app_id = &conn.app.id;
+            let app = conn.app();
+            let app_id = &app.id;
             socket.session.ctx().metrics.slow_consumer(app_id);
             tracing::info!(app = %app_id, socket_id = %conn.socket_id, "closing a slow consumer");
         }
@@ -157,10 +158,10 @@ pub async fn keepalive_sweep(engine: Engine, activity_s: u64, pong_s: u64) {
         let mut count = 0u64;
         engine.each_connection(|c| {
             count += 1;
-            let auth_ms = c
-                .app
-                .enable_user_authentication
-                .then(|| c.app.user_authentication_timeout * 1000);
+            let auth_ms = c.with_app(|a| {
+                a.enable_user_authentication
+                    .then(|| a.user_authentication_timeout * 1000)
+            });
             c.keepalive(now, activity_ms, pong_ms, auth_ms);
         });
         watermark.observe(count);

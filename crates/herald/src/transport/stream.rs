@@ -174,7 +174,7 @@ pub trait IntoSession: Transport {
 impl IntoSession for TcpStream {
     type Session = SharedTcp;
     fn into_session(self, metrics: &Metrics, conn: &Conn) -> SharedTcp {
-        SharedTcp::new(self, metrics.conn_counters(&conn.app.id))
+        SharedTcp::new(self, metrics.conn_counters(&conn.app().id))
     }
 }
 
