@@ -1,5 +1,5 @@
 //! Herald, the shell: configuration, transports, the HTTP API, sinks and engines around the
-//! `herald-core` engine. `server::run_with` is the entry point; `http::router` is the HTTP
+//! `herald-core` engine. `server::run_with` is the entry point; `Node::router` is the HTTP
 //! surface as a value. See ARCHITECTURE.md for the map.
 
 pub mod cli;
@@ -17,4 +17,4 @@ pub mod store;
 pub mod transport;
 
 pub use config::Config;
-pub use server::{run, run_with, Node, RunOptions};
+pub use server::{run, run_with, Node, RunOptions, StartError};

@@ -22,6 +22,37 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Why a node could not start: which part failed, with a message that names the setting, file or
+/// address.
+#[derive(Debug)]
+pub enum StartError {
+    /// The app store could not be opened or read.
+    Store(String),
+    /// The TLS certificate or key could not be used.
+    Tls(String),
+    /// The cluster engine could not be set up.
+    Cluster(String),
+    /// A listener could not be bound or served.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Store(m) | StartError::Tls(m) | StartError::Cluster(m) => f.write_str(m),
+            StartError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
 /// Every part of a running node. Built once; each part holds only its own handles.
 #[derive(Debug)]
 pub struct Node {
@@ -40,7 +71,7 @@ pub struct Node {
 impl Node {
     /// Builds the node; with `adapter = "redis"` this starts the cluster engine's tasks (so it
     /// needs a runtime).
-    pub fn new(config: Config, store: OpenedStore) -> Result<Self, String> {
+    pub fn new(config: Config, store: OpenedStore) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         let console = Arc::new(Console::new());
         let webhooks = Webhooks::new(
@@ -51,7 +82,8 @@ impl Node {
         );
         let sinks: Vec<Arc<dyn herald_core::LifecycleSink>> =
             vec![Arc::new(webhooks.clone()), console.clone(), metrics.clone()];
-        let (engine, cluster) = build_engine(&config, &store, sinks, &metrics)?;
+        let (engine, cluster) =
+            build_engine(&config, &store, sinks, &metrics).map_err(StartError::Cluster)?;
         let drain = Drain::new();
         let executor = Executor::new(engine.clone(), cluster.clone());
         let session = Arc::new(session::Ctx {
@@ -171,7 +203,7 @@ pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), StartError> {
     run_with(listener, config, RunOptions::default(), shutdown).await
 }
 
@@ -183,23 +215,23 @@ pub async fn run_with(
     config: Config,
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), StartError> {
     // The caller may have opened the store already (to fail before announcing anything): a
     // store is opened once, so a SQL store runs one pool and one refresh loop.
     let store = match options.store {
         Some(s) => s,
         None => crate::store::open(&config)
             .await
-            .map_err(std::io::Error::other)?,
+            .map_err(StartError::Store)?,
     };
     let tls = match options.tls {
         Some(t) => Some(t),
         None if config.tls.enabled() => {
-            Some(crate::transport::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
+            Some(crate::transport::tls::acceptor(&config.tls).map_err(StartError::Tls)?)
         }
         None => None,
     };
-    let node = Arc::new(Node::new(config, store).map_err(std::io::Error::other)?);
+    let node = Arc::new(Node::new(config, store)?);
     node.webhooks.load_spool();
     let mut background = vec![{
         let engine = node.engine.clone();
@@ -258,7 +290,7 @@ pub async fn run_with(
         task.abort();
     }
     match tokio::time::timeout_at(deadline, server).await {
-        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Ok(Err(e)) => Err(StartError::Io(std::io::Error::other(e))),
         Ok(Ok(())) | Err(_) => Ok(()),
     }
 }
@@ -351,13 +383,13 @@ pub fn init_logging(config: &Config) {
 pub async fn serve_until_signal(
     config: Config,
     config_path: Option<std::path::PathBuf>,
-) -> std::io::Result<()> {
+) -> Result<(), StartError> {
     // Store and certificate problems stop startup before anything is announced as listening.
     let store = crate::store::open(&config)
         .await
-        .map_err(std::io::Error::other)?;
+        .map_err(StartError::Store)?;
     let tls = if config.tls.enabled() {
-        Some(crate::transport::tls::acceptor(&config.tls).map_err(std::io::Error::other)?)
+        Some(crate::transport::tls::acceptor(&config.tls).map_err(StartError::Tls)?)
     } else {
         None
     };
