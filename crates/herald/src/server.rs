@@ -102,6 +102,7 @@ impl Node {
             cluster,
             config.tls.enabled(),
             config.server.max_request_body_bytes,
+            config.server.path_prefix.clone(),
         ));
         let console_state = Arc::new(ConsoleState {
             console: console.clone(),

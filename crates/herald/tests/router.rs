@@ -504,12 +504,15 @@ async fn path_prefix_is_stripped_before_routing_and_signing() {
     assert_eq!(r, (StatusCode::OK, "ok\n".to_owned()));
     let r = send(&app, request("GET", "/pusher/nope", "")).await;
     assert_eq!(r, (StatusCode::NOT_FOUND, "404 NOT FOUND\n".to_owned()));
-    // (The message names the path after the prefix was stripped, not the one requested.)
-    let (status, body) = send(&app, request("DELETE", "/pusher/apps/app-id/events", "")).await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert!(
-        body.starts_with("405 METHOD NOT ALLOWED: DELETE is not supported on "),
-        "{body}"
+    // The message names the path the client requested, prefix included.
+    let r = send(&app, request("DELETE", "/pusher/apps/app-id/events", "")).await;
+    assert_eq!(
+        r,
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 METHOD NOT ALLOWED: DELETE is not supported on /pusher/apps/app-id/events\n"
+                .to_owned()
+        )
     );
 }
 

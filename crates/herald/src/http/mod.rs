@@ -40,6 +40,8 @@ pub struct ApiState {
     /// Connections arrive over TLS (the server terminates it).
     pub tls: bool,
     pub max_request_body_bytes: usize,
+    /// `server.path_prefix`, for messages that name the path the client used.
+    pub path_prefix: String,
     /// HTTP API token buckets per app.
     buckets: Mutex<HashMap<String, TokenBucket>>,
 }
@@ -54,6 +56,7 @@ impl ApiState {
         cluster: Option<Arc<dyn ClusterReads>>,
         tls: bool,
         max_request_body_bytes: usize,
+        path_prefix: String,
     ) -> Self {
         Self {
             executor,
@@ -63,6 +66,7 @@ impl ApiState {
             cluster,
             tls,
             max_request_body_bytes,
+            path_prefix,
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -140,11 +144,13 @@ async fn fallback(State(s): AppState, req: Request) -> Response {
         .unwrap_or_else(|| HttpError(ApiError::new(404, "404 NOT FOUND")).into_response())
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+/// Names the path as the client sent it: nesting under the path prefix strips the prefix.
+async fn method_not_allowed(State(s): AppState, method: Method, uri: Uri) -> Response {
     HttpError(ApiError::new(
         405,
         format!(
-            "405 METHOD NOT ALLOWED: {method} is not supported on {}",
+            "405 METHOD NOT ALLOWED: {method} is not supported on {}{}",
+            s.path_prefix,
             uri.path()
         ),
     ))

@@ -8,6 +8,7 @@ use herald_protocol::limits::Limits;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 #[cfg(feature = "sqlite")]
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+#[cfg(feature = "postgres")]
 use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
