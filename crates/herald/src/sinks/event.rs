@@ -4,6 +4,7 @@
 use herald_core::LifecycleEvent;
 use herald_protocol::SocketId;
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
 /// The webhook events Pusher defines, by their wire names.
@@ -45,6 +46,25 @@ pub struct Fields<'a> {
     pub data_len: Option<usize>,
     pub count: Option<usize>,
     pub except: Option<SocketId>,
+}
+
+impl Fields<'_> {
+    /// Adds the fields every sink shows the same way: `channel`, `event`, `socket_id` and
+    /// `user_id`, each where the event has it.
+    pub fn put_common(&self, o: &mut Map<String, Value>) {
+        if let Some(c) = self.channel {
+            o.insert("channel".into(), json!(c));
+        }
+        if let Some(e) = self.event {
+            o.insert("event".into(), json!(e));
+        }
+        if let Some(s) = self.socket_id {
+            o.insert("socket_id".into(), json!(s.to_string()));
+        }
+        if let Some(u) = self.user_id {
+            o.insert("user_id".into(), json!(u));
+        }
+    }
 }
 
 /// The app an event belongs to.

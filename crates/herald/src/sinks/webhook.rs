@@ -92,18 +92,9 @@ impl HookEvent {
         let channel: Arc<str> = Arc::from(f.channel?);
         let mut body = Map::new();
         body.insert("name".into(), json!(name.as_str()));
-        body.insert("channel".into(), json!(&*channel));
-        if let Some(e) = f.event {
-            body.insert("event".into(), json!(e));
-        }
+        f.put_common(&mut body);
         if let Some(d) = f.data {
             body.insert("data".into(), json!(d));
-        }
-        if let Some(s) = f.socket_id {
-            body.insert("socket_id".into(), json!(s.to_string()));
-        }
-        if let Some(u) = f.user_id {
-            body.insert("user_id".into(), json!(u));
         }
         if let Some(n) = f.count {
             body.insert("subscription_count".into(), json!(n));

@@ -168,18 +168,7 @@ pub fn event_json(ev: &LifecycleEvent, ts_ms: u64) -> String {
     let mut o = Map::new();
     o.insert("ts".into(), json!(ts_ms));
     o.insert("type".into(), json!(event::log_name(ev)));
-    if let Some(c) = f.channel {
-        o.insert("channel".into(), json!(c));
-    }
-    if let Some(e) = f.event {
-        o.insert("event".into(), json!(e));
-    }
-    if let Some(s) = f.socket_id {
-        o.insert("socket_id".into(), json!(s.to_string()));
-    }
-    if let Some(u) = f.user_id {
-        o.insert("user_id".into(), json!(u));
-    }
+    f.put_common(&mut o);
     if let Some(d) = f.data {
         // Client events: the log shows who sent it even when nobody signed it (null).
         o.entry("user_id").or_insert(Value::Null);
