@@ -82,7 +82,7 @@ impl ApiState {
             .lock()
             .entry(app.id.clone())
             .or_insert_with(|| TokenBucket::new(rate, now))
-            .allow(now)
+            .allow(rate, now)
     }
 }
 

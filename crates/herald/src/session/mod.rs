@@ -436,7 +436,10 @@ impl Session {
                 ),
             );
         }
-        if !self.rate.allow(Instant::now()) {
+        if !self
+            .rate
+            .allow(app.limits.client_event_rate, Instant::now())
+        {
             self.ctx.metrics.rejected(&app.id, "client_event_rate");
             return self.error(
                 Some(codes::CLIENT_EVENT_RATE_LIMIT),
