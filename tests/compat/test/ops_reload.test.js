@@ -121,3 +121,62 @@ test('OPS-RELOAD-1 SIGHUP adds an app without dropping connections; an invalid f
   assert.ok(r.status >= 400 && r.status < 500, `B's HTTP API after removal: ${r.status} ${r.text}`);
   await roundTrip(server, a, A, 'a3');
 });
+
+test('OPS-RELOAD-2 a reload applies changed app settings to open connections (no reconnect)', { timeout: 60000 }, async (t) => {
+  const C = { id: 'hup-c', key: 'hup-c-key', secret: 'hup-c-secret', enable_client_messages: true };
+  const configFile = ops.tmpPath('reload-settings', '.toml');
+  const server = await ops.startOps({ config: { apps: [C] }, configFile });
+  const pool = new h.Pool(server);
+  t.after(() => {
+    pool.closeAll();
+    server.stop();
+    fs.rmSync(configFile, { force: true });
+  });
+  const DISABLED = 'To send client events, you must enable this feature in the Settings page of your dashboard.';
+  const name = h.uid('private-hup-');
+  const sender = await pool.pusher({ server, app: C });
+  const receiver = await pool.pusher({ server, app: C });
+  const ids = [sender.connection.socket_id, receiver.connection.socket_id];
+  const sent = await h.subscribeOk(sender, name);
+  const heard = await h.subscribeOk(receiver, name);
+  const received = [];
+  heard.bind('client-x', (d) => received.push(d.n));
+  const refusals = () => sender.__errors.filter((e) => e && e.data && e.data.message === DISABLED).length;
+
+  /** Sends client-x with `n` until `done()` holds (settings are followed within a second). */
+  async function sendUntil(n0, done, what) {
+    const deadline = Date.now() + 5000;
+    for (let n = n0; ; n++) {
+      assert.ok(sent.trigger('client-x', { n }), 'pusher-js sent the client event');
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      if (done()) return n;
+      assert.ok(Date.now() < deadline, `${what} within 5 s (received ${JSON.stringify(received)}, errors ${JSON.stringify(sender.__errors)})`);
+    }
+  }
+
+  await sendUntil(1, () => received.includes(1), 'the first client event relayed');
+  ops.writeConfig(configFile, { apps: [{ ...C, enable_client_messages: false }] });
+  let mark = server.output().length;
+  server.kill('SIGHUP');
+  await server.waitOutput(/configuration reloaded/, 3000, mark);
+  await sendUntil(100, () => refusals() > 0, 'the open connection refusing client events');
+  // From the first refusal on, nothing is relayed.
+  const seen = refusals();
+  assert.ok(sent.trigger('client-x', { n: 1000 }));
+  await h.waitFor(() => refusals() > seen, 3000, 'the next client event refused too');
+  const marker = h.nextEvent(heard, 'marker', 3000);
+  const r = await h.sdkCall(() => h.sdk(server, C).trigger(name, 'marker', {}));
+  assert.equal(r.status, 200, r.text);
+  await marker; // published after the refused event: had it been relayed, it would be here by now
+  assert.ok(!received.includes(1000), `relayed after the refusal: ${JSON.stringify(received)}`);
+
+  // Enabled again: the same connections relay again.
+  ops.writeConfig(configFile, { apps: [C] });
+  mark = server.output().length;
+  server.kill('SIGHUP');
+  await server.waitOutput(/configuration reloaded/, 3000, mark);
+  await sendUntil(2000, () => received.some((n) => n >= 2000), 'client events relayed again');
+  assert.deepEqual([sender.connection.socket_id, receiver.connection.socket_id], ids, 'the same connections throughout');
+  assert.equal(sender.connection.state, 'connected');
+  assert.equal(receiver.connection.state, 'connected');
+});
