@@ -91,7 +91,7 @@ impl Engine {
     ) -> Result<Subscribed, SubscribeError> {
         let clustered = self.inner.adapter.clustered();
         let mut notes: Vec<ClusterNote> = Vec::new();
-        let st = self.state(&conn.app().id);
+        let st = self.state_of(conn);
         let now = Instant::now();
         let mut shard = st.shard(channel.as_str()).lock();
         let ch = shard
@@ -199,7 +199,7 @@ impl Engine {
 
     /// Removes `conn` from `channel`; a no-op when it was not subscribed.
     pub fn unsubscribe(&self, conn: &Arc<Conn>, channel: &ChannelName) {
-        let st = self.state(&conn.app().id);
+        let st = self.state_of(conn);
         let now = Instant::now();
         let mut shard = st.shard(channel.as_str()).lock();
         let Some(ch) = shard.get_mut(channel.as_str()) else {
@@ -278,8 +278,8 @@ impl Engine {
         if ch.name.is_presence() || ch.name.is_internal() || ch.subs.is_empty() {
             return None;
         }
-        let app = ch.subs.values().next().map(|s| s.conn.app().clone())?;
-        if !app.enable_subscription_count {
+        let first = ch.subs.values().next()?;
+        if !first.conn.with_app(|a| a.enable_subscription_count) {
             return None;
         }
         let now = Instant::now();
@@ -395,7 +395,7 @@ impl Engine {
         data: Option<&RawValue>,
         user_id: Option<&str>,
     ) {
-        let st = self.state(&conn.app().id);
+        let st = self.state_of(conn);
         let frame: Frame = encode::client_event(event, channel.as_str(), data, user_id).into();
         if let Some(ch) = st.shard(channel.as_str()).lock().get(channel.as_str()) {
             ch.broadcast(&frame, Some(conn.socket_id));

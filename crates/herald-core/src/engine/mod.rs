@@ -194,6 +194,11 @@ impl Engine {
         }
     }
 
+    /// The state of a connection's app (read without taking a reference to its settings).
+    fn state_of(&self, conn: &Conn) -> Arc<AppState> {
+        conn.with_app(|a| self.state(&a.id))
+    }
+
     fn state(&self, app_id: &str) -> Arc<AppState> {
         if let Some(s) = self.inner.states.read().get(app_id) {
             return s.clone();
@@ -254,7 +259,7 @@ impl Engine {
         if let Some((user_id, watchlist)) = user {
             self.signout(conn, user_id, watchlist);
         }
-        let st = self.state(&conn.app().id);
+        let st = self.state_of(conn);
         st.conn_shard(conn.socket_id).lock().remove(&conn.socket_id);
         st.connections.fetch_sub(1, Ordering::Relaxed);
         self.emit(|| LifecycleEvent::Disconnected {

@@ -41,7 +41,7 @@ impl Channel {
             }
             return Ok((uid, false));
         }
-        let max = conn.app().limits.max_presence_members;
+        let max = conn.with_app(|a| a.limits.max_presence_members);
         let known_remotely = remote_members.iter().any(|(id, _)| **id == *uid);
         let present = self.members.len()
             + remote_members

@@ -21,8 +21,8 @@ impl Engine {
         watchlist: &[String],
         remote_online: &[String],
     ) {
-        let st = self.state(&conn.app().id);
-        let watch = conn.app().enable_watchlist_events;
+        let st = self.state_of(conn);
+        let watch = conn.with_app(|a| a.enable_watchlist_events);
         let mut users = st.users.lock();
         let uid: Arc<str> = Arc::from(user_id);
         let conns = users.signed_in.entry(uid.clone()).or_default();
@@ -65,7 +65,7 @@ impl Engine {
     /// The sign-in of `conn` ends (it disconnects): its watchlist is dropped, and watchers hear
     /// when this was the user's last connection.
     pub(super) fn signout(&self, conn: &Arc<Conn>, user_id: &str, watchlist: &[String]) {
-        let st = self.state(&conn.app().id);
+        let st = self.state_of(conn);
         let mut users = st.users.lock();
         let mut went_offline = false;
         let mut left = 0;
@@ -98,7 +98,7 @@ impl Engine {
                 }
             }
         }
-        if went_offline && !clustered && conn.app().enable_watchlist_events {
+        if went_offline && !clustered && conn.with_app(|a| a.enable_watchlist_events) {
             let frame: Frame = encode::watchlist_events(&[], &[user_id]).into();
             notify_watchers(&users, user_id, &frame, None);
         }

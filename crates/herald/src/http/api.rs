@@ -8,14 +8,13 @@ use super::ApiState;
 use crate::drain;
 use crate::sinks::metrics::Metrics;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Path, RawPathParams, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herald_core::App;
 use herald_protocol::api::ApiError;
 use herald_protocol::sign::QueryPairs;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -104,11 +103,11 @@ impl FromRequest<Arc<ApiState>> for Signed {
             ));
         }
         let (mut parts, body) = req.into_parts();
-        let params = Path::<HashMap<String, String>>::from_request_parts(&mut parts, s)
-            .await
-            .map(|Path(p)| p)
-            .unwrap_or_default();
-        let app_ref = match params.get("app_id") {
+        let params = RawPathParams::from_request_parts(&mut parts, s).await.ok();
+        let app_id = params
+            .as_ref()
+            .and_then(|p| p.iter().find(|(k, _)| *k == "app_id").map(|(_, v)| v));
+        let app_ref = match app_id {
             Some(id) => AppRef::Id(id),
             None => AppRef::ByAuthKey,
         };
