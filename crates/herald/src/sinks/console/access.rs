@@ -1,7 +1,7 @@
 //! Who may use the console: the admin token, from `Authorization: Bearer <token>` or
 //! `?token=<token>`, compared in constant time.
 
-use super::routes::ConsoleState;
+use super::ConsoleState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};

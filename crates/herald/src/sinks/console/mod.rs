@@ -15,6 +15,8 @@
 pub mod access;
 pub mod routes;
 
+use crate::drain::Drain;
+use crate::executor::Executor;
 use crate::sinks::event::{self, HookName};
 use crate::sinks::webhook::DeliveryObserver;
 use herald_core::{LifecycleEvent, LifecycleSink};
@@ -27,7 +29,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use routes::{router, ConsoleState};
+pub use routes::router;
+
+/// What the console's routes need: their narrow handle.
+#[derive(Debug)]
+pub struct ConsoleState {
+    pub console: Arc<Console>,
+    pub executor: Executor,
+    pub drain: Arc<Drain>,
+    /// The admin token; the console is off while it is empty.
+    pub token: String,
+    pub path_prefix: String,
+    pub max_request_body_bytes: usize,
+}
 
 /// Lines buffered per app for its viewers; a viewer further behind skips the oldest.
 pub const FEED_CAPACITY: usize = 1024;

@@ -2,9 +2,7 @@
 //! feed. The API reads and publishes through the same `Executor` as the HTTP API.
 
 use super::access::{not_found, text, Admin, Enabled};
-use super::{now_ms, skipped_json, Console, FeedItem, Viewer, DRAIN_CHECK};
-use crate::drain::Drain;
-use crate::executor::Executor;
+use super::{now_ms, skipped_json, ConsoleState, FeedItem, Viewer, DRAIN_CHECK};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -20,18 +18,6 @@ use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What the console's routes need: their narrow handle.
-#[derive(Debug)]
-pub struct ConsoleState {
-    pub console: Arc<Console>,
-    pub executor: Executor,
-    pub drain: Arc<Drain>,
-    /// The admin token; the console is off while it is empty.
-    pub token: String,
-    pub path_prefix: String,
-    pub max_request_body_bytes: usize,
-}
 
 type St = State<Arc<ConsoleState>>;
 
