@@ -9,7 +9,7 @@ use toml::Value;
 
 /// How nodes are joined (`adapter`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Adapter {
     /// One node.
     #[default]
@@ -18,15 +18,42 @@ pub enum Adapter {
     Redis,
 }
 
+// Parsed by hand so that a bad value names its setting.
+impl TryFrom<String> for Adapter {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        match v.as_str() {
+            "local" => Ok(Adapter::Local),
+            "redis" => Ok(Adapter::Redis),
+            _ => Err(format!("adapter `{v}` must be \"local\" or \"redis\"")),
+        }
+    }
+}
+
 /// Where apps come from (`store.kind`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum StoreKind {
     /// The `[[apps]]` of the configuration file.
     #[default]
     Config,
     Sqlite,
     Postgres,
+}
+
+// Parsed by hand so that a bad value names its setting.
+impl TryFrom<String> for StoreKind {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        match v.as_str() {
+            "config" => Ok(StoreKind::Config),
+            "sqlite" => Ok(StoreKind::Sqlite),
+            "postgres" => Ok(StoreKind::Postgres),
+            _ => Err(format!(
+                "store.kind `{v}` must be \"config\", \"sqlite\" or \"postgres\""
+            )),
+        }
+    }
 }
 
 impl StoreKind {
@@ -47,12 +74,26 @@ impl std::fmt::Display for StoreKind {
 
 /// How log lines look (`server.log_format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LogFormat {
     /// Human-readable.
     #[default]
     Text,
     Json,
+}
+
+// Parsed by hand so that a bad value names its setting.
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        match v.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!(
+                "server.log_format `{v}` must be \"text\" or \"json\""
+            )),
+        }
+    }
 }
 
 /// Server-wide settings (`[server]`, `HERALD_SERVER_*`; host and port also `HERALD_HOST`/`HERALD_PORT`).
@@ -573,6 +614,32 @@ mod tests {
         assert!(e.contains("HERALD_DEFAULT_APP_KEY"), "{e}");
         let e = Config::load(Some(("h.toml", "not toml [")), env(&[])).unwrap_err();
         assert!(e.starts_with("h.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_choices_name_their_setting() {
+        let e = Config::load(None, env(&[("HERALD_ADAPTER", "foo")])).unwrap_err();
+        assert_eq!(
+            e,
+            "invalid configuration: adapter `foo` must be \"local\" or \"redis\""
+        );
+        let e = Config::load(None, env(&[("HERALD_STORE_KIND", "bogus")])).unwrap_err();
+        assert_eq!(
+            e,
+            "invalid configuration: store.kind `bogus` must be \"config\", \"sqlite\" or \"postgres\""
+        );
+        let e = Config::load(
+            Some(("h.toml", "[server]\nlog_format = \"xml\"\n")),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "invalid configuration: server.log_format `xml` must be \"text\" or \"json\""
+        );
+        let ok = Config::load(None, env(&[("HERALD_SERVER_LOG_FORMAT", "json")])).unwrap();
+        assert_eq!(ok.server.log_format, LogFormat::Json);
+        assert!(ok.redacted_toml().contains("log_format = \"json\""));
     }
 
     #[test]
