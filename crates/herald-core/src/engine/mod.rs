@@ -351,9 +351,10 @@ impl Engine {
             };
             for shard in st.conns.iter() {
                 for c in shard.lock().values() {
-                    let held = c.app();
-                    // Stores hand out the same `Arc` until an app changes: most checks end here.
-                    if !Arc::ptr_eq(&held, &current) && *held != *current {
+                    // Stores hand out the same `Arc` until they reload; after a reload every
+                    // connection takes the new one once, changed or not, so later rounds stop
+                    // at this pointer comparison instead of comparing settings field by field.
+                    if !c.with_app(|held| std::ptr::eq(held, &*current)) {
                         c.set_app(current.clone());
                     }
                 }
