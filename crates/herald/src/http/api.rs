@@ -85,11 +85,15 @@ impl FromRequest<Arc<ApiState>> for Signed {
 
     async fn from_request(req: Request, s: &Arc<ApiState>) -> Result<Self, Response> {
         let in_flight = s.drain.request();
-        let route = req
-            .extensions()
-            .get::<Route>()
-            .copied()
-            .expect("every API route carries its Route");
+        // Every API route carries its label (`http::op`); a route added without one is a bug
+        // answered with 500, never a panic (panics abort the process).
+        let Some(route) = req.extensions().get::<Route>().copied() else {
+            return Err(HttpError(ApiError::new(
+                500,
+                "Internal error: this API route has no operation label",
+            ))
+            .into_response());
+        };
         let label = route.label();
         let refuse = |app: &str, e: ApiError| {
             s.metrics.http(app, label, e.status);
