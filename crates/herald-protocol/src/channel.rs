@@ -113,9 +113,12 @@ impl ChannelName {
         )
     }
 
-    /// Client events are accepted on private, presence and encrypted channels only.
+    /// Client events are accepted on private and presence channels only. Not on encrypted ones:
+    /// the official clients refuse to send them there (pusher-js throws `UnsupportedFeature`),
+    /// and the server cannot tell a sealed payload from plain text, so relaying would let one
+    /// member put clear text on a channel whose readers expect only ciphertext.
     pub fn allows_client_events(&self) -> bool {
-        self.needs_auth()
+        matches!(self.kind, ChannelKind::Private | ChannelKind::Presence)
     }
 
     /// Internal channels are not listed, counted or reported through webhooks.

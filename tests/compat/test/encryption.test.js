@@ -106,17 +106,23 @@ test('E2E-4 multi-channel publish with an encrypted channel -> 400; one-element 
   await h.expectNothingMore(c, 'the refused multi-channel publish delivered nothing');
 });
 
-test('E2E-5 client events on encrypted channels relayed like private ones', T, async () => {
+test('E2E-5 client events on encrypted channels are refused and relayed to nobody; pusher-js refuses to send them', T, async () => {
+  // pusher-js throws UnsupportedFeature on trigger() for an encrypted channel; the server refuses
+  // them too, so no member can put clear text on a channel whose readers expect ciphertext.
   const ch = h.uid('private-encrypted-e5');
   const a = await ctx.pool.raw();
   const b = await ctx.pool.raw();
   await a.subscribeOk(ch, { app });
   await b.subscribeOk(ch, { app });
-  a.send({ event: 'client-sealed', channel: ch, data: { nonce: 'n', ciphertext: 'c' } });
-  assert.deepEqual(await b.nextEvent('client-sealed'), { event: 'client-sealed', channel: ch, data: { nonce: 'n', ciphertext: 'c' } });
-  a.send({ event: 'client-opaque', channel: ch, data: SEALED });
-  assert.deepEqual(await b.nextEvent('client-opaque'), { event: 'client-opaque', channel: ch, data: SEALED });
-  await h.expectNothingMore(a, 'no echo to the sender');
+  const refused = { code: null, message: 'Client event rejected - client events are not supported on encrypted channels' };
+  a.send({ event: 'client-plain', channel: ch, data: { text: 'in clear' } });
+  await h.expectError(a, refused);
+  a.send({ event: 'client-sealed', channel: ch, data: SEALED });
+  await h.expectError(a, refused);
+  await h.expectNothingMore(b, 'nothing relayed on the encrypted channel');
+  const p = await encClient();
+  const pch = await h.subscribeOk(p, h.uid('private-encrypted-e5js'));
+  assert.throws(() => pch.trigger('client-x', { a: 1 }), /not currently supported for encrypted channels/);
 });
 
 test('E2E-6 pusher: / pusher_internal: events on encrypted channels are sent unencrypted', T, async () => {

@@ -406,6 +406,12 @@ impl Session {
                 &format!("Client event rejected - invalid channel name '{channel}'"),
             );
         };
+        if ch.is_encrypted() {
+            return self.error(
+                None,
+                "Client event rejected - client events are not supported on encrypted channels",
+            );
+        }
         if !ch.allows_client_events() {
             return self.error(
                 None,

@@ -427,6 +427,11 @@ async fn client_events_reach_other_subscribers_only() {
         only_error(&fs),
         "Client event rejected - only supported on private and presence channels"
     );
+    let fs = send(&mut s, client_event("private-encrypted-x", json!({}))).await;
+    assert_eq!(
+        only_error(&fs),
+        "Client event rejected - client events are not supported on encrypted channels"
+    );
     let fs = send(&mut s, client_event("private-other", json!({}))).await;
     assert_eq!(
         only_error(&fs),
