@@ -492,6 +492,24 @@ test('WSF-13 a client close 1000 is answered with close 1000, then the server en
   await w2.ends(1500);
 });
 
+test('WSF-17 close frames that break RFC 6455 (status 999, 1005, 1006, 1015, 2999, 5000; a one-byte payload) -> 1002; a reason that is not UTF-8 -> 1007', T, async () => {
+  const cases = [
+    ...[999, 1005, 1006, 1015, 2999, 5000].map((code) => [closePayload(code), 1002, `status ${code}`]),
+    [Buffer.from([0x03]), 1002, 'a one-byte payload'],
+    [Buffer.concat([closePayload(1000), Buffer.from([0xff, 0xfe])]), 1007, 'a reason that is not UTF-8'],
+    [Buffer.alloc(0), 1000, 'no status at all'],
+    [closePayload(3000, 'done'), 3000, 'a registered status (3000-3999)'],
+  ];
+  for (const [payload, code, what] of cases) {
+    const w = await wsOpen(ctx.server);
+    await w.write(frame(OP.CLOSE, payload));
+    const f = await w.nextFrame(3000, `close answer to ${what}`);
+    assert.equal(f.opcode, OP.CLOSE, `${what}: ${w.describe()}`);
+    assert.equal(f.code, code, `${what}: answered with ${f.code}`);
+    await w.ends(1500);
+  }
+});
+
 test('WSF-14 an upgrade after a plain HTTP request on the same keep-alive connection gets 101 and a session', T, async () => {
   const w = new Wire(ctx.server);
   await w.connected;

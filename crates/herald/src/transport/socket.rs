@@ -142,8 +142,8 @@ async fn boxed_close<S: Transport>(io: &mut S, code: CloseCode) {
 /// Probes silent connections and closes unanswered or unauthorized ones, and sends the
 /// engine's due throttled counts, until the process ends.
 pub async fn keepalive_sweep(engine: Engine, activity_s: u64, pong_s: u64) {
-    let activity_ms = activity_s.max(1) * 1000;
-    let pong_ms = pong_s.max(1) * 1000;
+    let activity_ms = activity_s.max(1).saturating_mul(1000);
+    let pong_ms = pong_s.max(1).saturating_mul(1000);
     // A quarter of the shortest timeout, within 100-250 ms: probes and closes come at most that
     // late, and a sweep of 19,000 idle connections costs well under a millisecond.
     let tick = Duration::from_millis((activity_ms.min(pong_ms) / 4).clamp(100, 250));
@@ -160,7 +160,7 @@ pub async fn keepalive_sweep(engine: Engine, activity_s: u64, pong_s: u64) {
             count += 1;
             let auth_ms = c.with_app(|a| {
                 a.enable_user_authentication
-                    .then(|| a.user_authentication_timeout * 1000)
+                    .then(|| a.user_authentication_timeout.saturating_mul(1000))
             });
             c.keepalive(now, activity_ms, pong_ms, auth_ms);
         });
@@ -333,8 +333,9 @@ impl Socket {
                 }
                 wsframe::OP_PONG => continue,
                 wsframe::OP_CLOSE => {
-                    // Answer the closing handshake with the client's own status.
-                    let code = wsframe::close_code(payload).unwrap_or(1000);
+                    // Answer the closing handshake with the client's own status, or with
+                    // 1002/1007 when its close frame breaks the rules.
+                    let code = wsframe::close_reply(payload);
                     let mut out = Vec::new();
                     wsframe::put_close(&mut out, code, "");
                     let _ = tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out)).await;

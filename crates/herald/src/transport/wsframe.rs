@@ -221,6 +221,28 @@ pub fn close_code(payload: &[u8]) -> Option<u16> {
     }
 }
 
+/// The status to answer a client's close frame with (RFC 6455 §5.5.1, §7.4): its own status
+/// when that is one a peer may send, 1000 when it gave none, 1002 for a one-byte payload or a
+/// status no endpoint may put on the wire (below 1000, 1004-1006, 1015, unassigned 1016-2999,
+/// 5000 and up), and 1007 when the reason is not UTF-8.
+pub fn close_reply(payload: &[u8]) -> u16 {
+    let Some(code) = close_code(payload) else {
+        return if payload.is_empty() {
+            1000
+        } else {
+            CLOSE_PROTOCOL_ERROR
+        };
+    };
+    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !sendable {
+        CLOSE_PROTOCOL_ERROR
+    } else if std::str::from_utf8(&payload[2..]).is_err() {
+        CLOSE_INVALID_DATA
+    } else {
+        code
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +375,30 @@ mod tests {
         assert_eq!(close_code(&out[2..]), Some(4201));
         assert!(std::str::from_utf8(&out[4..]).is_ok());
         assert_eq!(close_code(&[3]), None);
+    }
+
+    #[test]
+    fn close_replies_follow_rfc_6455() {
+        let with = |code: u16, reason: &[u8]| {
+            let mut p = code.to_be_bytes().to_vec();
+            p.extend_from_slice(reason);
+            close_reply(&p)
+        };
+        assert_eq!(close_reply(&[]), 1000, "no status: a normal close");
+        assert_eq!(close_reply(&[3]), 1002, "a one-byte payload is malformed");
+        for ok in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1014, 3000, 4000, 4999,
+        ] {
+            assert_eq!(with(ok, b"bye"), ok, "{ok} is echoed");
+        }
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert_eq!(with(bad, b""), 1002, "{bad} may not be sent by a peer");
+        }
+        assert_eq!(
+            with(1000, &[0xff, 0xfe]),
+            1007,
+            "a reason that is not UTF-8"
+        );
+        assert_eq!(with(1000, "é".as_bytes()), 1000);
     }
 }
