@@ -160,6 +160,13 @@ impl App {
                 ));
             }
         }
+        self.limits.validate()?;
+        herald_protocol::limits::check_range(
+            "user_authentication_timeout",
+            self.user_authentication_timeout,
+            1,
+            herald_protocol::limits::MAX_SETTING_SECONDS,
+        )?;
         for (j, w) in self.webhooks.iter().enumerate() {
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
                 return Err(format!(

@@ -140,6 +140,37 @@ fn cache_channels_replay_the_last_event_or_report_a_miss() {
 }
 
 #[test]
+fn an_absurd_cache_ttl_keeps_the_event_instead_of_overflowing_the_clock() {
+    // A TTL can come from another node over the bus, unchecked by this node's settings.
+    let (e, _) = engine(&app());
+    let a = e.connect(app()).unwrap();
+    let far = ch("cache-far");
+    e.publish("app-id", &far, "tick", "1", None, Duration::MAX);
+    let remote = ch("cache-remote");
+    let frame = herald_protocol::encode::channel_event("tick", "cache-remote", "2");
+    e.deliver_local(
+        "app-id",
+        &remote,
+        &frame.into(),
+        None,
+        Some(("2", Duration::MAX)),
+    );
+    e.subscribe(&a, &far, None).unwrap();
+    e.subscribe(&a, &remote, None).unwrap();
+    let got = drain(&a);
+    assert!(
+        got.iter()
+            .any(|f| f.contains(r#""channel":"cache-far","data":"1""#)),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|f| f.contains(r#""channel":"cache-remote","data":"2""#)),
+        "{got:?}"
+    );
+}
+
+#[test]
 fn connection_quota() {
     let mut limited = (*app()).clone();
     limited.limits.max_connections = 1;

@@ -3,6 +3,7 @@
 //! message that names it.
 
 use herald_core::App;
+use herald_protocol::limits::{check_range, MAX_SETTING_SECONDS, MAX_SETTING_SIZE};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use toml::Value;
@@ -115,6 +116,11 @@ pub struct ServerConfig {
     pub drain_window_ms: u64,
     /// Hard deadline in milliseconds for the whole shutdown, webhook flushing included.
     pub shutdown_timeout_ms: u64,
+    /// Open sockets on the server port (WebSockets and HTTP) beyond which new WebSocket
+    /// connections are refused with 4100 (over capacity). 0: the process's open-file limit
+    /// less a reserve, so that the API, health checks, metrics and outgoing connections keep
+    /// working when clients take every socket they can.
+    pub max_connections: u64,
 }
 
 /// Webhook delivery settings (`[webhooks]`, `HERALD_WEBHOOKS_*`); targets are set per app.
@@ -166,6 +172,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             drain_window_ms: 5000,
             shutdown_timeout_ms: 15_000,
+            max_connections: 0,
         }
     }
 }
@@ -214,7 +221,11 @@ impl Default for RedisConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     pub enabled: bool,
-    /// Port of the metrics and health listener (same host as the server); 0 picks a free one.
+    /// Address of the metrics and health listener. Loopback by default: the metrics name every
+    /// app, and a scraper or health check usually runs on the same host or reaches it through a
+    /// proxy; set `0.0.0.0` to expose it.
+    pub host: String,
+    /// Port of the metrics and health listener; 0 picks a free one.
     pub port: u16,
 }
 
@@ -222,6 +233,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            host: "127.0.0.1".into(),
             port: 9601,
         }
     }
@@ -386,7 +398,7 @@ impl Config {
             } else {
                 &mut root
             };
-            insert(target, &table_path, key, value);
+            insert(target, &table_path, key, value)?;
         }
 
         let config: Config = Value::Table(root)
@@ -406,17 +418,9 @@ impl Config {
             a.validate()
                 .map_err(|e| format!("invalid configuration: apps[{i}].{e}"))?;
         }
+        self.check_ranges()
+            .map_err(|e| format!("invalid configuration: {e}"))?;
         let s = &self.server;
-        if s.activity_timeout == 0 {
-            return Err(
-                "invalid configuration: server.activity_timeout must be at least 1 second".into(),
-            );
-        }
-        if s.pong_timeout == 0 {
-            return Err(
-                "invalid configuration: server.pong_timeout must be at least 1 second".into(),
-            );
-        }
         if !(s.path_prefix.is_empty()
             || (s.path_prefix.starts_with('/') && !s.path_prefix.ends_with('/')))
         {
@@ -460,15 +464,99 @@ impl Config {
         Ok(())
     }
 
+    /// Every duration and size within its range, so that no instant or buffer computed from a
+    /// setting can overflow later; the error names the setting.
+    fn check_ranges(&self) -> Result<(), String> {
+        const SECS: u64 = MAX_SETTING_SECONDS;
+        const MILLIS: u64 = MAX_SETTING_SECONDS * 1000;
+        let (s, w) = (&self.server, &self.webhooks);
+        let size = |v: usize| v as u64;
+        for (name, value, min, max) in [
+            ("server.activity_timeout", s.activity_timeout, 1, SECS),
+            ("server.pong_timeout", s.pong_timeout, 1, SECS),
+            (
+                "server.max_ws_message_bytes",
+                size(s.max_ws_message_bytes),
+                2,
+                1 << 30,
+            ),
+            (
+                "server.max_request_body_bytes",
+                size(s.max_request_body_bytes),
+                1,
+                1 << 30,
+            ),
+            ("server.drain_window_ms", s.drain_window_ms, 0, MILLIS),
+            (
+                "server.max_connections",
+                s.max_connections,
+                0,
+                MAX_SETTING_SIZE,
+            ),
+            (
+                "server.shutdown_timeout_ms",
+                s.shutdown_timeout_ms,
+                0,
+                MILLIS,
+            ),
+            ("webhooks.vacate_delay_ms", w.vacate_delay_ms, 0, MILLIS),
+            ("webhooks.batch_window_ms", w.batch_window_ms, 0, MILLIS),
+            (
+                "webhooks.batch_max_events",
+                size(w.batch_max_events),
+                1,
+                MAX_SETTING_SIZE,
+            ),
+            (
+                "webhooks.request_timeout_ms",
+                w.request_timeout_ms,
+                1,
+                MILLIS,
+            ),
+            ("webhooks.retry_window_secs", w.retry_window_secs, 0, SECS),
+            (
+                "webhooks.queue_capacity",
+                size(w.queue_capacity),
+                0,
+                MAX_SETTING_SIZE,
+            ),
+            (
+                "webhooks.cache_miss_debounce_ms",
+                w.cache_miss_debounce_ms,
+                0,
+                MILLIS,
+            ),
+            (
+                "store.refresh_interval_ms",
+                self.store.refresh_interval_ms,
+                1,
+                MILLIS,
+            ),
+        ] {
+            check_range(name, value, min, max)?;
+        }
+        Ok(())
+    }
+
     /// The configuration as TOML, secrets replaced.
     pub fn redacted_toml(&self) -> String {
+        use crate::redact::{redact_url, REDACTED};
         let mut c = self.clone();
         for a in &mut c.apps {
-            a.secret = "<redacted>".into();
+            a.secret = REDACTED.into();
+            for w in &mut a.webhooks {
+                w.url = redact_url(&w.url);
+                // Extra headers exist to carry credentials (Authorization, API keys).
+                for v in w.headers.values_mut() {
+                    *v = REDACTED.into();
+                }
+            }
         }
         if !c.console.token.is_empty() {
-            c.console.token = "<redacted>".into();
+            c.console.token = REDACTED.into();
         }
+        c.redis.url = redact_url(&c.redis.url);
+        c.store.url = redact_url(&c.store.url);
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }
@@ -492,16 +580,21 @@ fn lookup<'a>(t: &'a toml::Table, path: &[String], key: &str) -> Option<&'a Valu
     cur.get(key)
 }
 
-fn insert(t: &mut toml::Table, path: &[String], key: String, value: Value) {
+/// Sets `path.key`; a section the file wrote as something other than a table is an error
+/// naming it (`server = 5` with `HERALD_PORT` set).
+fn insert(t: &mut toml::Table, path: &[String], key: String, value: Value) -> Result<(), String> {
     let mut cur = t;
     for p in path {
-        cur = cur
+        let entry = cur
             .entry(p.clone())
-            .or_insert_with(|| Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("config sections are tables");
+            .or_insert_with(|| Value::Table(toml::Table::new()));
+        let kind = entry.type_str();
+        cur = entry.as_table_mut().ok_or_else(|| {
+            format!("invalid configuration: `{p}` must be a table ([{p}]), not a {kind}")
+        })?;
     }
     cur.insert(key, value);
+    Ok(())
 }
 
 /// Reads an environment string as the type the default value has.
@@ -697,9 +790,142 @@ mod tests {
 
     #[test]
     fn print_config_redacts_secrets() {
-        let c = Config::load(None, env(&[("HERALD_DEFAULT_APP_SECRET", "topsecret")])).unwrap();
+        let c = Config::load(
+            None,
+            env(&[
+                ("HERALD_DEFAULT_APP_SECRET", "topsecret"),
+                ("HERALD_REDIS_URL", "redis://:redispw@127.0.0.1:6379"),
+                ("HERALD_STORE_KIND", "postgres"),
+                ("HERALD_STORE_URL", "postgres://herald:pgpw@127.0.0.1/herald"),
+                ("HERALD_CONSOLE_TOKEN", "consoletok"),
+                (
+                    "HERALD_DEFAULT_APP_WEBHOOKS",
+                    r#"[{"url":"https://hook:hookpw@127.0.0.1/in?token=urltok","headers":{"Authorization":"Bearer headertok"}}]"#,
+                ),
+            ]),
+        )
+        .unwrap();
         let t = c.redacted_toml();
-        assert!(!t.contains("topsecret"));
+        for secret in [
+            "topsecret",
+            "redispw",
+            "pgpw",
+            "consoletok",
+            "hookpw",
+            "urltok",
+            "headertok",
+        ] {
+            assert!(!t.contains(secret), "{secret} printed:\n{t}");
+        }
         assert!(t.contains("<redacted>"));
+        assert!(t.contains("postgres://herald:***@127.0.0.1/herald"), "{t}");
+        assert!(t.contains("Authorization"), "header names stay: {t}");
+    }
+
+    #[test]
+    fn a_section_written_as_a_value_is_named_not_a_panic() {
+        let e = Config::load(
+            Some(("h.toml", "server = 5")),
+            env(&[("HERALD_PORT", "7000")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "invalid configuration: `server` must be a table ([server]), not a integer"
+        );
+    }
+
+    #[test]
+    fn bad_files_and_environments_are_errors_never_panics() {
+        let files = [
+            "server = 5",
+            "server = [1]",
+            "metrics = 1.5",
+            "tls = 'x'",
+            "store = true",
+            "webhooks = 'x'",
+            "apps = 5",
+            "apps = [5]",
+            "apps = [{}]",
+            "[server]\nport = -1",
+            "[server]\nport = 70000",
+            "[server]\nactivity_timeout = 0",
+            "[webhooks]\nretry_window_secs = 18446744073709551615",
+            "[[apps]]\nid = 'a'\nkey = 'b'\nsecret = 'c'\nlimits = 5",
+            "[[apps]]\nid = 'a'\nkey = 'b'\nsecret = 'c'\n[apps.limits]\ncache_ttl = 9223372036854775807",
+        ];
+        let envs: &[&[(&str, &str)]] = &[
+            &[],
+            &[("HERALD_PORT", "1")],
+            &[("HERALD_SERVER_ACTIVITY_TIMEOUT", "5")],
+            &[("HERALD_METRICS_PORT", "1")],
+            &[("HERALD_TLS_CERT_FILE", "x")],
+            &[("HERALD_STORE_KIND", "sqlite")],
+            &[("HERALD_WEBHOOKS_QUEUE_CAPACITY", "1")],
+            &[("HERALD_REDIS_URL", "redis://x")],
+            &[("HERALD_DEFAULT_APP_CACHE_TTL", "5")],
+        ];
+        for file in files {
+            for e in envs {
+                let got = std::panic::catch_unwind(|| Config::load(Some(("h.toml", file)), env(e)));
+                let got = got.unwrap_or_else(|_| panic!("panicked on {file:?} with {e:?}"));
+                // An environment may override the bad key (HERALD_PORT over `port = -1`); alone,
+                // every file is refused with a message.
+                if e.is_empty() {
+                    let err = got.expect_err(&format!("{file:?} was accepted"));
+                    assert!(
+                        err.starts_with("invalid configuration") || err.starts_with("h.toml"),
+                        "{err}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes_out_of_range_are_refused_at_load_naming_the_setting() {
+        for (var, value, named) in [
+            (
+                "HERALD_DEFAULT_APP_CACHE_TTL",
+                "9223372036854775807",
+                "apps[0].limits.cache_ttl",
+            ),
+            (
+                "HERALD_DEFAULT_APP_USER_AUTHENTICATION_TIMEOUT",
+                "0",
+                "apps[0].user_authentication_timeout",
+            ),
+            (
+                "HERALD_SERVER_DRAIN_WINDOW_MS",
+                "9223372036854775807",
+                "server.drain_window_ms",
+            ),
+            ("HERALD_SERVER_PONG_TIMEOUT", "0", "server.pong_timeout"),
+            (
+                "HERALD_SERVER_ACTIVITY_TIMEOUT",
+                "31536001",
+                "server.activity_timeout",
+            ),
+            (
+                "HERALD_WEBHOOKS_RETRY_WINDOW_SECS",
+                "9223372036854775807",
+                "webhooks.retry_window_secs",
+            ),
+            (
+                "HERALD_STORE_REFRESH_INTERVAL_MS",
+                "0",
+                "store.refresh_interval_ms",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(var, value)])).unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "invalid configuration: {named} is {value}; it must be at"
+                )),
+                "{var}: {e}"
+            );
+        }
+        // The largest accepted values load.
+        Config::load(None, env(&[("HERALD_DEFAULT_APP_CACHE_TTL", "31536000")])).unwrap();
     }
 }

@@ -10,6 +10,7 @@ pub mod executor;
 pub mod http;
 pub mod memory;
 pub mod rate;
+pub mod redact;
 pub mod server;
 pub mod session;
 pub mod sinks;

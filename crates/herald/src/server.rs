@@ -250,11 +250,12 @@ pub async fn run_with(
     background.push(tokio::spawn(follow_apps(node.engine.clone())));
     let stop_accepting = CancellationToken::new();
     if let Some(ml) = options.metrics_listener {
-        let app = node.metrics_router();
         // Health must answer during the drain: this listener stops with the process.
-        background.push(tokio::spawn(async move {
-            let _ = axum::serve(ml, app).await;
-        }));
+        background.push(tokio::spawn(listener::serve_http(
+            ml,
+            node.metrics_router(),
+            node.metrics.clone(),
+        )));
     }
     background.push(tokio::spawn(socket::keepalive_sweep(
         node.engine.clone(),
@@ -266,6 +267,9 @@ pub async fn run_with(
         path_prefix: Arc::from(node.config.server.path_prefix.as_str()),
         tls,
         router: node.router(),
+        capacity: crate::transport::capacity::Capacity::from_settings(
+            node.config.server.max_connections,
+        ),
     };
     let server = tokio::spawn(listener::serve(listener, port, stop_accepting.clone()));
     shutdown.await;
@@ -398,7 +402,7 @@ pub async fn serve_until_signal(
     let socket = bind(&addr)?;
     let local = socket.local_addr()?;
     let metrics_listener = if config.metrics.enabled {
-        let l = bind(&format!("{}:{}", config.server.host, config.metrics.port))?;
+        let l = bind(&format!("{}:{}", config.metrics.host, config.metrics.port))?;
         println!("Herald metrics on {}", l.local_addr()?);
         Some(l)
     } else {

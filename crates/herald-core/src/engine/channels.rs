@@ -363,11 +363,7 @@ impl Engine {
                 let ch = shard
                     .entry(channel.arc().clone())
                     .or_insert_with(|| Channel::new(channel.clone()));
-                ch.cache = Some(Cached {
-                    frame: frame.clone(),
-                    data: Arc::from(data),
-                    expires: Instant::now() + cache_ttl,
-                });
+                ch.cache = Some(Cached::new(frame.clone(), data, cache_ttl));
             }
             if let Some(ch) = shard.get(channel.as_str()) {
                 ch.broadcast(&frame, except);

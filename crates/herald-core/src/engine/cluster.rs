@@ -9,7 +9,6 @@ use crate::lifecycle::LifecycleEvent;
 use herald_protocol::{encode, ChannelName, SocketId};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 impl Engine {
     /// Delivers a frame to this node's subscribers of `channel` (a clustered adapter's inbound
@@ -28,11 +27,7 @@ impl Engine {
             let ch = shard
                 .entry(channel.arc().clone())
                 .or_insert_with(|| Channel::new(channel.clone()));
-            ch.cache = Some(Cached {
-                frame: frame.clone(),
-                data: Arc::from(data),
-                expires: Instant::now() + ttl,
-            });
+            ch.cache = Some(Cached::new(frame.clone(), data, ttl));
         }
         if let Some(ch) = shard.get(channel.as_str()) {
             ch.broadcast(frame, except);

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -51,6 +52,21 @@ struct Cached {
     frame: Frame,
     data: Arc<str>,
     expires: Instant,
+}
+
+impl Cached {
+    /// A cached event that expires after `ttl`. The TTL comes from settings or from another
+    /// node over the bus, so the sum is checked: an absurd TTL keeps the event for a year rather
+    /// than overflowing the clock.
+    fn new(frame: Frame, data: &str, ttl: Duration) -> Self {
+        let now = Instant::now();
+        let year = Duration::from_secs(herald_protocol::limits::MAX_SETTING_SECONDS);
+        Self {
+            frame,
+            data: Arc::from(data),
+            expires: now.checked_add(ttl.min(year)).unwrap_or(now),
+        }
+    }
 }
 
 #[derive(Default)]

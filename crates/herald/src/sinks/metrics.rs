@@ -23,6 +23,8 @@ pub struct Metrics {
     webhooks: IntCounterVec,
     slow_consumers: IntCounterVec,
     rejections: IntCounterVec,
+    accept_failures: IntCounterVec,
+    refused: IntCounterVec,
     adapter_up: IntGauge,
     /// One set of hot-path counters per app, shared by its connections.
     per_app:
@@ -137,10 +139,30 @@ impl Metrics {
                 "Requests refused by a limit or rate limit",
                 &["app", "limit"],
             ),
+            accept_failures: counter(
+                &r,
+                "herald_accept_failures_total",
+                "Failed accepts (usually out of file descriptors), by port",
+                &["port"],
+            ),
+            refused: counter(
+                &r,
+                "herald_connections_refused_total",
+                "Connections refused before any app was known, by port and reason",
+                &["port", "reason"],
+            ),
             adapter_up,
             per_app: Default::default(),
             registry: r,
         }
+    }
+
+    pub fn accept_failed(&self, port: &str) {
+        self.accept_failures.with_label_values(&[port]).inc();
+    }
+
+    pub fn refused(&self, port: &str, reason: &str) {
+        self.refused.with_label_values(&[port, reason]).inc();
     }
 
     /// Reports the cluster adapter's connection state.

@@ -14,6 +14,7 @@
 pub mod sql;
 
 use crate::config::{Config, StoreKind};
+pub use crate::redact::redact_url;
 use herald_core::{AppStore, StaticAppStore};
 use std::sync::Arc;
 
@@ -98,38 +99,5 @@ pub async fn open(config: &Config) -> Result<OpenedStore, String> {
         other => Err(format!(
             "store.kind is \"{other}\" but this herald was built without the `{other}` feature"
         )),
-    }
-}
-
-/// The URL with any password replaced, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords_only() {
-        assert_eq!(
-            redact_url("postgres://u:pw@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("sqlite://herald.db"), "sqlite://herald.db");
     }
 }

@@ -5,6 +5,8 @@
 //! nothing else (no router clone, no hyper connection state kept alive underneath it).
 
 use crate::session::{self, ConnectParams};
+use crate::sinks::metrics::Metrics;
+use crate::transport::capacity::{Capacity, Held};
 use crate::transport::socket;
 use crate::transport::stream::{IntoSession, Prefixed, Transport};
 use crate::transport::wsframe::{self, Upgrade};
@@ -95,6 +97,8 @@ pub struct Port {
     pub path_prefix: Arc<str>,
     pub tls: Option<TlsAcceptor>,
     pub router: Router,
+    /// Open sockets on this port and the limit past which upgrades are refused.
+    pub capacity: Arc<Capacity>,
 }
 
 /// Everything an accepted connection needs, shared by all of them.
@@ -106,6 +110,7 @@ struct Ctx {
     router: Router,
     stop: CancellationToken,
     http: TaskTracker,
+    capacity: Arc<Capacity>,
 }
 
 /// Accepts until `stop`, then lets open HTTP connections finish their request in flight.
@@ -116,7 +121,9 @@ pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
         path_prefix,
         tls,
         router,
+        capacity,
     } = port;
+    let metrics = session.metrics.clone();
     let ctx = Ctx {
         session,
         path_prefix,
@@ -124,32 +131,37 @@ pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
         router,
         stop: stop.clone(),
         http: TaskTracker::new(),
+        capacity,
     };
+    let mut errors = AcceptErrors::default();
     loop {
         let tcp = tokio::select! {
             () = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((tcp, _)) => tcp,
                 Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    errors.failed(&e, &metrics, "server").await;
                     continue;
                 }
             },
+        };
+        let Some(held) = ctx.capacity.hold() else {
+            // Past even the HTTP spare: close before reading, keeping descriptors for the rest.
+            metrics.refused("server", "capacity");
+            continue;
         };
         // Small frames must leave at once: latency matters more than packet count here.
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
         match &tls {
             None => {
-                tokio::spawn(connection(tcp, ctx));
+                tokio::spawn(connection(tcp, ctx, held));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => connection(stream, ctx).await,
+                        Ok(Ok(stream)) => connection(stream, ctx, held).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -174,7 +186,7 @@ async fn read_head<S: Transport>(io: &mut S, buf: &mut Vec<u8>) -> Option<Head> 
     }
 }
 
-async fn connection<S: IntoSession>(mut io: S, ctx: Ctx) {
+async fn connection<S: IntoSession>(mut io: S, ctx: Ctx, held: Held) {
     let mut buf = Vec::new();
     let head = match Box::pin(tokio::time::timeout(
         HEAD_TIMEOUT,
@@ -197,6 +209,7 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx) {
                 session,
                 path_prefix,
                 tls,
+                capacity,
                 ..
             } = ctx;
             if io
@@ -219,18 +232,86 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx) {
                 protocol,
                 tls: forwarded_https || tls,
             };
+            if capacity.over_ws_limit() {
+                session.metrics.refused("server", "capacity");
+                return socket::serve_refusal(io, herald_protocol::codes::OVER_CAPACITY).await;
+            }
             match session::admit(&session, &params) {
                 // A task of its own: this one's state (head parsing, the HTTP branch) is not
                 // carried for the connection's whole life.
                 Ok(conn) => {
                     let io = io.into_session(&session.metrics, &conn);
-                    drop(tokio::spawn(socket::run(io, buf, session, conn)));
+                    drop(tokio::spawn(async move {
+                        let _held = held;
+                        socket::run(io, buf, session, conn).await;
+                    }));
                 }
                 Err(code) => socket::serve_refusal(io, code).await,
             }
         }
         // Boxed: hyper's connection state would otherwise be part of every WebSocket's task.
-        Head::Http => Box::pin(http(io, buf, ctx)).await,
+        Head::Http => {
+            Box::pin(http(io, buf, ctx)).await;
+            drop(held);
+        }
+    }
+}
+
+/// Failed accepts (usually EMFILE: out of descriptors): counted, logged at most once per
+/// interval with how many there were, and backed off so the loop does not spin.
+#[derive(Default)]
+struct AcceptErrors {
+    since_log: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl AcceptErrors {
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    async fn failed(&mut self, e: &std::io::Error, metrics: &Metrics, port: &str) {
+        metrics.accept_failed(port);
+        self.since_log += 1;
+        if self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+            tracing::warn!(error = %e, port, failures = self.since_log, "accept failed; backing off");
+            self.since_log = 0;
+            self.last_log = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connections the metrics port serves at once; more are closed on accept. A scraper and a
+/// health checker need a handful.
+const METRICS_CONNECTIONS: usize = 64;
+
+/// Serves the metrics port's router: plain HTTP with the same request-head deadline as the
+/// server port (silent or slow connections are closed), a bound on open connections, and
+/// accept errors backed off and counted. It runs until the process ends, so that health
+/// checks answer through the drain.
+pub async fn serve_http(listener: TcpListener, router: Router, metrics: Arc<Metrics>) {
+    let open = Capacity::new(METRICS_CONNECTIONS, 0);
+    let mut errors = AcceptErrors::default();
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                errors.failed(&e, &metrics, "metrics").await;
+                continue;
+            }
+        };
+        let Some(held) = open.hold() else {
+            metrics.refused("metrics", "capacity");
+            continue;
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _held = held;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router));
+            let _ = conn.await;
+        });
     }
 }
 

@@ -85,8 +85,12 @@ impl RedisAdapter {
         prefix: &str,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Receivers), String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("invalid redis.url `{url}`: {e}"))?;
+        let client = redis::Client::open(url).map_err(|e| {
+            format!(
+                "invalid redis.url `{}`: {e}",
+                crate::redact::redact_url(url)
+            )
+        })?;
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let (bus, bus_rx) = mpsc::channel(BUS_QUEUE);
         metrics.set_adapter_up(false);

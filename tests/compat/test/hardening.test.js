@@ -1,0 +1,246 @@
+'use strict';
+// HARD-*: Herald attacked as a hostile client or set up by a careless operator would. Each test
+// reproduces one way in and asserts the documented outcome (README "Security").
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const net = require('node:net');
+const { spawn } = require('node:child_process');
+const WebSocket = require('ws');
+const Pusher = require('pusher');
+const ops = require('../lib/ops');
+const { heraldBin } = require('../lib/server');
+const { withTimeout } = require('../lib/wait');
+
+const T = { timeout: 60000 };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A raw WebSocket that records frames and the close. */
+function wsClient(base, key = 'app-key') {
+  const ws = new WebSocket(`${base}/app/${key}?protocol=7`);
+  const c = { ws, frames: [], closed: null };
+  c.established = new Promise((resolve) => {
+    ws.on('message', (d) => {
+      const f = JSON.parse(String(d));
+      c.frames.push(f);
+      if (f.event === 'pusher:connection_established') resolve(f);
+    });
+  });
+  c.closedP = new Promise((resolve) =>
+    ws.on('close', (code, reason) => {
+      c.closed = { code, reason: String(reason) };
+      resolve(c.closed);
+    }),
+  );
+  ws.on('error', () => {}); // the close event carries the outcome
+  return c;
+}
+
+/** Opens a TCP connection and resolves with the ms until the server closes it (or rejects after `ms`). */
+function silentFor(port, ms, send = null) {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const s = net.connect(port, '127.0.0.1', () => {
+      if (send) s.write(send);
+    });
+    s.on('data', () => {});
+    s.on('error', () => {});
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`connection still open after ${ms} ms`));
+    }, ms);
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve(Date.now() - t0);
+    });
+  });
+}
+
+test('HARD-7 --print-config and startup errors never show a password, token or secret header', T, async () => {
+  const secrets = {
+    HERALD_DEFAULT_APP_SECRET: 'appsecret-7f3',
+    HERALD_REDIS_URL: 'redis://:redispass-7f3@127.0.0.1:6379',
+    HERALD_STORE_URL: 'postgres://herald:pgpass-7f3@127.0.0.1/herald',
+    HERALD_CONSOLE_TOKEN: 'consoletoken-7f3',
+    HERALD_DEFAULT_APP_WEBHOOKS: JSON.stringify([
+      { url: 'https://hook:hookpass-7f3@127.0.0.1:9/in?token=urltoken-7f3', headers: { Authorization: 'Bearer headertoken-7f3' } },
+    ]),
+  };
+  const r = await ops.cli(['--print-config'], { env: secrets });
+  assert.equal(r.status, 0, r.out);
+  for (const s of ['appsecret', 'redispass', 'pgpass', 'consoletoken', 'hookpass', 'urltoken', 'headertoken']) {
+    assert.ok(!r.out.includes(`${s}-7f3`), `${s} printed:\n${r.out}`);
+  }
+  assert.match(r.out, /postgres:\/\/herald:\*\*\*@127\.0\.0\.1\/herald/);
+  assert.match(r.out, /Authorization = "<redacted>"/);
+});
+
+test('HARD-10 a duration or size out of range is refused at load, naming it (no abort on first use)', T, async () => {
+  for (const [name, value, key] of [
+    ['HERALD_DEFAULT_APP_CACHE_TTL', '9223372036854775807', 'apps[0].limits.cache_ttl'],
+    ['HERALD_SERVER_SHUTDOWN_TIMEOUT_MS', '18446744073709551615', 'server.shutdown_timeout_ms'],
+    ['HERALD_WEBHOOKS_RETRY_WINDOW_SECS', '9223372036854775807', 'webhooks.retry_window_secs'],
+  ]) {
+    const r = await ops.cli(['check-config'], { env: { [name]: value } });
+    assert.equal(r.status, 2, `${name}: ${r.out}`);
+    assert.ok(r.stderr.includes(`${key} is ${value}; it must be at most`), `${name}: ${r.stderr}`);
+  }
+  // The largest cache TTL accepted works: a publish to a cache channel is kept, not an abort.
+  const server = await ops.startOps({ env: { HERALD_DEFAULT_APP_CACHE_TTL: '31536000' } });
+  try {
+    const api = new Pusher({ appId: 'app-id', key: 'app-key', secret: 'app-secret', host: '127.0.0.1', port: String(server.port), useTLS: false });
+    assert.equal((await api.trigger('cache-hard10', 'e', { n: 1 })).status, 200);
+    const c = wsClient(server.wsBase);
+    await withTimeout(c.established, 5000, 'connection');
+    c.ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel: 'cache-hard10' } }));
+    await withTimeout(
+      (async () => {
+        while (!c.frames.some((f) => f.event === 'e')) await sleep(20);
+      })(),
+      5000,
+      'the cached event replayed',
+    );
+    c.ws.close();
+    assert.ok(server.running(), 'the server is still up');
+  } finally {
+    server.stop();
+  }
+});
+
+test('HARD-11 a section written as a value, with an environment override, stops startup naming it (no panic)', T, async () => {
+  const file = ops.tmpPath('hard11', '.toml');
+  require('node:fs').writeFileSync(file, 'server = 5\n');
+  try {
+    const r = await ops.cli(['check-config', '--config', file], { env: { HERALD_PORT: '7000' } });
+    assert.equal(r.status, 2, r.out);
+    assert.equal(r.signal, null);
+    assert.match(r.stderr, /`server` must be a table \(\[server\]\), not a integer/);
+    assert.ok(!/panicked/.test(r.out), r.out);
+  } finally {
+    require('node:fs').rmSync(file, { force: true });
+  }
+});
+
+test('HARD-8 the metrics port listens on 127.0.0.1 by default (metrics.host), whatever server.host is', T, async () => {
+  const a = await ops.startOps({ env: { HERALD_HOST: '127.0.0.2' } });
+  try {
+    assert.match(a.output(), /Herald listening on 127\.0\.0\.2:\d+/);
+    assert.match(a.output(), /Herald metrics on 127\.0\.0\.1:\d+/);
+  } finally {
+    a.stop();
+  }
+  const b = await ops.startOps({ env: { HERALD_METRICS_HOST: '127.0.0.3' } });
+  try {
+    assert.match(b.output(), /Herald metrics on 127\.0\.0\.3:\d+/);
+  } finally {
+    b.stop();
+  }
+});
+
+test('HARD-8 the metrics port closes silent and idle connections like the server port (10 s head deadline)', { timeout: 60000 }, async () => {
+  const server = await ops.startOps({});
+  try {
+    const [silent, idle] = await Promise.all([
+      silentFor(server.metricsPort, 10500 + 2000),
+      silentFor(server.metricsPort, 10500 + 2000, 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'),
+    ]);
+    assert.ok(silent >= 9900 && silent <= 10500, `a silent connection closed after ${silent} ms (deadline 10,000)`);
+    assert.ok(idle >= 9900 && idle <= 10500, `an idle keep-alive connection closed after ${idle} ms (deadline 10,000)`);
+  } finally {
+    server.stop();
+  }
+});
+
+test('HARD-8 past server.max_connections a WebSocket gets pusher:error 4100 and close 4100; the API and health still answer; counted', T, async () => {
+  const server = await ops.startOps({ env: { HERALD_SERVER_MAX_CONNECTIONS: '5' } });
+  const clients = [];
+  try {
+    for (let i = 0; i < 5; i++) {
+      const c = wsClient(server.wsBase);
+      clients.push(c);
+      await withTimeout(c.established, 5000, `connection ${i + 1}`);
+    }
+    const extra = wsClient(server.wsBase);
+    clients.push(extra);
+    const closed = await withTimeout(extra.closedP, 5000, 'the sixth connection closed');
+    assert.deepEqual(extra.frames, [{ event: 'pusher:error', data: { code: 4100, message: 'Over capacity' } }]);
+    assert.equal(closed.code, 4100);
+    const health = await ops.httpGet(`${server.httpBase}/healthz`);
+    assert.equal(health.status, 200);
+    const api = new Pusher({ appId: 'app-id', key: 'app-key', secret: 'app-secret', host: '127.0.0.1', port: String(server.port), useTLS: false });
+    assert.equal((await api.trigger('hard8', 'e', {})).status, 200);
+    const m = await ops.scrape(server);
+    assert.equal(m.get('herald_connections_refused_total', { port: 'server', reason: 'capacity' }), 1);
+    assert.equal(m.get('herald_connections', { app: 'app-id' }), 5);
+    // A place freed is a place taken again.
+    clients[0].ws.close();
+    await clients[0].closedP;
+    await withTimeout(
+      (async () => {
+        for (;;) {
+          const again = wsClient(server.wsBase);
+          clients.push(again);
+          const r = await Promise.race([again.established.then(() => 'open'), again.closedP.then(() => 'closed')]);
+          if (r === 'open') return;
+          await sleep(50); // the freed socket is counted out when its task ends
+        }
+      })(),
+      5000,
+      'a connection after one closed',
+    );
+  } finally {
+    for (const c of clients) c.ws.terminate();
+    server.stop();
+  }
+});
+
+test('HARD-8 with few file descriptors, WebSockets stop below the limit and health, API and metrics keep answering', { timeout: 90000 }, async () => {
+  // prlimit sets the open-file limit of the server only: 256 descriptors, of which the
+  // automatic reserve keeps 64 (256 - 64 = 192 WebSockets).
+  const env = { ...process.env };
+  for (const k of Object.keys(env)) if (k.startsWith('HERALD_')) delete env[k];
+  Object.assign(env, { HERALD_HOST: '127.0.0.1', HERALD_PORT: '0', HERALD_METRICS_PORT: '0', HERALD_WEBHOOKS_SPOOL_FILE: ops.tmpPath('spool', '.spool') });
+  const proc = spawn('prlimit', ['--nofile=256:256', heraldBin()], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout.on('data', (d) => (out += d));
+  proc.stderr.on('data', (d) => (out += d));
+  const clients = [];
+  try {
+    const [port, metricsPort] = await withTimeout(
+      (async () => {
+        for (;;) {
+          const l = /Herald listening on [0-9.]+:(\d+)/.exec(out);
+          const m = /Herald metrics on [0-9.]+:(\d+)/.exec(out);
+          if (l && m) return [Number(l[1]), Number(m[1])];
+          await sleep(20);
+        }
+      })(),
+      10000,
+      'server start',
+    );
+    let open = 0;
+    let refused = 0;
+    for (let i = 0; i < 240; i++) {
+      const c = wsClient(`ws://127.0.0.1:${port}`);
+      clients.push(c);
+      const r = await withTimeout(Promise.race([c.established.then(() => 'open'), c.closedP.then(() => 'closed')]), 5000, `connection ${i}`);
+      if (r === 'open') open += 1;
+      else {
+        assert.equal(c.closed.code, 4100, `connection ${i} closed with ${c.closed.code}`);
+        refused += 1;
+      }
+    }
+    assert.equal(open, 192, `${open} WebSockets open, ${refused} refused`);
+    assert.equal(refused, 48);
+    assert.equal((await ops.httpGet(`http://127.0.0.1:${port}/healthz`)).status, 200);
+    assert.equal((await ops.httpGet(`http://127.0.0.1:${metricsPort}/readyz`)).status, 200);
+    const api = new Pusher({ appId: 'app-id', key: 'app-key', secret: 'app-secret', host: '127.0.0.1', port: String(port), useTLS: false });
+    assert.equal((await api.trigger('hard8-fd', 'e', {})).status, 200);
+    const metrics = await ops.httpGet(`http://127.0.0.1:${metricsPort}/metrics`);
+    assert.match(metrics.text, /herald_connections_refused_total\{port="server",reason="capacity"\} 48/);
+    assert.ok(!/accept failed/.test(out), `the accept loop ran out of descriptors:\n${out.slice(-2000)}`);
+  } finally {
+    for (const c of clients) c.ws.terminate();
+    proc.kill('SIGKILL');
+  }
+});
