@@ -29,6 +29,8 @@ pub struct Ctx {
     pub connect_concurrency: usize,
     /// Distinguishes channel names of this run from earlier ones.
     pub run_id: String,
+    /// What a paced run must keep to its schedule.
+    pub pacing: crate::schedule::Limits,
 }
 
 impl Ctx {
@@ -299,6 +301,37 @@ pub fn put_breakdown(
     if let Some(h) = at_socket {
         r.result("latency_at_socket", h.merged().summary().to_json());
     }
+}
+
+/// What a latency is measured from, as reported in `latency_origin`.
+pub const SCHEDULED_SEND: &str = "the event's scheduled send instant";
+pub const ACTUAL_SEND: &str = "the actual send";
+pub const FIRST_DELIVERY: &str = "the event's first delivery";
+
+/// Says in the report what each latency is measured from: at a rate (`paced`) the end-to-end
+/// latencies in `end_to_end` are from each event's scheduled send instant (a sender that wakes
+/// late or falls behind cannot hide that wait), flat out from the actual send, which is then the
+/// schedule; `delivery_spread` is from the event's first delivery; `others` as given.
+pub fn put_origins(
+    r: &mut crate::report::Report,
+    paced: bool,
+    end_to_end: &[&str],
+    others: &[(&str, &str)],
+) {
+    let mut m = serde_json::Map::new();
+    let origin = if paced { SCHEDULED_SEND } else { ACTUAL_SEND };
+    for k in end_to_end {
+        if r.results.0.iter().any(|(key, _)| key == k) {
+            m.insert(k.to_string(), origin.into());
+        }
+    }
+    if r.results.0.iter().any(|(key, _)| key == "delivery_spread") {
+        m.insert("delivery_spread".into(), FIRST_DELIVERY.into());
+    }
+    for (k, v) in others {
+        m.insert(k.to_string(), (*v).into());
+    }
+    r.result("latency_origin", Value::Object(m));
 }
 
 /// A current-thread runtime on an OS thread of its own, for tasks that must not share the
