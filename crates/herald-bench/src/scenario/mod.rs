@@ -12,7 +12,7 @@ use crate::procfs::{Point, Probe};
 use crate::progress;
 use crate::stats::{Latency, LatencySummary};
 use serde_json::Value;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -70,20 +70,36 @@ pub fn parse_event_data(data: &str) -> Option<(u64, u64)> {
 pub struct Gate {
     permits: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<Result<Duration, BenchError>>,
+    first: Arc<OnceLock<Instant>>,
 }
 
-pub fn gate(concurrency: usize) -> (Gate, mpsc::UnboundedReceiver<Result<Duration, BenchError>>) {
+/// The outcomes a [`Gate`] reports, and when its first connect attempt started.
+pub struct Outcomes {
+    rx: mpsc::UnboundedReceiver<Result<Duration, BenchError>>,
+    first: Arc<OnceLock<Instant>>,
+}
+
+pub fn gate(concurrency: usize) -> (Gate, Outcomes) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let first = Arc::new(OnceLock::new());
     (
         Gate {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             tx,
+            first: first.clone(),
         },
-        rx,
+        Outcomes { rx, first },
     )
 }
 
 impl Gate {
+    /// Notes a connect attempt starting now; the first one starts the phase's clock.
+    fn attempt(&self) -> Instant {
+        let t0 = Instant::now();
+        self.first.get_or_init(|| t0);
+        t0
+    }
+
     /// Connects and subscribes, at most `concurrency` at a time, and reports the outcome.
     pub async fn join(
         &self,
@@ -92,7 +108,7 @@ impl Gate {
         channel_data: Option<&str>,
     ) -> Result<(Client, String), BenchError> {
         let _permit = self.permits.acquire().await.expect("never closed");
-        let t0 = Instant::now();
+        let t0 = self.attempt();
         let r = net::join(&ctx.target, channel, channel_data, ctx.connect_timeout).await;
         let _ = self
             .tx
@@ -106,7 +122,7 @@ impl Gate {
 pub struct Ready {
     pub ok: u64,
     pub failed: u64,
-    /// From the call of [`wait_ready`] until the last outcome.
+    /// From the first connect attempt until the last outcome (or the phase's time limit).
     pub elapsed: Duration,
     pub latency: LatencySummary,
 }
@@ -133,13 +149,14 @@ impl Ready {
 
 /// Waits for `n` outcomes from a [`Gate`] (or until `limit`), counting failures into `errors`.
 pub async fn wait_ready(
-    mut rx: mpsc::UnboundedReceiver<Result<Duration, BenchError>>,
+    outcomes: Outcomes,
     n: u64,
     limit: Duration,
     label: &str,
     errors: &ErrorLog,
 ) -> Ready {
-    let start = Instant::now();
+    let Outcomes { mut rx, first } = outcomes;
+    let called = Instant::now();
     let pb = progress::counter(n, label);
     let mut latency = Latency::new();
     let (mut ok, mut failed) = (0, 0);
@@ -171,6 +188,9 @@ pub async fn wait_ready(
         }
     }
     pb.finish_and_clear();
+    // Connecting starts as soon as the tasks are spawned, before this was called: the clock
+    // starts at the first attempt (here only if none was ever made).
+    let start = first.get().copied().unwrap_or(called);
     Ready {
         ok,
         failed,
@@ -444,6 +464,24 @@ mod tests {
                 own_nice()
             );
         });
+    }
+
+    #[tokio::test]
+    async fn the_connect_clock_starts_at_the_first_attempt() {
+        let (g, outcomes) = gate(4);
+        // Attempts start as soon as the connecting tasks are spawned, before anyone waits.
+        let t0 = g.attempt();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _later = g.attempt();
+        let _ = g.tx.send(Ok(t0.elapsed()));
+        let _ = g.tx.send(Err(BenchError::new("tcp_connect", "refused")));
+        drop(g);
+        let errors = ErrorLog::default();
+        let ready = wait_ready(outcomes, 2, Duration::from_secs(10), "test", &errors).await;
+        assert_eq!((ready.ok, ready.failed), (1, 1));
+        assert_eq!(errors.total(), 1);
+        // At least the 50 ms before the wait, not only the time since it began.
+        assert!(ready.elapsed >= Duration::from_millis(50), "{ready:?}");
     }
 
     #[test]
