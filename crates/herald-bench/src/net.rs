@@ -352,14 +352,36 @@ impl Client {
     }
 
     /// Closes with the WebSocket close handshake, waiting at most two seconds for the server.
-    pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = self.ws.close(None).await;
-            while let Some(Ok(_)) = self.ws.next().await {}
+    /// Ok once the server has answered the close and ended the stream; `close_timeout` when it
+    /// did not within the two seconds, `close_failed` when sending the close or reading up to
+    /// the end failed.
+    pub async fn close(mut self) -> Result<(), BenchError> {
+        tokio::time::timeout(CLOSE_WAIT, async {
+            self.ws
+                .close(None)
+                .await
+                .map_err(|e| BenchError::new("close_failed", e))?;
+            loop {
+                match self.ws.next().await {
+                    // The stream ends once the close handshake is complete.
+                    None => return Ok(()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(BenchError::new("close_failed", e)),
+                }
+            }
         })
-        .await;
+        .await
+        .unwrap_or_else(|_| {
+            Err(BenchError::new(
+                "close_timeout",
+                format!("no close handshake within {CLOSE_WAIT:?}"),
+            ))
+        })
     }
 }
+
+/// How long [`Client::close`] waits for the server's side of the close handshake.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Connects and subscribes to one channel within `limit`.
 pub async fn join(
@@ -398,6 +420,55 @@ mod tests {
         assert_eq!(f.data_str().as_deref(), Some(r#"{"a":1}"#));
         let f: Frame = serde_json::from_str(r#"{"event":"e"}"#).unwrap();
         assert_eq!(f.data_str(), None);
+    }
+
+    /// A client and the server's end of one WebSocket over loopback (no Pusher handshake).
+    async fn ws_pair() -> (Client, WebSocketStream<TcpStream>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (client, server) = tokio::join!(
+            async {
+                let s = Stamped::new(TcpStream::connect(addr).await.unwrap());
+                let url = format!("ws://{addr}/");
+                tokio_tungstenite::client_async_with_config(url, s, Some(ws_config()))
+                    .await
+                    .unwrap()
+                    .0
+            },
+            async {
+                tokio_tungstenite::accept_async(l.accept().await.unwrap().0)
+                    .await
+                    .unwrap()
+            }
+        );
+        let client = Client {
+            ws: client,
+            socket_id: String::new(),
+        };
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn close_tells_a_completed_handshake_from_a_timeout_and_a_reset() {
+        // The server answers the close (tungstenite replies while reading) and ends the stream.
+        let (client, mut server) = ws_pair().await;
+        let answering = tokio::spawn(async move { while let Some(Ok(_)) = server.next().await {} });
+        assert!(client.close().await.is_ok());
+        answering.await.unwrap();
+
+        // The server never reads, so never answers: the client gives up after CLOSE_WAIT.
+        let (client, server) = ws_pair().await;
+        let t0 = std::time::Instant::now();
+        let e = client.close().await.unwrap_err();
+        assert_eq!(e.kind, "close_timeout", "{e:?}");
+        assert!(t0.elapsed() >= CLOSE_WAIT);
+        drop(server);
+
+        // The server drops the connection without a close handshake.
+        let (client, server) = ws_pair().await;
+        drop(server);
+        let e = client.close().await.unwrap_err();
+        assert_eq!(e.kind, "close_failed", "{e:?}");
     }
 
     #[test]
