@@ -361,12 +361,25 @@ impl Client {
                 .close(None)
                 .await
                 .map_err(|e| BenchError::new("close_failed", e))?;
+            // What came in meanwhile, for the error's detail (the server's close frame and
+            // what it sent around it say more than the protocol error alone).
+            let mut seen: Vec<String> = Vec::new();
             loop {
                 match self.ws.next().await {
                     // The stream ends once the close handshake is complete.
                     None => return Ok(()),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(BenchError::new("close_failed", e)),
+                    Some(Ok(m)) => {
+                        if seen.len() == 3 {
+                            seen.remove(0);
+                        }
+                        seen.push(format!("{m:?}").chars().take(120).collect());
+                    }
+                    Some(Err(e)) => {
+                        return Err(BenchError::new(
+                            "close_failed",
+                            format!("{e} (after: {})", seen.join(", ")),
+                        ))
+                    }
                 }
             }
         })

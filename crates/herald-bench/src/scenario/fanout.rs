@@ -1,8 +1,11 @@
 //! `fanout`: N subscribers over C channels; events published through the HTTP API at a rate or
 //! flat out. Measures delivery (loss, duplicates, order), end-to-end latency and server CPU per
-//! delivered message. At a rate the latency is also taken apart: each event's first and last
-//! subscriber, and each delivery's arrival in the subscriber's socket (the server's part, without
-//! this process's own wake-up and parsing on the cores it shares with the server).
+//! delivered message. At a rate every latency counts from the event's scheduled instant (which
+//! the event carries), the publishers' lag behind their schedule and the rate they achieved are
+//! reported, and a run that did not keep its schedule fails (`schedule.rs`). At a rate the
+//! latency is also taken apart: each event's first and last subscriber, and each delivery's
+//! arrival in the subscriber's socket (the server's part, without this process's own wake-up and
+//! parsing on the cores it shares with the server).
 
 use super::{
     client_cpu_s, collect, cpu_s, event_data, gate, now_us, opt, parse_event_data, ticker, us_per,

@@ -5,7 +5,9 @@
 //! group, from the task that read it, as a server fans an event out to a channel's subscribers.
 //! No HTTP, no WebSocket framing, no JSON: what remains is the kernel, the wake-ups and the
 //! runtime, so no server measured on this machine at this moment can go below these numbers, and
-//! a run next to `fanout` tells the server's share of a latency from the machine's.
+//! a run next to `fanout` tells the server's share of a latency from the machine's. At a rate,
+//! as in `fanout`, latency counts from each message's scheduled instant (carried in its header)
+//! and the schedule must be kept.
 
 use super::{collect, now_us, ticker, Ctx};
 use crate::arrival::Stamped;
@@ -49,8 +51,8 @@ pub struct FloorArgs {
     pub duration: f64,
 }
 
-/// Message header: group (u32 LE), send time in µs since the epoch (u64 LE), the message's
-/// sequence number in its group (u32 LE).
+/// Message header: group (u32 LE), send time in µs since the epoch (u64 LE; at a rate the
+/// scheduled one), the message's sequence number in its group (u32 LE).
 const HEADER: usize = 16;
 
 /// Receivers of each group, written to directly by the sender's task.
@@ -482,7 +484,7 @@ pub async fn run(ctx: &Ctx, a: &FloorArgs) -> Report {
     r
 }
 
-/// A receiver: records each message's latency from the send time it carries.
+/// A receiver: records each message's latency from the (scheduled) send time it carries.
 struct Receiver {
     size: usize,
     shard: usize,

@@ -47,8 +47,9 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// Event data carrying a per-channel sequence number and a send timestamp, padded with `x` to
-/// `size` bytes: `SEQ:MICROS:xxxx`. It holds nothing that JSON must escape.
+/// Event data carrying a per-channel sequence number and a send timestamp (at a rate the
+/// event's scheduled instant), padded with `x` to `size` bytes: `SEQ:MICROS:xxxx`. It holds
+/// nothing that JSON must escape.
 pub fn event_data(seq: u64, sent_us: u64, size: usize) -> String {
     let mut s = format!("{seq}:{sent_us}:");
     if s.len() < size {
@@ -410,10 +411,10 @@ impl OwnThread {
     /// their timers and responses wake none of the receivers' threads, and at the lowest priority,
     /// so that whenever the server or a receiver is ready to run, it runs first: in production
     /// the publishing backend is another process, usually on another host, and takes none of the
-    /// server's or the subscribers' CPU. A sender takes each send time before it builds and signs
-    /// its request, so a wait this priority costs it between the two counts against the measured
-    /// latency, never in its favour. Flat out: on the shared workers, for throughput. Keep the
-    /// `OwnThread` until the senders are done.
+    /// server's or the subscribers' CPU. Latency at a rate counts from each event's scheduled
+    /// instant, so any wait this priority costs a sender counts against the measured latency (and
+    /// shows as send lag, which fails the run past its bound), never in its favour. Flat out: on
+    /// the shared workers, for throughput. Keep the `OwnThread` until the senders are done.
     pub fn for_senders(
         paced: bool,
         name: &str,
