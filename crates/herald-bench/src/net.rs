@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -353,8 +354,8 @@ impl Client {
 
     /// Closes with the WebSocket close handshake, waiting at most two seconds for the server.
     /// Ok once the server has answered the close and ended the stream; `close_timeout` when it
-    /// did not within the two seconds, `close_failed` when sending the close or reading up to
-    /// the end failed.
+    /// did not within the two seconds, `frame_after_close` when it sent anything after its close
+    /// frame, `close_failed` when sending the close or reading up to the end failed otherwise.
     pub async fn close(mut self) -> Result<(), BenchError> {
         tokio::time::timeout(CLOSE_WAIT, async {
             self.ws
@@ -375,10 +376,18 @@ impl Client {
                         seen.push(format!("{m:?}").chars().take(120).collect());
                     }
                     Some(Err(e)) => {
+                        // A frame after the server's own close frame, which RFC 6455 (5.5.1)
+                        // forbids, is told apart from a close that broke off.
+                        let kind = match e {
+                            WsError::Protocol(ProtocolError::ReceivedAfterClosing) => {
+                                "frame_after_close"
+                            }
+                            _ => "close_failed",
+                        };
                         return Err(BenchError::new(
-                            "close_failed",
+                            kind,
                             format!("{e} (after: {})", seen.join(", ")),
-                        ))
+                        ));
                     }
                 }
             }
@@ -476,6 +485,23 @@ mod tests {
         assert_eq!(e.kind, "close_timeout", "{e:?}");
         assert!(t0.elapsed() >= CLOSE_WAIT);
         drop(server);
+
+        // The server answers the close, then sends a text frame after its close frame.
+        let (client, server) = ws_pair().await;
+        let mut raw = server.into_inner();
+        let sending = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 64];
+            let _ = raw.read(&mut buf).await;
+            // Unmasked server frames: close (1000), then text "x".
+            raw.write_all(&[0x88, 0x02, 0x03, 0xe8, 0x81, 0x01, b'x'])
+                .await
+                .unwrap();
+            raw
+        });
+        let e = client.close().await.unwrap_err();
+        assert_eq!(e.kind, "frame_after_close", "{e:?}");
+        drop(sending.await.unwrap());
 
         // The server drops the connection without a close handshake.
         let (client, server) = ws_pair().await;

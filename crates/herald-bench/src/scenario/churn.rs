@@ -41,7 +41,8 @@ struct Counters {
     cycles: AtomicU64,
     /// Cycles that did not, for any reason (a close that failed included).
     failed: AtomicU64,
-    /// Of those, the cycles whose close handshake failed or timed out.
+    /// Of those, the cycles whose close handshake failed or timed out (or after whose close
+    /// frame the server still sent something).
     close_failed: AtomicU64,
 }
 
