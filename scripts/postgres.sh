@@ -11,7 +11,9 @@
 #   scripts/postgres.sh url               print the URL of the running throwaway cluster
 #
 # Only the export line goes to stdout; progress goes to stderr.
-set -euo pipefail
+set -Eeuo pipefail
+# Any failing command ends the script with a message naming it (callers check the status).
+trap 's=$?; [ "$BASH_SUBSHELL" -ne 0 ] || echo "postgres.sh: FAILED (exit $s) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 cmd=${1:-start}
 state="${TMPDIR:-/tmp}/herald-postgres-test.$(id -u).dir"

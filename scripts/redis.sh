@@ -7,7 +7,9 @@
 #   scripts/redis.sh start    install Debian's redis-server when it is missing
 #                             (apt-get; needs root, as in CI), then check it runs
 #   scripts/redis.sh check    exit 0 when redis-server is on PATH, 1 otherwise
-set -euo pipefail
+set -Eeuo pipefail
+# Any failing command ends the script with a message naming it (callers check the status).
+trap 's=$?; [ "$BASH_SUBSHELL" -ne 0 ] || echo "redis.sh: FAILED (exit $s) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 cmd=${1:-start}
 

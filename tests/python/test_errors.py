@@ -48,14 +48,30 @@ def test_bad_signature_error_body_uses_pusher_signature_wording(herald, uniq):
     )
 
 
-def test_invalid_channel_name_is_rejected_by_the_sdk_before_sending(sdk):
-    """WS-SUB-2 (channel name rules): pusher-http-python validates names itself and raises ValueError."""
-    with pytest.raises(ValueError) as trigger_err:
-        sdk.trigger("bad channel!", "ev", "x")
-    assert str(trigger_err.value) == "Invalid Channel: bad channel!"
-    with pytest.raises(ValueError) as info_err:
-        sdk.channel_info("bad channel!")
-    assert str(info_err.value) == "Invalid Channel: bad channel!"
+def test_limits_the_sdk_lets_through_are_refused_by_herald(sdk, ws, uniq):
+    """HTTP-EVENTS-6, HTTP-BATCH-2: pusher-http-python lets through event data up to about 30 KB
+    and batches of any length; Herald itself refuses what is over its documented limits
+    (limits.max_event_data_bytes 10 240 -> 413, limits.max_batch_size 10 -> 400) with a body
+    naming the limit, and publishes nothing of the refused request."""
+    channel = "limits-%s" % uniq
+    client = ws()
+    client.subscribe(channel)
+
+    with pytest.raises(pusher.errors.PusherBadStatus) as too_big:
+        sdk.trigger(channel, "too-big", "x" * 10241)
+    assert str(too_big.value) == "413: Event data too large (max 10240 bytes)\n"
+    assert sdk.trigger(channel, "at-limit", "x" * 10240) == {}, "exactly the limit is accepted"
+
+    batch = [{"channel": channel, "name": "in-batch", "data": str(i)} for i in range(11)]
+    with pytest.raises(pusher.errors.PusherBadRequest) as too_many:
+        sdk.trigger_batch(batch)
+    assert str(too_many.value) == "Batch too large (11 > 10)\n"
+
+    assert sdk.trigger(channel, "marker", "m") == {}
+    client.wait_event(channel, "marker")
+    assert client.events_seen("too-big") == [], "oversized data was published"
+    assert client.events_seen("in-batch") == [], "an oversized batch was partly published"
+    assert [e["data"] for e in client.events_seen("at-limit")] == ["x" * 10240]
 
 
 def test_invalid_channel_name_is_rejected_by_the_server_with_400(sdk, ws, uniq):

@@ -9,6 +9,7 @@ mod procfs;
 mod progress;
 mod report;
 mod scenario;
+mod schedule;
 mod sign;
 mod stats;
 
@@ -61,9 +62,20 @@ struct Common {
     /// Seconds one connect + subscribe may take.
     #[arg(long, global = true, default_value_t = 10.0)]
     connect_timeout: f64,
-    /// Exit with status 1 when the run is not clean (loss, duplicates, reordering, errors).
+    /// Exit with status 1 when the run is not clean (loss, duplicates, reordering, errors, a
+    /// schedule not kept).
     #[arg(long, global = true)]
     strict: bool,
+    /// At a rate: most the 99th percentile of the send lag (how late each event left against its
+    /// scheduled instant) may be, in milliseconds, before the run fails. Latency is measured from
+    /// the scheduled instant, so a late sender cannot hide its lag; the bound says when the
+    /// sender itself, not the server, was what a run measured. 1 ms: a quiet run here kept p99
+    /// near 0.1 ms (see `schedule.rs`).
+    #[arg(long, global = true, default_value_t = 1.0)]
+    max_lag_p99_ms: f64,
+    /// At a rate: least share of the requested rate, in percent, the senders must achieve.
+    #[arg(long, global = true, default_value_t = 99.0)]
+    min_rate_pct: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +123,10 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
         connect_timeout: Duration::from_secs_f64(c.connect_timeout),
         connect_concurrency: c.connect_concurrency,
         run_id: format!("{:08x}", rand::random::<u32>()),
+        pacing: schedule::Limits {
+            max_lag_p99_ms: c.max_lag_p99_ms,
+            min_rate_pct: c.min_rate_pct,
+        },
     };
     if let Some(pid) = c.server_pid {
         if procfs::sample(&pid.to_string()).is_none() {

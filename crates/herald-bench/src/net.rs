@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -352,14 +353,57 @@ impl Client {
     }
 
     /// Closes with the WebSocket close handshake, waiting at most two seconds for the server.
-    pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = self.ws.close(None).await;
-            while let Some(Ok(_)) = self.ws.next().await {}
+    /// Ok once the server has answered the close and ended the stream; `close_timeout` when it
+    /// did not within the two seconds, `frame_after_close` when it sent anything after its close
+    /// frame, `close_failed` when sending the close or reading up to the end failed otherwise.
+    pub async fn close(mut self) -> Result<(), BenchError> {
+        tokio::time::timeout(CLOSE_WAIT, async {
+            self.ws
+                .close(None)
+                .await
+                .map_err(|e| BenchError::new("close_failed", e))?;
+            // What came in meanwhile, for the error's detail (the server's close frame and
+            // what it sent around it say more than the protocol error alone).
+            let mut seen: Vec<String> = Vec::new();
+            loop {
+                match self.ws.next().await {
+                    // The stream ends once the close handshake is complete.
+                    None => return Ok(()),
+                    Some(Ok(m)) => {
+                        if seen.len() == 3 {
+                            seen.remove(0);
+                        }
+                        seen.push(format!("{m:?}").chars().take(120).collect());
+                    }
+                    Some(Err(e)) => {
+                        // A frame after the server's own close frame, which RFC 6455 (5.5.1)
+                        // forbids, is told apart from a close that broke off.
+                        let kind = match e {
+                            WsError::Protocol(ProtocolError::ReceivedAfterClosing) => {
+                                "frame_after_close"
+                            }
+                            _ => "close_failed",
+                        };
+                        return Err(BenchError::new(
+                            kind,
+                            format!("{e} (after: {})", seen.join(", ")),
+                        ));
+                    }
+                }
+            }
         })
-        .await;
+        .await
+        .unwrap_or_else(|_| {
+            Err(BenchError::new(
+                "close_timeout",
+                format!("no close handshake within {CLOSE_WAIT:?}"),
+            ))
+        })
     }
 }
+
+/// How long [`Client::close`] waits for the server's side of the close handshake.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Connects and subscribes to one channel within `limit`.
 pub async fn join(
@@ -398,6 +442,72 @@ mod tests {
         assert_eq!(f.data_str().as_deref(), Some(r#"{"a":1}"#));
         let f: Frame = serde_json::from_str(r#"{"event":"e"}"#).unwrap();
         assert_eq!(f.data_str(), None);
+    }
+
+    /// A client and the server's end of one WebSocket over loopback (no Pusher handshake).
+    async fn ws_pair() -> (Client, WebSocketStream<TcpStream>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (client, server) = tokio::join!(
+            async {
+                let s = Stamped::new(TcpStream::connect(addr).await.unwrap());
+                let url = format!("ws://{addr}/");
+                tokio_tungstenite::client_async_with_config(url, s, Some(ws_config()))
+                    .await
+                    .unwrap()
+                    .0
+            },
+            async {
+                tokio_tungstenite::accept_async(l.accept().await.unwrap().0)
+                    .await
+                    .unwrap()
+            }
+        );
+        let client = Client {
+            ws: client,
+            socket_id: String::new(),
+        };
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn close_tells_a_completed_handshake_from_a_timeout_and_a_reset() {
+        // The server answers the close (tungstenite replies while reading) and ends the stream.
+        let (client, mut server) = ws_pair().await;
+        let answering = tokio::spawn(async move { while let Some(Ok(_)) = server.next().await {} });
+        assert!(client.close().await.is_ok());
+        answering.await.unwrap();
+
+        // The server never reads, so never answers: the client gives up after CLOSE_WAIT.
+        let (client, server) = ws_pair().await;
+        let t0 = std::time::Instant::now();
+        let e = client.close().await.unwrap_err();
+        assert_eq!(e.kind, "close_timeout", "{e:?}");
+        assert!(t0.elapsed() >= CLOSE_WAIT);
+        drop(server);
+
+        // The server answers the close, then sends a text frame after its close frame.
+        let (client, server) = ws_pair().await;
+        let mut raw = server.into_inner();
+        let sending = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 64];
+            let _ = raw.read(&mut buf).await;
+            // Unmasked server frames: close (1000), then text "x".
+            raw.write_all(&[0x88, 0x02, 0x03, 0xe8, 0x81, 0x01, b'x'])
+                .await
+                .unwrap();
+            raw
+        });
+        let e = client.close().await.unwrap_err();
+        assert_eq!(e.kind, "frame_after_close", "{e:?}");
+        drop(sending.await.unwrap());
+
+        // The server drops the connection without a close handshake.
+        let (client, server) = ws_pair().await;
+        drop(server);
+        let e = client.close().await.unwrap_err();
+        assert_eq!(e.kind, "close_failed", "{e:?}");
     }
 
     #[test]

@@ -92,13 +92,15 @@ mod tests {
     async fn concurrent_waits_end_in_deadline_order() {
         let start = tokio::time::Instant::now();
         let order = Arc::new(Mutex::new(Vec::new()));
-        // Started latest deadline first.
+        // Started latest deadline first. The first deadline is far enough ahead that every wait
+        // is registered before it passes even on a loaded machine (a deadline already passed
+        // returns at once, in spawn order, which would test nothing about the clock).
         let waits: Vec<_> = (0..8u64)
             .rev()
             .map(|i| {
                 let order = order.clone();
                 tokio::spawn(async move {
-                    sleep_until(start + Duration::from_millis(2 + 2 * i)).await;
+                    sleep_until(start + Duration::from_millis(200 + 2 * i)).await;
                     order.lock().unwrap().push(i);
                 })
             })

@@ -58,6 +58,11 @@ impl Report {
         }
     }
 
+    /// Records a failure that is no count (a bound not kept), with its reason.
+    pub fn fail(&mut self, reason: String) {
+        self.failures.push(reason);
+    }
+
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
     }

@@ -24,6 +24,11 @@ impl Latency {
         self.0.saturating_record(us.max(1));
     }
 
+    /// Records one value that may be 0 (a send lag: on time is a real value, not 1 µs).
+    pub fn record_zero_us(&mut self, us: u64) {
+        self.0.saturating_record(us);
+    }
+
     pub fn merge(&mut self, other: &Latency) {
         self.0.add(&other.0).expect("same bounds");
     }

@@ -47,9 +47,11 @@ function harness(extraConfigs = {}, { defaultServer = true } = {}) {
   afterEach(() => {
     if (ctx.pool) ctx.pool.closeAll();
   });
-  after(() => {
+  after(async () => {
     if (ctx.pool) ctx.pool.closeAll();
     for (const s of ctx.all) s.stop();
+    // A server that crashed or exited on its own (even after the last test) fails the file.
+    await server.checkExits();
   });
   return ctx;
 }

@@ -9,7 +9,7 @@ const path = require('node:path');
 const https = require('node:https');
 const http = require('node:http');
 const { spawn, spawnSync, execFileSync } = require('node:child_process');
-const { renderToml, heraldBin, DEFAULT_APP, TMP_DIR, COMPAT_DIR } = require('./server');
+const { renderToml, heraldBin, watchExit, DEFAULT_APP, TMP_DIR, COMPAT_DIR } = require('./server');
 const { withTimeout, waitFor, DEFAULT_TIMEOUT } = require('./wait');
 
 const COMPAT = COMPAT_DIR || path.resolve(__dirname, '..');
@@ -131,6 +131,7 @@ async function startOps(opts = {}) {
     if (!exitInfo) proc.kill('SIGKILL');
     throw new Error(`${e.message}\n--- herald ${args.join(' ')} env ${JSON.stringify(opts.env || {})}\n--- stdout:\n${stdout}\n--- stderr:\n${stderr}`);
   });
+  const watch = watchExit(proc, () => `${args.join(' ')} env ${JSON.stringify(opts.env || {})}`, () => stdout + stderr);
   const scheme = opts.tls ? 'https' : 'http';
   const s = {
     ...ports,
@@ -147,16 +148,19 @@ async function startOps(opts = {}) {
     output: () => stdout + stderr,
     stderr: () => stderr,
     running: () => proc.exitCode === null && proc.signalCode === null,
+    /** Sends `sig`; SIGTERM/SIGINT must then end in exit code 0, SIGHUP must not end it. */
     kill(sig) {
-      proc.kill(sig);
+      watch.kill(sig);
     },
+    /** Allows an exit with this code (for a test that makes the server exit on purpose). */
+    expectExit: watch.expectExit,
     stop() {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      watch.stop();
     },
     /** SIGTERM, then {code, signal, ms} once the process has exited. */
     async terminate(ms = 30000) {
       const t0 = Date.now();
-      if (s.running()) proc.kill('SIGTERM');
+      if (s.running()) watch.kill('SIGTERM');
       const r = await withTimeout(exited, ms, `herald exit after SIGTERM\n--- stderr:\n${stderr.slice(-4000)}`);
       return { ...r, ms: r.at - t0 };
     },

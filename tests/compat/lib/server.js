@@ -9,6 +9,7 @@
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
+const { after } = require('node:test');
 
 const COMPAT_DIR = path.resolve(__dirname, '..');
 const REPO_DIR = path.resolve(COMPAT_DIR, '..', '..');
@@ -146,7 +147,7 @@ async function startServer(config) {
     proc.on('exit', (code, sig) => fail(new Error(`herald exited early (code ${code}, signal ${sig})`)));
   });
   proc.removeAllListeners('exit');
-  proc.on('exit', () => {});
+  const watch = watchExit(proc, () => `${bin} ${args.join(' ')}`.trim(), () => stdout + stderr);
 
   const apps = config && config.apps ? config.apps : [DEFAULT_APP];
   return {
@@ -160,15 +161,154 @@ async function startServer(config) {
     output: () => stdout + stderr,
     proc,
     configFile,
+    /** Allows an exit with this code (for a test that makes the server exit on purpose). */
+    expectExit: watch.expectExit,
     stop() {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      watch.stop();
       if (configFile) fs.rmSync(configFile, { force: true });
     },
   };
 }
 
+// ------------------------------------------------------------ unexpected exits
+//
+// A Herald process that ends without a test asking for it (a crash, a panic, killed by a
+// signal nobody sent, an exit on its own) fails the test file that started it, also when
+// it happens after the file's last assertion. Asked for are: stop() (SIGKILL), a signal
+// sent through a helper's kill()/terminate() (SIGTERM and SIGINT must end in exit code 0;
+// SIGHUP must not end the process at all), and expectExit(code). Exits during start-up
+// are not watched: the start itself fails then.
+//
+// Reported by checkExits(): in a root `after` hook registered below, in harness()'s after
+// hook (lib/index.js), and, for exits seen only later, by a process 'exit' fallback that
+// prints them and sets process.exitCode = 1 (node --test then fails the file).
+
+const GRACEFUL = new Set(['SIGTERM', 'SIGINT']);
+const watched = new Set();
+const unexpectedExits = [];
+
+/**
+ * Watches a started Herald process. label() and output() describe it in the report.
+ * Returns { stop() (SIGKILL), kill(sig), expectExit(code), exited (promise) }.
+ */
+function watchExit(proc, label, output) {
+  const asked = { signals: new Set(), codes: new Set() };
+  const w = { proc, asked, exited: null };
+  w.exited = new Promise((resolve) => {
+    const onExit = (code, signal) => {
+      watched.delete(w);
+      const why = exitProblem(asked, code, signal);
+      if (why) {
+        const tail = String(output()).replace(/\x1b\[[0-9;]*m/g, '').slice(-4000);
+        unexpectedExits.push({ text: `herald ${label()} (pid ${proc.pid}) ${why}\n--- its last output:\n${tail}`, reported: false });
+      }
+      resolve({ code, signal });
+    };
+    if (proc.exitCode !== null || proc.signalCode !== null) onExit(proc.exitCode, proc.signalCode);
+    else {
+      watched.add(w);
+      proc.on('exit', onExit);
+    }
+  });
+  const running = () => proc.exitCode === null && proc.signalCode === null;
+  return {
+    exited: w.exited,
+    kill(sig = 'SIGTERM') {
+      asked.signals.add(sig);
+      proc.kill(sig);
+    },
+    stop() {
+      if (!running()) return;
+      asked.signals.add('SIGKILL');
+      killWhenNoSignalPending(proc, running);
+    },
+    expectExit(code) {
+      asked.codes.add(code);
+    },
+  };
+}
+
+/**
+ * SIGKILL, but not over a crash in progress: a SIGKILL would replace a pending crash
+ * signal (SIGABRT, SIGSEGV) or cut a core dump short, and the process would seem to have
+ * died of our SIGKILL. Waits (up to 2 s) until /proc shows neither, then kills.
+ */
+function killWhenNoSignalPending(proc, running, deadline = Date.now() + 2000) {
+  if (!running()) return;
+  if (Date.now() < deadline && dyingOfSignal(proc.pid)) {
+    setTimeout(() => killWhenNoSignalPending(proc, running, deadline), 10);
+    return;
+  }
+  proc.kill('SIGKILL');
+}
+
+/** Whether /proc shows a signal not yet handled or a core dump under way (false when unknown). */
+function dyingOfSignal(pid) {
+  let status;
+  try {
+    status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch (_) {
+    return false; // no /proc (not Linux) or already reaped: kill at once
+  }
+  const pending = /^ShdPnd:\s*([0-9a-f]+)$/m.exec(status);
+  return (!!pending && /[1-9a-f]/.test(pending[1])) || /^CoreDumping:\s*1$/m.test(status);
+}
+
+/** Why an exit was not asked for, or null when it was. */
+function exitProblem(asked, code, signal) {
+  const sent = [...asked.signals].join(', ') || 'none';
+  if (signal !== null) {
+    // A graceful signal is handled by Herald: dying of it is a failure too.
+    if (asked.signals.has(signal) && !GRACEFUL.has(signal) && signal !== 'SIGHUP') return null;
+    return `was killed by ${signal} (signals sent by the tests: ${sent})`;
+  }
+  if (asked.codes.has(code)) return null;
+  if (code === 0 && [...asked.signals].some((s) => GRACEFUL.has(s))) return null;
+  if (code === 0) return `exited with code 0 although no test asked it to stop (signals sent by the tests: ${sent})`;
+  return `exited with code ${code} (signals sent by the tests: ${sent})`;
+}
+
+/**
+ * Waits (up to `ms`) for the processes already asked to stop, then throws if any watched
+ * Herald process exited unexpectedly since the last report.
+ */
+async function checkExits(ms = 10000) {
+  const dying = [...watched].filter((w) => [...w.asked.signals].some((sig) => sig !== 'SIGHUP'));
+  if (dying.length > 0) {
+    let timer;
+    await Promise.race([
+      Promise.all(dying.map((w) => w.exited)),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, ms);
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+  const fresh = unexpectedExits.filter((e) => !e.reported);
+  for (const e of fresh) e.reported = true;
+  if (fresh.length > 0) {
+    throw new Error(`${fresh.length} Herald process(es) exited unexpectedly:\n${fresh.map((e) => e.text).join('\n\n')}`);
+  }
+}
+
+// Registered while the test file loads this module, so on the file's root test: runs
+// after every test of the file.
+after(() => checkExits());
+
+process.on('exit', () => {
+  const fresh = unexpectedExits.filter((e) => !e.reported);
+  if (fresh.length === 0) return;
+  for (const e of fresh) {
+    e.reported = true;
+    process.stderr.write(`\nFAIL: Herald process exited unexpectedly (after the file's checks ran):\n${e.text}\n`);
+  }
+  process.exitCode = 1;
+});
+
 module.exports = {
   startServer,
+  watchExit,
+  checkExits,
   renderToml,
   heraldBin,
   DEFAULT_APP,

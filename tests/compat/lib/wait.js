@@ -80,3 +80,14 @@ function pace(ms) {
 }
 
 module.exports = { DEFAULT_TIMEOUT, withTimeout, waitFor, once, nextEvent, nowSec, pace };
+
+/**
+ * The most a full token bucket of `size` tokens refilled at `perSec` a second can accept during
+ * a burst that took `elapsedMs` on the client (from just before its first request to just after
+ * the server's answer to the last): the bucket plus every whole token refilled meanwhile. The
+ * client's window encloses the server's (same monotonic clock), so this bound has no slack.
+ */
+function bucketMax(size, perSec, elapsedMs) {
+  return size + Math.floor((elapsedMs / 1000) * perSec);
+}
+module.exports.bucketMax = bucketMax;

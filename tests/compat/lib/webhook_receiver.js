@@ -18,7 +18,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
 const PusherServer = require('pusher');
-const { DEFAULT_APP, TMP_DIR, heraldBin } = require('./server');
+const { DEFAULT_APP, TMP_DIR, heraldBin, watchExit } = require('./server');
 const { Pool } = require('./clients');
 const { DEFAULT_TIMEOUT, withTimeout } = require('./wait');
 
@@ -328,7 +328,8 @@ async function startHerald(extraEnv = {}) {
     proc.on('error', (e) => fail(e));
     exited.then(({ code, signal }) => fail(new Error(`herald exited early (code ${code}, signal ${signal})`)));
   });
-  return {
+  // label: set by lib/cluster.js on its nodes (n1, n2…)
+  const s = {
     port,
     host: '127.0.0.1',
     httpBase: `http://127.0.0.1:${port}`,
@@ -341,16 +342,20 @@ async function startHerald(extraEnv = {}) {
     output: () => stdout + stderr,
     running: () => proc.exitCode === null && proc.signalCode === null,
     stop() {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      watch.stop();
     },
+    /** Allows an exit with this code (for a test that makes the server exit on purpose). */
+    expectExit: (code) => watch.expectExit(code),
     /** SIGTERM, then resolves with {code, signal, ms} once the process has exited. */
     async terminate(ms = 30000) {
       const t0 = Date.now();
-      proc.kill('SIGTERM');
+      watch.kill('SIGTERM');
       const r = await withTimeout(exited, ms, `herald exit after SIGTERM\n--- stderr:\n${stderr}`);
       return { ...r, ms: Date.now() - t0 };
     },
   };
+  const watch = watchExit(proc, () => `${s.label ? `node ${s.label} ` : ''}env ${JSON.stringify(extraEnv)}`, () => stdout + stderr);
+  return s;
 }
 
 /** The HERALD_* variables for the default app's webhook targets and settings. */

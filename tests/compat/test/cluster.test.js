@@ -24,8 +24,22 @@ const T = { timeout: 30000 };
 const T_FAULT = { timeout: 60000 };
 const DELAY = 200; // HERALD_WEBHOOKS_VACATE_DELAY_MS for webhook tests
 const HOOK_TYPES = ['channel_occupied', 'channel_vacated', 'member_added', 'member_removed'];
-// The deadline for what the design promises within ~8 s (reaping) or ~10 s (recovery).
+// The deadline for what the design promises within ~10 s (recovery after a Redis outage).
 const FAULT_MS = 10000;
+// A dead node's share is reaped once its heartbeat key expires (cluster/redis: a beat every
+// HEARTBEAT_EVERY = 2 s sets a key with HEARTBEAT_TTL_MS = 6 s; every live node checks its
+// peers' keys on each of its own beats). The dead node's last beat came at most 2 s before the
+// kill, so its key expires 4..6 s after it, and a live node sees that at its next beat, up to
+// 2 s later: between 4 and 8 s after a kill -9 (README: "within about 8 seconds").
+const REAP_MIN_MS = 4000;
+const REAP_MAX_MS = 8000;
+// The 8 s bound plus the reaping node's round trips to Redis and the delivery of what it
+// decided, on a loaded machine.
+const REAP_LATE_MS = 500;
+// The 4 s bound less how long the dead node's last beat could have been held up before the
+// kill (a starved process); a removal that did not wait for the expiry (e.g. on the dead
+// node's closed connections) comes within a fraction of a second.
+const REAP_EARLY_MS = 500;
 
 let redis;
 before(async () => {
@@ -468,7 +482,7 @@ test('CLUSTER-API-3 terminateUserConnections on n4 closes the user\'s connection
 
 // ------------------------------------------------------------ 5. node failure
 
-test('CLUSTER-FAULT-1 kill -9 of n2: member_removed to the others, counts drop, webhooks once, within 10 s', T_FAULT, async (t) => {
+test('CLUSTER-FAULT-1 kill -9 of n2: member_removed to the others, counts drop, webhooks once, 4 to 8 s after', T_FAULT, async (t) => {
   const c = await setup(t, { hooks: true });
   const recv = c.recv;
   const tag = h.uid('f1');
@@ -488,15 +502,31 @@ test('CLUSTER-FAULT-1 kill -9 of n2: member_removed to the others, counts drop, 
   await recv.waitEvent(ev({ name: 'channel_occupied', channel: onlyN2 }), { ms: 5000 });
 
   const deadId = m2.connection.socket_id.split('.')[0]; // socket ids start with the node id
-  const t0 = Date.now();
+  // when each survivor's client hears of u2's removal, on the clock of `killedAt`
+  const removedAt = new Map();
+  for (const [label, x] of [['n1', m1], ['n3', m3]]) {
+    x.connection.bind('message', (m) => {
+      if (m.event === 'pusher_internal:member_removed' && m.channel === pres && !removedAt.has(label)) removedAt.set(label, performance.now());
+    });
+  }
+  const killedAt = performance.now();
+  const killedAtWall = Date.now(); // the webhook receiver stamps with Date.now()
   c.nodes[1].stop(); // SIGKILL
   await c.nodes[1].exited;
   for (const x of [m1, m3]) {
-    await cl.waitEvent(x, 'pusher_internal:member_removed', pres, FAULT_MS, (d) => d.user_id === 'u2').catch((e) => {
+    // waits past the bound, so that a late removal is reported with its time
+    await cl.waitEvent(x, 'pusher_internal:member_removed', pres, 2 * REAP_MAX_MS, (d) => d.user_id === 'u2').catch((e) => {
       throw new Error(`${e.message}\nnode logs:\n${c.logs((l) => /WARN|ERROR|dead node|Redis/.test(l))}`);
     });
   }
-  const reapedIn = Date.now() - t0;
+  for (const [label, at] of removedAt) {
+    const after = at - killedAt;
+    t.diagnostic(`member_removed on ${label} ${after.toFixed(0)} ms after the kill`);
+    assert.ok(after >= REAP_MIN_MS - REAP_EARLY_MS, `member_removed ${after.toFixed(0)} ms after the kill: before the dead node's heartbeat could expire`);
+    assert.ok(after <= REAP_MAX_MS + REAP_LATE_MS, `member_removed only ${after.toFixed(0)} ms after the kill (documented: about ${REAP_MAX_MS} ms)`);
+  }
+  assert.equal(removedAt.size, 2, 'both survivors heard of the removal');
+  const reapedIn = Math.max(...removedAt.values()) - killedAt;
   const live = [c.nodes[0], c.nodes[2], c.nodes[3]];
   const sorted = (r) => ({ channels: Object.fromEntries(Object.entries(r.channels).sort()) });
   await expectEverywhere(live, `/channels/${pres}`, { info: 'user_count,subscription_count' }, { occupied: true, user_count: 2, subscription_count: 2 }, { ms: 2000 });
@@ -505,9 +535,14 @@ test('CLUSTER-FAULT-1 kill -9 of n2: member_removed to the others, counts drop, 
   await expectEverywhere(live, '/channels', { info: 'subscription_count', filter_by_prefix: '' }, {
     channels: { [pres]: { subscription_count: 2 }, [shared]: { subscription_count: 1 } },
   }, { ms: 2000, normalize: sorted });
-  await recv.waitEvent(ev({ name: 'member_removed', channel: pres, user_id: 'u2' }), { ms: FAULT_MS - reapedIn + DELAY });
-  await recv.waitEvent(ev({ name: 'channel_vacated', channel: onlyN2 }), { ms: FAULT_MS - reapedIn + DELAY });
-  assert.ok(Date.now() - t0 <= FAULT_MS + DELAY + 1000, `reaped and reported within ~10 s (took ${Date.now() - t0} ms)`);
+  // the reaping node's webhooks follow the removal after the vacate delay
+  for (const e of [ev({ name: 'member_removed', channel: pres, user_id: 'u2' }), ev({ name: 'channel_vacated', channel: onlyN2 })]) {
+    const hook = await recv.waitEvent(e, { ms: REAP_MAX_MS + REAP_LATE_MS + DELAY - reapedIn + 1000 });
+    const after = hook._req.at - killedAtWall;
+    t.diagnostic(`${hook.name} webhook ${after} ms after the kill`);
+    assert.ok(after >= REAP_MIN_MS - REAP_EARLY_MS + DELAY, `${hook.name} webhook ${after} ms after the kill: before the heartbeat expiry and the vacate delay`);
+    assert.ok(after <= REAP_MAX_MS + REAP_LATE_MS + DELAY, `${hook.name} webhook only ${after} ms after the kill`);
+  }
 
   // the dead node left the node set (so no other node can reap it again), then every
   // surviving node's webhooks are in

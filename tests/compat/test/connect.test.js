@@ -19,16 +19,19 @@ const ctx = h.harness({
 
 const T = { timeout: 20000 };
 
-/** One connection attempt: the client if established, null if it was closed instead. */
+/**
+ * One connection attempt: the client if established, null if it was refused over the quota
+ * (pusher:error 4004 then close 4004, while the server still counts a closed connection).
+ */
 async function tryConnect(server) {
   const c = ctx.pool.rawOpen({ server });
-  const first = await c.nextFrame(3000, 'first frame').catch(() => null);
+  await c._until(() => c.frames.length > 0 || c.closed, 3000, 'first frame or close');
+  const first = c.frames[0];
   if (first && first.json && first.json.event === 'pusher:connection_established') {
     c.socketId = JSON.parse(first.json.data).socket_id;
     return c;
   }
-  await c.waitClose(3000).catch(() => {});
-  c.close();
+  await h.expectErrorThenClose(c, 4004, 'Application is over connection quota', 3000);
   return null;
 }
 

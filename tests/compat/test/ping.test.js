@@ -67,26 +67,55 @@ test('WS-PING-3 WebSocket ping frames answered with pong frames; any inbound fra
   assert.equal(pong.event, 'pusher:pong');
 });
 
-test('WS-PING-4 silent client is probed after activity_timeout and closed with 4201 after pong_timeout', T, async () => {
+test('WS-PING-4 silent client is probed after activity_timeout and closed with 4201 after pong_timeout', T, async (t) => {
   const s = ctx.servers.fast;
-  const started = Date.now();
+  const ACTIVITY_MS = 1000; // the fast server's activity_timeout
+  const PONG_MS = 1000; // and pong_timeout
+  // How early a bound may look met: the server stamps activity, probes and closes with a
+  // whole-millisecond clock (up to 1 ms each side), and the client may take the probe off the
+  // socket a little later than the close (a few ms on a loaded machine; 30 runs at load 7
+  // measured at most 1.8 ms short of pong_timeout). A skipped or shortened pong wait is off by
+  // hundreds of milliseconds.
+  const EARLY_MS = 10;
+  // The server checks its connections every 250 ms (a quarter of these timeouts): a probe or a
+  // close may come that much after its due time, plus delivery on a loaded machine.
+  const LATE_MS = 500;
   const silent = await ctx.pool.raw({ server: s, wsOptions: { autoPong: false } });
+  // When the probe (a WS ping frame and a pusher:ping, written together) and the close's
+  // pusher:error arrive, on the same monotonic clock as `lastSent`.
+  const at = { wsPing: null, pusherPing: null, error: null };
+  silent.ws.on('ping', () => {
+    if (at.wsPing === null) at.wsPing = performance.now();
+  });
+  silent.ws.on('message', (d) => {
+    const ev = JSON.parse(d.toString()).event;
+    if (ev === 'pusher:ping' && at.pusherPing === null) at.pusherPing = performance.now();
+    if (ev === 'pusher:error' && at.error === null) at.error = performance.now();
+  });
   // a well-behaved client answering probes (WS pong frames automatically, pusher:ping by hand)
   const good = await ctx.pool.raw({ server: s });
   good.ws.on('message', (d) => {
-    try {
-      if (JSON.parse(d.toString()).event === 'pusher:ping') good.send({ event: 'pusher:pong', data: {} });
-    } catch (_) {}
+    if (JSON.parse(d.toString()).event === 'pusher:ping') good.send({ event: 'pusher:pong', data: {} });
   });
+  // The silent client's last frame: the server reads it after this instant, so its silence
+  // is measured from no earlier than here.
+  const lastSent = performance.now();
+  await silent.sync();
   const { error } = await h.expectErrorThenClose(silent, 4201, 'Pong reply not received', 8000);
-  const elapsed = silent.closed.at - started;
-  assert.ok(probes(silent) >= 1, 'the server probed before closing');
+  assert.equal(error.data.code, 4201);
+  assert.ok(at.wsPing !== null && at.pusherPing !== null, `probed both ways before the close: ${JSON.stringify(at)}; pings ${silent.pings.length}`);
+  assert.equal(probes(silent), 2, 'one probe (a WS ping and a pusher:ping) per silence');
   for (const f of silent.frames) {
     if (f.json && f.json.event === 'pusher:ping') assert.deepEqual(f.json, { event: 'pusher:ping', data: '{}' });
   }
-  assert.ok(elapsed >= 1000, `closed after ${elapsed} ms, before activity_timeout (1 s) + pong_timeout could pass`);
-  assert.ok(elapsed < 7000, `closed only after ${elapsed} ms`);
-  assert.equal(error.data.code, 4201);
+  const probedAt = Math.min(at.wsPing, at.pusherPing);
+  const silence = probedAt - lastSent;
+  const pongWait = at.error - probedAt;
+  t.diagnostic(`probe ${silence.toFixed(1)} ms after the last frame sent, 4201 ${pongWait.toFixed(1)} ms after the probe`);
+  assert.ok(silence >= ACTIVITY_MS - EARLY_MS, `probed ${silence.toFixed(1)} ms after the client's last frame, before activity_timeout (${ACTIVITY_MS} ms)`);
+  assert.ok(silence <= ACTIVITY_MS + LATE_MS, `probed only ${silence.toFixed(1)} ms after the client's last frame`);
+  assert.ok(pongWait >= PONG_MS - EARLY_MS, `closed ${pongWait.toFixed(1)} ms after the probe, before pong_timeout (${PONG_MS} ms)`);
+  assert.ok(pongWait <= PONG_MS + LATE_MS, `closed only ${pongWait.toFixed(1)} ms after the probe`);
   // the answering client survives at least two probe rounds
   await h.waitFor(() => probes(good) >= 2 || good.closed, 8000, 'two probes of the answering client');
   assert.equal(good.closed, null, `answering client closed: ${JSON.stringify(good.closed)}`);

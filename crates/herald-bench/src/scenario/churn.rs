@@ -2,7 +2,7 @@
 //! drift of the server's resident memory from start to end.
 
 use super::{client_cpu_s, collect, cpu_s, opt, ticker, us_per, Ctx};
-use crate::net;
+use crate::net::{self, BenchError, ErrorLog};
 use crate::report::{round, Report};
 use crate::stats::Latency;
 use clap::Args;
@@ -37,8 +37,32 @@ pub struct ChurnArgs {
 #[derive(Default)]
 struct Counters {
     attempts: AtomicU64,
+    /// Cycles that connected, subscribed and closed with the close handshake.
     cycles: AtomicU64,
+    /// Cycles that did not, for any reason (a close that failed included).
     failed: AtomicU64,
+    /// Of those, the cycles whose close handshake failed or timed out (or after whose close
+    /// frame the server still sent something).
+    close_failed: AtomicU64,
+}
+
+impl Counters {
+    /// Settles a cycle that connected and subscribed by how its close went: only a completed
+    /// close handshake makes it a good cycle. Returns whether it was one.
+    fn closed(&self, outcome: Result<(), BenchError>, errors: &ErrorLog) -> bool {
+        match outcome {
+            Ok(()) => {
+                self.cycles.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                errors.add(&e);
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.close_failed.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
 }
 
 async fn churn(
@@ -72,12 +96,12 @@ async fn churn(
                 .await
                 {
                     Ok((client, _)) => {
-                        client.close().await;
-                        latency
-                            .lock()
-                            .expect("not poisoned")
-                            .record_us(t0.elapsed().as_micros() as u64);
-                        c.cycles.fetch_add(1, Ordering::Relaxed);
+                        if c.closed(client.close().await, &ctx2.errors) {
+                            latency
+                                .lock()
+                                .expect("not poisoned")
+                                .record_us(t0.elapsed().as_micros() as u64);
+                        }
                     }
                     Err(e) => {
                         ctx2.errors.add(&e);
@@ -167,10 +191,13 @@ pub async fn run(ctx: &Ctx, a: &ChurnArgs) -> Report {
 
     let cycles = counters.cycles.load(Ordering::Relaxed);
     let failed = counters.failed.load(Ordering::Relaxed) + warm.failed.load(Ordering::Relaxed);
+    let close_failed =
+        counters.close_failed.load(Ordering::Relaxed) + warm.close_failed.load(Ordering::Relaxed);
     let server_cpu = cpu_s(&end_busy, &start);
     r.result("warmup_cycles", warm.cycles.load(Ordering::Relaxed));
     r.result("cycles", cycles);
     r.result("cycles_failed", failed);
+    r.result("close_failed", close_failed);
     r.result("seconds", round(elapsed, 3));
     r.result("cycles_per_s", round(cycles as f64 / elapsed, 1));
     r.result(
@@ -210,6 +237,32 @@ pub async fn run(ctx: &Ctx, a: &ChurnArgs) -> Report {
         r.failures.push("no cycle completed".into());
     }
     r.fail_if(failed, "cycles failed");
+    r.fail_if(close_failed, "closes without a completed handshake");
     r.fail_if(stuck, "workers that did not stop");
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cycle_counts_only_with_a_completed_close() {
+        let (c, errors) = (Counters::default(), ErrorLog::default());
+        assert!(c.closed(Ok(()), &errors));
+        assert!(!c.closed(
+            Err(BenchError::new("close_timeout", "no close handshake")),
+            &errors
+        ));
+        assert!(!c.closed(Err(BenchError::new("close_failed", "reset")), &errors));
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(
+            (load(&c.cycles), load(&c.failed), load(&c.close_failed)),
+            (1, 2, 2)
+        );
+        assert_eq!(errors.total(), 2);
+        let j = errors.to_json();
+        assert_eq!(j["close_timeout"]["count"], 1);
+        assert_eq!(j["close_failed"]["count"], 1);
+    }
 }

@@ -1,8 +1,11 @@
 //! `fanout`: N subscribers over C channels; events published through the HTTP API at a rate or
 //! flat out. Measures delivery (loss, duplicates, order), end-to-end latency and server CPU per
-//! delivered message. At a rate the latency is also taken apart: each event's first and last
-//! subscriber, and each delivery's arrival in the subscriber's socket (the server's part, without
-//! this process's own wake-up and parsing on the cores it shares with the server).
+//! delivered message. At a rate every latency counts from the event's scheduled instant (which
+//! the event carries), the publishers' lag behind their schedule and the rate they achieved are
+//! reported, and a run that did not keep its schedule fails (`schedule.rs`). At a rate the
+//! latency is also taken apart: each event's first and last subscriber, and each delivery's
+//! arrival in the subscriber's socket (the server's part, without this process's own wake-up and
+//! parsing on the cores it shares with the server).
 
 use super::{
     client_cpu_s, collect, cpu_s, event_data, gate, now_us, opt, parse_event_data, ticker, us_per,
@@ -10,6 +13,7 @@ use super::{
 };
 use crate::http::Publisher;
 use crate::report::{round, Report};
+use crate::schedule::{self, Kept, Schedule};
 use crate::stats::{Delivery, Latency, PerEvent, SeqTracker, Sharded};
 use clap::Args;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +75,8 @@ struct PubOutcome {
     failed: u64,
     connections: u64,
     latency: Latency,
+    /// At a rate: how the publisher kept to its share of the schedule.
+    kept: Kept,
 }
 
 /// Shared counters between publishers and subscribers.
@@ -183,7 +189,8 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
                 }
             }
             if !dropped {
-                c.close().await;
+                // Cleanup after the measurement; `churn` is where closes are checked.
+                let _ = c.close().await;
             }
             Some(SubOutcome { channel: ch, tracker, dropped })
         }));
@@ -217,6 +224,14 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     let publish_start = Instant::now();
     let publish_start_us = now_us();
     let deadline = publish_start + Duration::from_secs_f64(a.duration);
+    let schedule = (!flat_out).then(|| {
+        Schedule::new(
+            publish_start,
+            a.rate,
+            pubs as u64,
+            Duration::from_secs_f64(a.duration),
+        )
+    });
     let before = ctx.probe.point();
     let subs_on = Arc::new(subs_on);
     let (own_thread, spawner) = match super::OwnThread::for_senders(!flat_out, "publishers") {
@@ -231,23 +246,30 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
         let owned: Vec<usize> = (k..channels).step_by(pubs).collect();
         let (ctx2, flow, names, subs_on) =
             (ctx.clone(), flow.clone(), names.clone(), subs_on.clone());
-        let period = (!flat_out).then(|| Duration::from_secs_f64(pubs as f64 / a.rate));
         let (payload, max_events) = (a.payload, a.max_events);
         pub_tasks.push(spawner.spawn(async move {
             let mut p = Publisher::new(ctx2.target.clone());
             let mut seqs = vec![0u64; owned.len()];
-            let (mut failed, mut latency) = (0, Latency::new());
-            let mut n: u32 = 0;
+            let (mut failed, mut latency, mut kept) = (0, Latency::new(), Kept::default());
+            let mut n: u64 = 0;
             loop {
-                if let Some(period) = period {
-                    // Publishers take turns, a fraction of a period apart: the events of a rate
-                    // arrive evenly spaced, not in bursts of one per publisher.
-                    let at = publish_start + period * k as u32 / pubs as u32 + period * n;
-                    if at >= deadline {
-                        break;
+                // At a rate, the slot this event is due at. Publishers take turns, a fraction of
+                // a period apart: the events of a rate arrive evenly spaced, not in bursts.
+                let slot = match &schedule {
+                    Some(s) => {
+                        let Some(at) = s.slot(k as u64, n) else {
+                            break;
+                        };
+                        crate::pace::sleep_until(at).await;
+                        // Behind by more than the schedule allows: the rest stays unsent (and
+                        // the run short of its rate).
+                        if Instant::now() >= s.give_up() {
+                            break;
+                        }
+                        Some(at)
                     }
-                    crate::pace::sleep_until(at).await;
-                }
+                    None => None,
+                };
                 while window > 0
                     && flow
                         .expected
@@ -258,14 +280,25 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
                 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                if Instant::now() >= deadline
+                // A slot due before the deadline is sent however late (its lag then counts in
+                // its latency); flat out, publishing stops at the deadline.
+                if (slot.is_none() && Instant::now() >= deadline)
                     || flow.attempts.fetch_add(1, Ordering::Relaxed) >= max_events
                 {
                     break;
                 }
                 let j = n as usize % owned.len();
                 let ch = owned[j];
-                let data = event_data(seqs[j], now_us(), payload);
+                // The event carries its scheduled instant at a rate: receivers measure from it.
+                let sent_us = match (&schedule, slot) {
+                    (Some(s), Some(at)) => {
+                        let (scheduled_us, lag_us) = schedule::stamp(at);
+                        kept.record(s, lag_us, Instant::now());
+                        scheduled_us
+                    }
+                    _ => now_us(),
+                };
+                let data = event_data(seqs[j], sent_us, payload);
                 let t0 = Instant::now();
                 match p.trigger(&[names[ch].as_str()], EVENT, &data).await {
                     Ok(()) => {
@@ -286,6 +319,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
                 failed,
                 connections: p.connections,
                 latency,
+                kept,
             }
         }));
     }
@@ -321,7 +355,9 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     // Accounting.
     let mut published = vec![0u64; channels];
     let (mut publish_failed, mut http_conns, mut http_latency) = (0, 0, Latency::new());
+    let mut kept = Kept::default();
     for p in &pub_out {
+        kept.merge(&p.kept);
         for &(ch, n) in &p.published {
             published[ch] = n;
         }
@@ -349,6 +385,10 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
         "publish_rate_per_s",
         round(events as f64 / publish_elapsed.as_secs_f64(), 1),
     );
+    let paced = schedule.map(|s| schedule::Outcome::new(&s, a.rate, a.max_events, &kept));
+    if let Some(o) = &paced {
+        schedule::put(&mut r, o, &ctx.pacing);
+    }
     r.result("http_connections", http_conns);
     r.result("deliveries_expected", delivery.expected);
     r.result("delivered", delivery.delivered);
@@ -371,6 +411,17 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
         at_socket.as_deref(),
     );
     r.result("http_latency", http_latency.summary().to_json());
+    super::put_origins(
+        &mut r,
+        paced.is_some(),
+        &[
+            "latency",
+            "latency_first_subscriber",
+            "latency_last_subscriber",
+            "latency_at_socket",
+        ],
+        &[("http_latency", super::ACTUAL_SEND)],
+    );
     r.result("server_cpu_s", opt(server_cpu));
     r.result(
         "server_cpu_us_per_delivered",

@@ -5,11 +5,14 @@
 //! group, from the task that read it, as a server fans an event out to a channel's subscribers.
 //! No HTTP, no WebSocket framing, no JSON: what remains is the kernel, the wake-ups and the
 //! runtime, so no server measured on this machine at this moment can go below these numbers, and
-//! a run next to `fanout` tells the server's share of a latency from the machine's.
+//! a run next to `fanout` tells the server's share of a latency from the machine's. At a rate,
+//! as in `fanout`, latency counts from each message's scheduled instant (carried in its header)
+//! and the schedule must be kept.
 
 use super::{collect, now_us, ticker, Ctx};
 use crate::arrival::Stamped;
 use crate::report::{round, Report};
+use crate::schedule::{self, Kept, Schedule};
 use crate::stats::{Latency, PerEvent, Sharded};
 use clap::Args;
 use std::collections::HashMap;
@@ -48,8 +51,8 @@ pub struct FloorArgs {
     pub duration: f64,
 }
 
-/// Message header: group (u32 LE), send time in µs since the epoch (u64 LE), the message's
-/// sequence number in its group (u32 LE).
+/// Message header: group (u32 LE), send time in µs since the epoch (u64 LE; at a rate the
+/// scheduled one), the message's sequence number in its group (u32 LE).
 const HEADER: usize = 16;
 
 /// Receivers of each group, written to directly by the sender's task.
@@ -191,19 +194,23 @@ struct Flow {
 
 struct Sender {
     port: u16,
+    /// This sender's number among all of them (its turn in the schedule).
+    k: u64,
     /// Groups this sender owns, in turn (empty: echo mode).
     groups: Vec<u32>,
     /// None: flat out.
-    period: Option<Duration>,
-    first: Instant,
+    schedule: Option<Schedule>,
     deadline: Instant,
     payload: usize,
 }
 
+/// What one sender did: the round trips' latency (echo mode), how many messages went to each
+/// owned group, and at a rate how it kept its schedule.
+type Sent = (Latency, Vec<(u32, u64)>, Kept);
+
 impl Sender {
-    /// Sends until the deadline; returns the round trips' latency (echo mode) and how many
-    /// messages went to each owned group.
-    async fn run(self, flow: Arc<Flow>) -> Result<(Latency, Vec<(u32, u64)>), String> {
+    /// Sends until the deadline (at a rate: every slot of its schedule, late if need be).
+    async fn run(self, flow: Arc<Flow>) -> Result<Sent, String> {
         let echo = self.groups.is_empty();
         let size = self.payload.max(HEADER);
         let mut hello = vec![if echo { b'E' } else { b'S' }];
@@ -213,18 +220,23 @@ impl Sender {
         let mut back = vec![0u8; size];
         let mut latency = Latency::new();
         let mut counts = vec![0u64; self.groups.len()];
-        let mut n: u32 = 0;
+        let mut kept = Kept::default();
+        let mut n: u64 = 0;
         loop {
-            let at = match self.period {
-                Some(period) => self.first + period * n,
-                None => Instant::now(),
+            // At a rate the slot due (latency is measured from it), flat out now.
+            let at = match &self.schedule {
+                Some(sch) => match sch.slot(self.k, n) {
+                    Some(at) => {
+                        crate::pace::sleep_until(at).await;
+                        (Instant::now() < sch.give_up()).then_some(at)
+                    }
+                    None => None,
+                },
+                None => Some(Instant::now()).filter(|&now| now < self.deadline),
             };
-            if at >= self.deadline {
-                return Ok((latency, self.groups.into_iter().zip(counts).collect()));
-            }
-            if self.period.is_some() {
-                crate::pace::sleep_until(at).await;
-            }
+            let Some(at) = at else {
+                return Ok((latency, self.groups.into_iter().zip(counts).collect(), kept));
+            };
             while flow.window > 0
                 && flow
                     .expected
@@ -238,10 +250,17 @@ impl Sender {
             let j = n as usize % self.groups.len().max(1);
             let group = self.groups.get(j).copied().unwrap_or(0);
             msg[..4].copy_from_slice(&group.to_le_bytes());
-            msg[4..12].copy_from_slice(&now_us().to_le_bytes());
+            let sent_us = match &self.schedule {
+                Some(sch) => {
+                    let (scheduled_us, lag_us) = schedule::stamp(at);
+                    kept.record(sch, lag_us, Instant::now());
+                    scheduled_us
+                }
+                None => now_us(),
+            };
+            msg[4..12].copy_from_slice(&sent_us.to_le_bytes());
             let seq = counts.get(j).copied().unwrap_or(0) as u32;
             msg[12..HEADER].copy_from_slice(&seq.to_le_bytes());
-            let t0 = Instant::now();
             s.write_all(&msg).await.map_err(|e| format!("echo: {e}"))?;
             flow.sent.fetch_add(1, Ordering::Relaxed);
             flow.expected
@@ -253,7 +272,7 @@ impl Sender {
                 s.read_exact(&mut back)
                     .await
                     .map_err(|e| format!("echo: {e}"))?;
-                latency.record_us(t0.elapsed().as_micros() as u64);
+                latency.record_us(at.elapsed().as_micros() as u64);
             }
             n = n.wrapping_add(1);
         }
@@ -271,7 +290,7 @@ async fn join(port: u16, group: u32) -> Result<TcpStream, String> {
     }
 }
 
-pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
+pub async fn run(ctx: &Ctx, a: &FloorArgs) -> Report {
     let mut r = Report::new("floor");
     let groups = a.groups.max(1);
     // Every sender owns at least one group (one without would be taken for an echo sender).
@@ -329,9 +348,10 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
     }
 
     let flat_out = a.rate <= 0.0;
-    let period = (!flat_out).then(|| Duration::from_secs_f64(senders as f64 / a.rate));
     let start = Instant::now() + Duration::from_millis(100);
     let deadline = start + Duration::from_secs_f64(a.duration);
+    let sched = (!flat_out)
+        .then(|| Schedule::new(start, a.rate, senders, Duration::from_secs_f64(a.duration)));
     let relay_pid = child.0.id().to_string();
     let relay_before = crate::procfs::sample(&relay_pid);
     let flow = Arc::new(Flow {
@@ -369,9 +389,9 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
             };
             let sender = Sender {
                 port,
+                k,
                 groups: owned,
-                period,
-                first: start + period.unwrap_or_default() * k as u32 / senders as u32,
+                schedule: sched,
                 deadline,
                 payload: size,
             };
@@ -379,11 +399,13 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
         })
         .collect();
     let mut echo_latency = Latency::new();
+    let mut kept = Kept::default();
     let mut expected = 0;
     for (k, t) in tasks.into_iter().enumerate() {
         match t.await {
-            Ok(Ok((l, counts))) => {
+            Ok(Ok((l, counts, kept_k))) => {
                 echo_latency.merge(&l);
+                kept.merge(&kept_k);
                 expected += counts
                     .iter()
                     .map(|&(g, n)| n * per_group[g as usize])
@@ -414,6 +436,10 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
         "messages_per_s",
         round(messages as f64 / a.duration.max(1e-6), 1),
     );
+    if let Some(s) = &sched {
+        let o = schedule::Outcome::new(s, a.rate, u64::MAX, &kept);
+        schedule::put(&mut r, &o, &ctx.pacing);
+    }
     if a.receivers == 0 {
         r.result("latency", echo_latency.summary().to_json());
     } else {
@@ -434,6 +460,17 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
         r.result("relay_cpu_us_per_delivered", super::us_per(relay_cpu, got));
         r.fail_if(expected.saturating_sub(got), "deliveries lost");
     }
+    super::put_origins(
+        &mut r,
+        sched.is_some(),
+        &[
+            "latency",
+            "latency_first_receiver",
+            "latency_last_receiver",
+            "latency_at_socket",
+        ],
+        &[],
+    );
     r.result("relay_cpu_s", super::opt(relay_cpu));
     r.result(
         "relay_cpu_us_per_message",
@@ -447,7 +484,7 @@ pub async fn run(_ctx: &Ctx, a: &FloorArgs) -> Report {
     r
 }
 
-/// A receiver: records each message's latency from the send time it carries.
+/// A receiver: records each message's latency from the (scheduled) send time it carries.
 struct Receiver {
     size: usize,
     shard: usize,

@@ -51,7 +51,12 @@ pub async fn run(ctx: &Ctx, a: &IdleArgs) -> Report {
             loop {
                 tokio::select! {
                     biased;
-                    _ = cancel.cancelled() => return c.close().await,
+                    // Closing is cleanup after the measurement (memory after close is read once
+                    // the socket is gone either way); `churn` is where closes are checked.
+                    _ = cancel.cancelled() => {
+                        let _ = c.close().await;
+                        return;
+                    }
                     r = c.next(|_| ()) => if let Err(e) = r {
                         ctx2.errors.add(&e);
                         dropped.fetch_add(1, Ordering::Relaxed);

@@ -12,7 +12,7 @@ use crate::procfs::{Point, Probe};
 use crate::progress;
 use crate::stats::{Latency, LatencySummary};
 use serde_json::Value;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -29,6 +29,8 @@ pub struct Ctx {
     pub connect_concurrency: usize,
     /// Distinguishes channel names of this run from earlier ones.
     pub run_id: String,
+    /// What a paced run must keep to its schedule.
+    pub pacing: crate::schedule::Limits,
 }
 
 impl Ctx {
@@ -45,8 +47,9 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// Event data carrying a per-channel sequence number and a send timestamp, padded with `x` to
-/// `size` bytes: `SEQ:MICROS:xxxx`. It holds nothing that JSON must escape.
+/// Event data carrying a per-channel sequence number and a send timestamp (at a rate the
+/// event's scheduled instant), padded with `x` to `size` bytes: `SEQ:MICROS:xxxx`. It holds
+/// nothing that JSON must escape.
 pub fn event_data(seq: u64, sent_us: u64, size: usize) -> String {
     let mut s = format!("{seq}:{sent_us}:");
     if s.len() < size {
@@ -68,20 +71,36 @@ pub fn parse_event_data(data: &str) -> Option<(u64, u64)> {
 pub struct Gate {
     permits: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<Result<Duration, BenchError>>,
+    first: Arc<OnceLock<Instant>>,
 }
 
-pub fn gate(concurrency: usize) -> (Gate, mpsc::UnboundedReceiver<Result<Duration, BenchError>>) {
+/// The outcomes a [`Gate`] reports, and when its first connect attempt started.
+pub struct Outcomes {
+    rx: mpsc::UnboundedReceiver<Result<Duration, BenchError>>,
+    first: Arc<OnceLock<Instant>>,
+}
+
+pub fn gate(concurrency: usize) -> (Gate, Outcomes) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let first = Arc::new(OnceLock::new());
     (
         Gate {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             tx,
+            first: first.clone(),
         },
-        rx,
+        Outcomes { rx, first },
     )
 }
 
 impl Gate {
+    /// Notes a connect attempt starting now; the first one starts the phase's clock.
+    fn attempt(&self) -> Instant {
+        let t0 = Instant::now();
+        self.first.get_or_init(|| t0);
+        t0
+    }
+
     /// Connects and subscribes, at most `concurrency` at a time, and reports the outcome.
     pub async fn join(
         &self,
@@ -90,7 +109,7 @@ impl Gate {
         channel_data: Option<&str>,
     ) -> Result<(Client, String), BenchError> {
         let _permit = self.permits.acquire().await.expect("never closed");
-        let t0 = Instant::now();
+        let t0 = self.attempt();
         let r = net::join(&ctx.target, channel, channel_data, ctx.connect_timeout).await;
         let _ = self
             .tx
@@ -104,7 +123,7 @@ impl Gate {
 pub struct Ready {
     pub ok: u64,
     pub failed: u64,
-    /// From the call of [`wait_ready`] until the last outcome.
+    /// From the first connect attempt until the last outcome (or the phase's time limit).
     pub elapsed: Duration,
     pub latency: LatencySummary,
 }
@@ -131,13 +150,14 @@ impl Ready {
 
 /// Waits for `n` outcomes from a [`Gate`] (or until `limit`), counting failures into `errors`.
 pub async fn wait_ready(
-    mut rx: mpsc::UnboundedReceiver<Result<Duration, BenchError>>,
+    outcomes: Outcomes,
     n: u64,
     limit: Duration,
     label: &str,
     errors: &ErrorLog,
 ) -> Ready {
-    let start = Instant::now();
+    let Outcomes { mut rx, first } = outcomes;
+    let called = Instant::now();
     let pb = progress::counter(n, label);
     let mut latency = Latency::new();
     let (mut ok, mut failed) = (0, 0);
@@ -169,6 +189,9 @@ pub async fn wait_ready(
         }
     }
     pb.finish_and_clear();
+    // Connecting starts as soon as the tasks are spawned, before this was called: the clock
+    // starts at the first attempt (here only if none was ever made).
+    let start = first.get().copied().unwrap_or(called);
     Ready {
         ok,
         failed,
@@ -301,6 +324,37 @@ pub fn put_breakdown(
     }
 }
 
+/// What a latency is measured from, as reported in `latency_origin`.
+pub const SCHEDULED_SEND: &str = "the event's scheduled send instant";
+pub const ACTUAL_SEND: &str = "the actual send";
+pub const FIRST_DELIVERY: &str = "the event's first delivery";
+
+/// Says in the report what each latency is measured from: at a rate (`paced`) the end-to-end
+/// latencies in `end_to_end` are from each event's scheduled send instant (a sender that wakes
+/// late or falls behind cannot hide that wait), flat out from the actual send, which is then the
+/// schedule; `delivery_spread` is from the event's first delivery; `others` as given.
+pub fn put_origins(
+    r: &mut crate::report::Report,
+    paced: bool,
+    end_to_end: &[&str],
+    others: &[(&str, &str)],
+) {
+    let mut m = serde_json::Map::new();
+    let origin = if paced { SCHEDULED_SEND } else { ACTUAL_SEND };
+    for k in end_to_end {
+        if r.results.0.iter().any(|(key, _)| key == k) {
+            m.insert(k.to_string(), origin.into());
+        }
+    }
+    if r.results.0.iter().any(|(key, _)| key == "delivery_spread") {
+        m.insert("delivery_spread".into(), FIRST_DELIVERY.into());
+    }
+    for (k, v) in others {
+        m.insert(k.to_string(), (*v).into());
+    }
+    r.result("latency_origin", Value::Object(m));
+}
+
 /// A current-thread runtime on an OS thread of its own, for tasks that must not share the
 /// scenario's worker threads (`fanout`'s publishers at a rate, as a publishing backend would be a
 /// process of its own). Tasks are spawned through `handle`; dropping this stops the thread.
@@ -357,10 +411,10 @@ impl OwnThread {
     /// their timers and responses wake none of the receivers' threads, and at the lowest priority,
     /// so that whenever the server or a receiver is ready to run, it runs first: in production
     /// the publishing backend is another process, usually on another host, and takes none of the
-    /// server's or the subscribers' CPU. A sender takes each send time before it builds and signs
-    /// its request, so a wait this priority costs it between the two counts against the measured
-    /// latency, never in its favour. Flat out: on the shared workers, for throughput. Keep the
-    /// `OwnThread` until the senders are done.
+    /// server's or the subscribers' CPU. Latency at a rate counts from each event's scheduled
+    /// instant, so any wait this priority costs a sender counts against the measured latency (and
+    /// shows as send lag, which fails the run past its bound), never in its favour. Flat out: on
+    /// the shared workers, for throughput. Keep the `OwnThread` until the senders are done.
     pub fn for_senders(
         paced: bool,
         name: &str,
@@ -411,6 +465,24 @@ mod tests {
                 own_nice()
             );
         });
+    }
+
+    #[tokio::test]
+    async fn the_connect_clock_starts_at_the_first_attempt() {
+        let (g, outcomes) = gate(4);
+        // Attempts start as soon as the connecting tasks are spawned, before anyone waits.
+        let t0 = g.attempt();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _later = g.attempt();
+        let _ = g.tx.send(Ok(t0.elapsed()));
+        let _ = g.tx.send(Err(BenchError::new("tcp_connect", "refused")));
+        drop(g);
+        let errors = ErrorLog::default();
+        let ready = wait_ready(outcomes, 2, Duration::from_secs(10), "test", &errors).await;
+        assert_eq!((ready.ok, ready.failed), (1, 1));
+        assert_eq!(errors.total(), 1);
+        // At least the 50 ms before the wait, not only the time since it began.
+        assert!(ready.elapsed >= Duration::from_millis(50), "{ready:?}");
     }
 
     #[test]

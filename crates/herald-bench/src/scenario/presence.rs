@@ -206,7 +206,8 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
                     }
                 }
                 if !dropped {
-                    client.close().await;
+                    // Cleanup after the storm; `churn` is where closes are checked.
+                    let _ = client.close().await;
                 }
                 Some((c, tracker.log, dropped))
             }));
@@ -279,7 +280,11 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
                             .record_us(t0.elapsed().as_micros() as u64);
                         counters.joins.fetch_add(1, Ordering::Relaxed);
                         match leave {
-                            Leave::Disconnect => client.close().await,
+                            // The leave is checked by every watcher's `member_removed`, which
+                            // a close that failed still brings (the socket is dropped).
+                            Leave::Disconnect => {
+                                let _ = client.close().await;
+                            }
                             Leave::Unsubscribe => match client.unsubscribe(name).await {
                                 Ok(()) => held = Some(client),
                                 Err(e) => {
@@ -296,7 +301,7 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
                 }
             }
             if let Some(client) = held {
-                client.close().await;
+                let _ = client.close().await;
             }
         }));
     }

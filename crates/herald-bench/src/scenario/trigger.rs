@@ -4,6 +4,7 @@
 use super::{client_cpu_s, collect, cpu_s, event_data, now_us, opt, ticker, us_per, Ctx};
 use crate::http::Publisher;
 use crate::report::{round, Report};
+use crate::schedule::{self, Kept, Schedule};
 use crate::stats::Latency;
 use clap::Args;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,32 +50,49 @@ pub async fn run(ctx: &Ctx, a: &TriggerArgs) -> Report {
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(a.duration);
+    let sched = (a.rate > 0.0)
+        .then(|| Schedule::new(start, a.rate, pubs, Duration::from_secs_f64(a.duration)));
     let before = ctx.probe.point();
     let mut tasks = Vec::new();
     for k in 0..pubs {
         let (ctx2, names, attempts, done) =
             (ctx.clone(), names.clone(), attempts.clone(), done.clone());
-        let period = (a.rate > 0.0).then(|| Duration::from_secs_f64(pubs as f64 / a.rate));
         let (payload, max) = (a.payload, a.max_requests);
         tasks.push(tokio::spawn(async move {
             let mut p = Publisher::new(ctx2.target.clone());
             let (mut ok, mut failed, mut latency) = (0u64, 0u64, Latency::new());
-            let mut n: u32 = 0;
+            let mut kept = Kept::default();
+            let mut n: u64 = 0;
             loop {
-                if let Some(period) = period {
-                    // Evenly spaced over the publishers (see `fanout`).
-                    let at = start + period * k as u32 / pubs as u32 + period * n;
-                    if at >= deadline {
-                        break;
+                // At a rate: the slot due, evenly spaced over the publishers (see `fanout`),
+                // kept to the microsecond (tokio's timers tick in milliseconds). A slot due
+                // before the deadline is sent however late; its latency counts from the slot.
+                let slot = match &sched {
+                    Some(s) => {
+                        let Some(at) = s.slot(k, n) else { break };
+                        crate::pace::sleep_until(at).await;
+                        if Instant::now() >= s.give_up() {
+                            break;
+                        }
+                        Some(at)
                     }
-                    tokio::time::sleep_until(at).await;
-                }
-                if Instant::now() >= deadline || attempts.fetch_add(1, Ordering::Relaxed) >= max {
+                    None => None,
+                };
+                if (slot.is_none() && Instant::now() >= deadline)
+                    || attempts.fetch_add(1, Ordering::Relaxed) >= max
+                {
                     break;
                 }
                 let ch = (k as usize + n as usize * pubs as usize) % names.len();
-                let data = event_data(u64::from(n), now_us(), payload);
-                let t0 = Instant::now();
+                let t0 = match (&sched, slot) {
+                    (Some(s), Some(at)) => {
+                        let (_, lag_us) = schedule::stamp(at);
+                        kept.record(s, lag_us, Instant::now());
+                        at
+                    }
+                    _ => Instant::now(),
+                };
+                let data = event_data(n, now_us(), payload);
                 match p
                     .trigger(&[names[ch].as_str()], "bench-trigger", &data)
                     .await
@@ -91,7 +109,7 @@ pub async fn run(ctx: &Ctx, a: &TriggerArgs) -> Report {
                 }
                 n = n.wrapping_add(1);
             }
-            (ok, failed, p.connections, latency)
+            (ok, failed, p.connections, latency, kept)
         }));
     }
     let d = done.clone();
@@ -104,11 +122,13 @@ pub async fn run(ctx: &Ctx, a: &TriggerArgs) -> Report {
     let after = ctx.probe.point();
 
     let (mut ok, mut failed, mut conns, mut latency) = (0, 0, 0, Latency::new());
-    for (o, f, c, l) in &outs {
+    let mut kept = Kept::default();
+    for (o, f, c, l, k) in &outs {
         ok += o;
         failed += f;
         conns += c;
         latency.merge(l);
+        kept.merge(k);
     }
     let server_cpu = cpu_s(&after, &before);
     r.result("requests_ok", ok);
@@ -116,7 +136,13 @@ pub async fn run(ctx: &Ctx, a: &TriggerArgs) -> Report {
     r.result("seconds", round(elapsed, 3));
     r.result("requests_per_s", round(ok as f64 / elapsed, 1));
     r.result("http_connections", conns);
+    if let Some(s) = &sched {
+        let o = schedule::Outcome::new(s, a.rate, a.max_requests, &kept);
+        schedule::put(&mut r, &o, &ctx.pacing);
+    }
+    // The request's latency: until its response, from its slot at a rate.
     r.result("latency", latency.summary().to_json());
+    super::put_origins(&mut r, sched.is_some(), &["latency"], &[]);
     r.result("server_cpu_s", opt(server_cpu));
     r.result("server_cpu_us_per_request", us_per(server_cpu, ok));
     r.result("server_rss_kb", opt(after.server_rss_kb()));
