@@ -601,11 +601,13 @@ fn insert(t: &mut toml::Table, path: &[String], key: String, value: Value) -> Re
 fn parse_like(template: &Value, raw: &str) -> Result<Value, String> {
     match template {
         Value::String(_) => Ok(Value::String(raw.to_owned())),
-        Value::Integer(_) => raw
-            .trim()
-            .parse::<i64>()
-            .map(Value::Integer)
-            .map_err(|_| format!("`{raw}` is not an integer")),
+        Value::Integer(_) => raw.trim().parse::<i64>().map(Value::Integer).map_err(|_| {
+            if raw.trim().parse::<i128>().is_ok() {
+                format!("`{raw}` is out of range (at most {})", i64::MAX)
+            } else {
+                format!("`{raw}` is not an integer")
+            }
+        }),
         Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => Ok(Value::Boolean(true)),
             "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
@@ -925,6 +927,12 @@ mod tests {
                 "{var}: {e}"
             );
         }
+        let e = Config::load(
+            None,
+            env(&[("HERALD_SERVER_SHUTDOWN_TIMEOUT_MS", "18446744073709551615")]),
+        )
+        .unwrap_err();
+        assert_eq!(e, "invalid value for HERALD_SERVER_SHUTDOWN_TIMEOUT_MS: `18446744073709551615` is out of range (at most 9223372036854775807)");
         // The largest accepted values load.
         Config::load(None, env(&[("HERALD_DEFAULT_APP_CACHE_TTL", "31536000")])).unwrap();
     }
