@@ -244,3 +244,84 @@ test('HARD-8 with few file descriptors, WebSockets stop below the limit and heal
     proc.kill('SIGKILL');
   }
 });
+
+/** Sends a request head announcing `length` body bytes, then `sent` bytes of it, and holds back the rest. */
+function stalledPost(port, target, length, sent = 0) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    let reply = '';
+    const s = net.connect(port, '127.0.0.1', () => {
+      s.write(`POST ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${length}\r\n\r\n`);
+      if (sent > 0) s.write(Buffer.alloc(sent, 0x20));
+    });
+    s.setEncoding('latin1');
+    s.on('data', (d) => {
+      reply += d;
+      const m = /^HTTP\/1\.1 (\d{3})/.exec(reply);
+      if (m && reply.includes('\r\n\r\n')) {
+        resolve({ status: Number(m[1]), ms: Date.now() - t0, reply, socket: s });
+      }
+    });
+    s.on('error', () => {});
+    s.on('close', () => resolve({ status: 0, ms: Date.now() - t0, reply, socket: s }));
+  });
+}
+
+function rssKb(pid) {
+  const m = /VmRSS:\s+(\d+) kB/.exec(require('node:fs').readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m[1]);
+}
+
+test('HARD-1 unsigned or unknown-app requests are refused before their body is read; memory stays flat', T, async () => {
+  const { buildSignedRequest } = require('../lib/sign');
+  const server = await ops.startOps({});
+  const replies = [];
+  try {
+    const before = rssKb(server.proc.pid);
+    // 200 unsigned 1 MiB uploads holding back all but 64 KiB, and 50 to an unknown app.
+    const unsigned = [];
+    for (let i = 0; i < 200; i++) unsigned.push(stalledPost(server.port, '/apps/app-id/events', 1 << 20, 65536));
+    for (let i = 0; i < 50; i++) unsigned.push(stalledPost(server.port, '/apps/nope/events', 1 << 20, 65536));
+    // A signed head whose digest says there is a body: the signature is checked before it.
+    const bad = buildSignedRequest({ app: { id: 'app-id', key: 'app-key', secret: 'wrong' }, method: 'POST', path: '/apps/app-id/events', body: 'x'.repeat(1000) });
+    unsigned.push(stalledPost(server.port, `/apps/app-id/events?${bad.query}`, 1 << 20, 0));
+    const got = await withTimeout(Promise.all(unsigned), 20000, 'answers to the stalled uploads');
+    replies.push(...got);
+    const counts = {};
+    for (const r of got) counts[r.status] = (counts[r.status] || 0) + 1;
+    assert.deepEqual(counts, { 401: 201, 404: 50 }, JSON.stringify(counts));
+    assert.match(got[0].reply, /Missing parameter: auth_key/);
+    assert.match(got[200].reply, /Unknown app id nope/);
+    assert.match(got[250].reply, /Invalid signature/);
+    const after = rssKb(server.proc.pid);
+    // Had the bodies been buffered, 251 x 64 KiB (16 MiB) would show; allow 8 MiB of noise.
+    assert.ok(after - before < 8192, `RSS grew from ${before} to ${after} kB`);
+  } finally {
+    for (const r of replies) r.socket.destroy();
+    server.stop();
+  }
+});
+
+test('HARD-1 a signed request whose body stalls is answered 408 at the 10 s body deadline; an announced body over the limit is 413 at once', { timeout: 60000 }, async () => {
+  const { buildSignedRequest } = require('../lib/sign');
+  const server = await ops.startOps({});
+  const sockets = [];
+  try {
+    const body = JSON.stringify({ name: 'e', channel: 'hard1', data: 'x'.repeat(2000) });
+    const req = buildSignedRequest({ app: { id: 'app-id', key: 'app-key', secret: 'app-secret' }, method: 'POST', path: '/apps/app-id/events', body });
+    const slow = await stalledPost(server.port, `/apps/app-id/events?${req.query}`, Buffer.byteLength(body), 100);
+    sockets.push(slow.socket);
+    assert.equal(slow.status, 408, slow.reply);
+    assert.match(slow.reply, /Request body not received within 10 s/);
+    assert.ok(slow.ms >= 9900 && slow.ms <= 10500, `answered after ${slow.ms} ms (deadline 10,000)`);
+    const big = buildSignedRequest({ app: { id: 'app-id', key: 'app-key', secret: 'app-secret' }, method: 'POST', path: '/apps/app-id/events', body: 'x'.repeat(10), bodyMd5: 'f'.repeat(32) });
+    const huge = await stalledPost(server.port, `/apps/app-id/events?${big.query}`, (1 << 20) + 1, 0);
+    sockets.push(huge.socket);
+    assert.equal(huge.status, 413, huge.reply);
+    assert.ok(huge.ms < 2000, `413 after ${huge.ms} ms`);
+    assert.match(huge.reply, /Request body too large: the limit is 1048576 bytes/);
+  } finally {
+    for (const s of sockets) s.destroy();
+    server.stop();
+  }
+});

@@ -2,7 +2,7 @@
 //! the extractor that does what every route shares (refusal while draining, the body limit,
 //! authentication, the per-app rate limit, metrics), and calls the [`Executor`].
 
-use super::auth::{self, AppRef, SignedRequest};
+use super::auth::{self, AppRef};
 use super::error::{json, HttpError};
 use super::ApiState;
 use crate::drain;
@@ -120,24 +120,25 @@ impl FromRequest<Arc<ApiState>> for Signed {
             AppRef::Id(id) if s.executor.engine().apps().by_id(id).is_some() => id.to_owned(),
             _ => String::new(),
         };
-        let limit = s.max_request_body_bytes;
-        let Ok(body) = axum::body::to_bytes(body, limit).await else {
-            return Err(refuse(
-                &known(app_ref),
-                ApiError::new(413, "Request body too large"),
-            ));
+        // The head is checked first: an unknown app, a bad signature or an exhausted rate is
+        // refused without the body ever being read (its digest is in the signed query).
+        let content_length = parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let (app, query) = match auth::authenticate_head(
+            s.executor.engine(),
+            app_ref,
+            parts.method.as_str(),
+            parts.uri.path(),
+            parts.uri.query().unwrap_or(""),
+            content_length,
+            now_unix(),
+        ) {
+            Ok(v) => v,
+            Err(e) => return Err(refuse(&known(app_ref), e)),
         };
-        let signed = SignedRequest {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            raw_query: parts.uri.query().unwrap_or(""),
-            body: &body,
-        };
-        let (app, query) =
-            match auth::authenticate(s.executor.engine(), app_ref, &signed, now_unix()) {
-                Ok(v) => v,
-                Err(e) => return Err(refuse(&known(app_ref), e)),
-            };
         if !s.api_allowed(&app) {
             s.metrics.rejected(&app.id, "api_requests_per_second");
             return Err(refuse(
@@ -150,6 +151,13 @@ impl FromRequest<Arc<ApiState>> for Signed {
                     ),
                 ),
             ));
+        }
+        let body = match s.read_body(body, content_length).await {
+            Ok(b) => b,
+            Err(e) => return Err(refuse(&app.id, e)),
+        };
+        if let Err(e) = auth::check_body(&query, &body) {
+            return Err(refuse(&app.id, e));
         }
         Ok(Signed {
             app,

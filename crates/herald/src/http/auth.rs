@@ -26,14 +26,41 @@ pub enum AppRef<'a> {
     ByAuthKey,
 }
 
-/// Verifies a signed API request and returns its app plus the decoded query.
+/// Verifies a signed API request and returns its app plus the decoded query: the head first
+/// ([`authenticate_head`]), then the body against its `body_md5` ([`check_body`]).
 pub fn authenticate(
     engine: &Engine,
     app_ref: AppRef<'_>,
     req: &SignedRequest<'_>,
     now_unix: i64,
 ) -> Result<(Arc<App>, sign::QueryPairs), ApiError> {
-    let pairs = sign::decode_query(req.raw_query);
+    let (app, pairs) = authenticate_head(
+        engine,
+        app_ref,
+        req.method,
+        req.path,
+        req.raw_query,
+        Some(req.body.len() as u64),
+        now_unix,
+    )?;
+    check_body(&pairs, req.body)?;
+    Ok((app, pairs))
+}
+
+/// Verifies everything a request's head carries: the app, key, version, timestamp and the
+/// signature (which covers `body_md5`, so the body's digest is fixed before the body is read).
+/// A request is refused here without its body ever being read or buffered. `content_length`
+/// is the announced body size, when known: a body without `body_md5` is refused up front too.
+pub fn authenticate_head(
+    engine: &Engine,
+    app_ref: AppRef<'_>,
+    method: &str,
+    path: &str,
+    raw_query: &str,
+    content_length: Option<u64>,
+    now_unix: i64,
+) -> Result<(Arc<App>, sign::QueryPairs), ApiError> {
+    let pairs = sign::decode_query(raw_query);
     let param = |k: &str| sign::query_param(&pairs, k);
     let unauthorized = |m: String| ApiError::new(401, m);
 
@@ -75,33 +102,18 @@ pub fn authenticate(
             time::iso8601(now_unix)
         )));
     }
-    match param("body_md5") {
-        None if !req.body.is_empty() => {
-            return Err(unauthorized("Missing parameter: body_md5".into()));
-        }
-        None => {}
-        Some(given) => {
-            let actual = if req.body.is_empty() {
-                EMPTY_MD5.to_owned()
-            } else {
-                sign::md5_hex(req.body)
-            };
-            if !given.eq_ignore_ascii_case(&actual) {
-                return Err(unauthorized(format!(
-                    "Invalid body_md5: the MD5 of the body is {actual}, but body_md5 is {given}"
-                )));
-            }
-        }
+    if param("body_md5").is_none() && content_length.is_some_and(|n| n > 0) {
+        return Err(unauthorized("Missing parameter: body_md5".into()));
     }
     let given = param("auth_signature")
         .ok_or_else(|| unauthorized("Missing parameter: auth_signature".into()))?;
     let given_lc = given.to_ascii_lowercase();
-    let to_sign = sign::request_string_to_sign(req.method, req.path, &pairs);
+    let to_sign = sign::request_string_to_sign(method, path, &pairs);
     let mut ok = sign::ct_eq(&sign::hmac_hex(&app.secret, to_sign.as_bytes()), &given_lc);
-    if !ok && req.path.contains('%') {
+    if !ok && path.contains('%') {
         // SDKs sign unencoded paths; an HTTP stack may have escaped it on the way.
-        let decoded = sign::percent_decode(req.path, false);
-        let alt = sign::request_string_to_sign(req.method, &decoded, &pairs);
+        let decoded = sign::percent_decode(path, false);
+        let alt = sign::request_string_to_sign(method, &decoded, &pairs);
         ok = sign::ct_eq(&sign::hmac_hex(&app.secret, alt.as_bytes()), &given_lc);
     }
     if !ok {
@@ -114,6 +126,29 @@ pub fn authenticate(
         return Err(ApiError::new(403, "Application disabled"));
     }
     Ok((app, pairs))
+}
+
+/// Checks a body read after [`authenticate_head`] against the signed `body_md5`.
+pub fn check_body(pairs: &sign::QueryPairs, body: &[u8]) -> Result<(), ApiError> {
+    let unauthorized = |m: String| ApiError::new(401, m);
+    match sign::query_param(pairs, "body_md5") {
+        None if !body.is_empty() => Err(unauthorized("Missing parameter: body_md5".into())),
+        None => Ok(()),
+        Some(given) => {
+            let actual = if body.is_empty() {
+                EMPTY_MD5.to_owned()
+            } else {
+                sign::md5_hex(body)
+            };
+            if given.eq_ignore_ascii_case(&actual) {
+                Ok(())
+            } else {
+                Err(unauthorized(format!(
+                    "Invalid body_md5: the MD5 of the body is {actual}, but body_md5 is {given}"
+                )))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

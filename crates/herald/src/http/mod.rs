@@ -44,7 +44,16 @@ pub struct ApiState {
     pub path_prefix: String,
     /// HTTP API token buckets per app.
     buckets: Mutex<HashMap<String, TokenBucket>>,
+    /// Memory for request bodies being read, server-wide, in KiB.
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
+
+/// A request body must arrive within this long of its head.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a request waits for body memory when many bodies are being read at once.
+const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Request bodies of the largest allowed size that may be read at once, server-wide.
+const BODIES_IN_FLIGHT: usize = 64;
 
 impl ApiState {
     #[allow(clippy::too_many_arguments)]
@@ -68,6 +77,59 @@ impl ApiState {
             max_request_body_bytes,
             path_prefix,
             buckets: Mutex::new(HashMap::new()),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                (BODIES_IN_FLIGHT * max_request_body_bytes.div_ceil(1024)).max(BODIES_IN_FLIGHT),
+            )),
+        }
+    }
+
+    /// Reads an authenticated request's body: within the size limit (413, at once when the
+    /// announced length is over it), within [`BODY_TIMEOUT`] (408), and within the server-wide
+    /// memory budget for bodies being read (503 when it stays exhausted), so that slow or
+    /// stalled uploads can neither hold a connection forever nor add up to unbounded memory.
+    pub async fn read_body(
+        &self,
+        body: axum::body::Body,
+        content_length: Option<u64>,
+    ) -> Result<bytes::Bytes, ApiError> {
+        let limit = self.max_request_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                413,
+                format!("Request body too large: the limit is {limit} bytes"),
+            )
+        };
+        if content_length.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let expected = content_length.map_or(limit, |n| n as usize);
+        let kib = u32::try_from(expected.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let permit = tokio::time::timeout(
+            BODY_BUDGET_WAIT,
+            self.body_budget.clone().acquire_many_owned(kib),
+        )
+        .await;
+        let Ok(Ok(_permit)) = permit else {
+            return Err(ApiError::new(
+                503,
+                "Server busy: too many request bodies are being received; retry shortly",
+            ));
+        };
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+            Err(_) => Err(ApiError::new(
+                408,
+                format!(
+                    "Request body not received within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )),
+            // The limit is the usual reason; otherwise the client went away mid-body.
+            Ok(Err(e)) if e.to_string().contains("length limit") => Err(too_large()),
+            Ok(Err(e)) => Err(ApiError::new(
+                400,
+                format!("Request body could not be read: {e}"),
+            )),
+            Ok(Ok(b)) => Ok(b),
         }
     }
 
