@@ -93,12 +93,8 @@ impl ApiState {
         content_length: Option<u64>,
     ) -> Result<bytes::Bytes, ApiError> {
         let limit = self.max_request_body_bytes;
-        let too_large = || {
-            ApiError::new(
-                413,
-                format!("Request body too large: the limit is {limit} bytes"),
-            )
-        };
+        // The spec's exact wording (http §3.4); the limit is in the README.
+        let too_large = || ApiError::new(413, "Request body too large");
         if content_length.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
