@@ -247,7 +247,10 @@ pub async fn run_with(
     if let Some(path) = options.config_path {
         background.push(tokio::spawn(reload_on_sighup(node.store.clone(), path)));
     }
-    background.push(tokio::spawn(follow_apps(node.engine.clone())));
+    background.push(tokio::spawn(follow_apps(
+        node.engine.clone(),
+        node.store.changed.clone(),
+    )));
     let stop_accepting = CancellationToken::new();
     if let Some(ml) = options.metrics_listener {
         let app = node.metrics_router();
@@ -296,12 +299,16 @@ pub async fn run_with(
     }
 }
 
-/// Every second: open connections follow their app's settings as the store has them now, and
-/// those of apps that a reload or the SQL store disabled (4003) or removed (4001) are closed.
-async fn follow_apps(engine: Engine) {
+/// As soon as the store reports a change (and every second besides): open connections follow
+/// their app's settings as the store has them now, and those of apps that a reload or the SQL
+/// store disabled (4003) or removed (4001) are closed.
+async fn follow_apps(engine: Engine, changed: Arc<tokio::sync::Notify>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = changed.notified() => {}
+        }
         for (app, code, n) in engine.follow_apps() {
             tracing::info!(app = %app, connections = n, code = code.code, "closing connections of an app that is no longer served");
         }
@@ -330,7 +337,10 @@ async fn reload_on_sighup(store: OpenedStore, path: std::path::PathBuf) {
                 })
                 .and_then(|c| target.replace(c.apps.clone()).map(|()| c.apps.len()));
             match result {
-                Ok(n) => tracing::info!(apps = n, "configuration reloaded"),
+                Ok(n) => {
+                    store.changed.notify_one();
+                    tracing::info!(apps = n, "configuration reloaded");
+                }
                 Err(e) => tracing::error!(error = %e, "reload rejected; keeping the current apps"),
             }
         }
