@@ -274,21 +274,27 @@ pub async fn run_with(
     shutdown.await;
     let cfg = &node.config.server;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
+    // The port stays open while connections drain: new API requests get a 503 that says why,
+    // upgrades a refusal, and `/readyz` its 503, rather than a closed port.
     node.drain.begin();
-    stop_accepting.cancel();
     node.console.close();
     // API requests already inside finish (and queue their events) before any connection closes.
     let settle = tokio::time::Instant::now() + Duration::from_secs(2);
     while node.drain.requests_in_flight() > 0 && tokio::time::Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    drain(&node.engine, Duration::from_millis(cfg.drain_window_ms)).await;
+    // The deadline bounds the whole shutdown: a drain window longer than what is left of it is
+    // shortened, so that every connection is still asked to close before the exit.
+    let window = Duration::from_millis(cfg.drain_window_ms)
+        .min(deadline.saturating_duration_since(tokio::time::Instant::now()) / 2);
+    drain(&node.engine, window).await;
     if tokio::time::timeout_at(deadline, node.drain.sessions_done())
         .await
         .is_err()
     {
         tracing::warn!("shutdown deadline reached before every connection finished closing");
     }
+    stop_accepting.cancel();
     node.webhooks.shutdown(deadline).await;
     for task in background {
         task.abort();
