@@ -55,6 +55,13 @@ impl Frame {
         &self.wire
     }
 
+    /// Whether this is the tail of a frame whose start a direct write already sent: the
+    /// connection task must finish it before any other bytes, a close included.
+    pub fn is_rest(&self) -> bool {
+        // A whole frame's JSON starts after its header; only `rest` sets 0.
+        self.json_at == 0
+    }
+
     /// The unwritten tail of a frame a direct write cut short.
     fn rest(&self, written: usize) -> Self {
         Self {
@@ -439,7 +446,9 @@ mod tests {
         let p = c.take();
         assert_eq!(p.frames.len(), 3);
         assert_eq!(p.frames[0].wire().len(), 3, "the unwritten tail");
+        assert!(p.frames[0].is_rest(), "the tail is marked as begun");
         assert_eq!(p.frames[1].json(), b"ef");
+        assert!(!p.frames[1].is_rest());
         assert!(c.send(&Frame::from("ij")));
         assert_eq!(
             c.take().frames.len(),

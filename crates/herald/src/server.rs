@@ -247,7 +247,10 @@ pub async fn run_with(
     if let Some(path) = options.config_path {
         background.push(tokio::spawn(reload_on_sighup(node.store.clone(), path)));
     }
-    background.push(tokio::spawn(follow_apps(node.engine.clone())));
+    background.push(tokio::spawn(follow_apps(
+        node.engine.clone(),
+        node.store.changed.clone(),
+    )));
     let stop_accepting = CancellationToken::new();
     if let Some(ml) = options.metrics_listener {
         // Health must answer during the drain: this listener stops with the process.
@@ -275,21 +278,27 @@ pub async fn run_with(
     shutdown.await;
     let cfg = &node.config.server;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms);
+    // The port stays open while connections drain: new API requests get a 503 that says why,
+    // upgrades a refusal, and `/readyz` its 503, rather than a closed port.
     node.drain.begin();
-    stop_accepting.cancel();
     node.console.close();
     // API requests already inside finish (and queue their events) before any connection closes.
     let settle = tokio::time::Instant::now() + Duration::from_secs(2);
     while node.drain.requests_in_flight() > 0 && tokio::time::Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    drain(&node.engine, Duration::from_millis(cfg.drain_window_ms)).await;
+    // The deadline bounds the whole shutdown: a drain window longer than what is left of it is
+    // shortened, so that every connection is still asked to close before the exit.
+    let window = Duration::from_millis(cfg.drain_window_ms)
+        .min(deadline.saturating_duration_since(tokio::time::Instant::now()) / 2);
+    drain(&node.engine, window).await;
     if tokio::time::timeout_at(deadline, node.drain.sessions_done())
         .await
         .is_err()
     {
         tracing::warn!("shutdown deadline reached before every connection finished closing");
     }
+    stop_accepting.cancel();
     node.webhooks.shutdown(deadline).await;
     for task in background {
         task.abort();
@@ -300,12 +309,16 @@ pub async fn run_with(
     }
 }
 
-/// Every second: open connections follow their app's settings as the store has them now, and
-/// those of apps that a reload or the SQL store disabled (4003) or removed (4001) are closed.
-async fn follow_apps(engine: Engine) {
+/// As soon as the store reports a change (and every second besides): open connections follow
+/// their app's settings as the store has them now, and those of apps that a reload or the SQL
+/// store disabled (4003) or removed (4001) are closed.
+async fn follow_apps(engine: Engine, changed: Arc<tokio::sync::Notify>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = changed.notified() => {}
+        }
         for (app, code, n) in engine.follow_apps() {
             tracing::info!(app = %app, connections = n, code = code.code, "closing connections of an app that is no longer served");
         }
@@ -334,7 +347,10 @@ async fn reload_on_sighup(store: OpenedStore, path: std::path::PathBuf) {
                 })
                 .and_then(|c| target.replace(c.apps.clone()).map(|()| c.apps.len()));
             match result {
-                Ok(n) => tracing::info!(apps = n, "configuration reloaded"),
+                Ok(n) => {
+                    store.changed.notify_one();
+                    tracing::info!(apps = n, "configuration reloaded");
+                }
                 Err(e) => tracing::error!(error = %e, "reload rejected; keeping the current apps"),
             }
         }

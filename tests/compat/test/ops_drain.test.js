@@ -148,3 +148,96 @@ test('OPS-DRAIN-2 SIGINT drains like SIGTERM and readiness answers 503 meanwhile
   const bad = clients.map((c, i) => [i, checkDrained(c, channel, [])]).filter(([, p]) => p.length);
   assert.deepEqual(bad.slice(0, 5), [], `${bad.length} clients not drained with 4200`);
 });
+
+test('OPS-DRAIN-3 during the drain, signed API requests (pusher SDK) get 503 with a reason, /readyz 503 on both ports, upgrades are refused', { timeout: 60000 }, async (t) => {
+  const WINDOW = 3000;
+  const server = await ops.startOps({ env: { HERALD_SERVER_DRAIN_WINDOW_MS: String(WINDOW), HERALD_SERVER_SHUTDOWN_TIMEOUT_MS: '15000' } });
+  const pool = new h.Pool(server);
+  t.after(() => {
+    pool.closeAll();
+    server.stop();
+  });
+  const channel = h.uid('ops-503-');
+  // enough connections that the paced drain takes the whole window
+  const clients = await connectMany(pool, server, 200, channel, 100);
+  const api = h.sdk(server);
+  const ok = await h.sdkCall(() => api.trigger(channel, 'before', {}));
+  assert.equal(ok.status, 200, ok.text);
+
+  server.kill('SIGTERM');
+  await h.waitFor(
+    async () => (await ops.httpGet(`${server.metricsBase}/readyz`)).status === 503,
+    2000,
+    '/readyz 503 on the metrics port after SIGTERM',
+  );
+  const REFUSED = { status: 503, text: 'Server is shutting down: retry on another node\n' };
+  /** An SDK call's {status, text}; a request that got no answer at all shows as status 0. */
+  const call = async (fn) => {
+    try {
+      const r = await h.sdkCall(fn);
+      return { status: r.status, text: r.text };
+    } catch (e) {
+      return { status: 0, text: `no answer: ${(e.error && (e.error.code || e.error.message)) || e.message}` };
+    }
+  };
+  const calls = {
+    trigger: await call(() => api.trigger(channel, 'during', { n: 1 })),
+    triggerBatch: await call(() => api.triggerBatch([{ channel, name: 'during', data: '{}' }])),
+    channels: await call(() => api.get({ path: '/channels' })),
+  };
+  const readyz = { server: await ops.httpGet(`${server.httpBase}/readyz`), metrics: await ops.httpGet(`${server.metricsBase}/readyz`) };
+  const upgrade = pool.rawOpen({ server });
+  await upgrade.waitClose(3000);
+  const stillOpen = clients.filter((c) => !c.closed).length;
+
+  assert.deepEqual(calls, { trigger: REFUSED, triggerBatch: REFUSED, channels: REFUSED });
+  assert.deepEqual(readyz, { server: { status: 503, text: 'draining\n' }, metrics: { status: 503, text: 'draining\n' } });
+  assert.deepEqual(upgrade.unexpectedResponse, { status: 503, body: 'Server is shutting down: retry on another node\n' }, 'a new WebSocket is refused, not opened');
+  assert.equal(upgrade.frames.length, 0, 'no Pusher frame on a refused upgrade');
+  assert.ok(stillOpen > 0, `the answers above came while the drain was still closing connections (${stillOpen} of 200 open)`);
+
+  const exit = await server.waitExit(20000);
+  assert.equal(exit.code, 0, JSON.stringify(exit));
+  await Promise.all(clients.map((c) => c.waitClose(5000)));
+  const bad = clients.map((c, i) => [i, checkDrained(c, channel, [])]).filter(([, p]) => p.length);
+  assert.deepEqual(bad.slice(0, 5), [], `${bad.length} clients not drained with 4200`);
+  // nothing published during the drain reached a client
+  assert.deepEqual(clients.flatMap((c) => c.frames.filter((f) => f.json && f.json.event === 'during')), []);
+});
+
+test('OPS-DRAIN-4 the shutdown deadline bounds the whole shutdown: exit within shutdown_timeout_ms + 500 ms of SIGTERM, even with a longer drain window and a webhook receiver that hangs', { timeout: 60000 }, async (t) => {
+  const DEADLINE = 2000;
+  const { WebhookReceiver } = require('../lib/webhook_receiver');
+  const recv = new WebhookReceiver({ respond: () => 'hang' });
+  await recv.start();
+  const server = await ops.startOps({
+    env: {
+      HERALD_SERVER_DRAIN_WINDOW_MS: '5000', // longer than the deadline
+      HERALD_SERVER_SHUTDOWN_TIMEOUT_MS: String(DEADLINE),
+      HERALD_WEBHOOKS_VACATE_DELAY_MS: '0',
+      HERALD_DEFAULT_APP_WEBHOOKS: JSON.stringify([{ url: recv.url('/hook'), event_types: ['channel_occupied', 'channel_vacated'] }]),
+    },
+  });
+  const pool = new h.Pool(server);
+  t.after(async () => {
+    pool.closeAll();
+    server.stop();
+    await recv.close();
+  });
+  const channel = h.uid('ops-deadline-');
+  const clients = await connectMany(pool, server, 200, channel, 100);
+  // the first webhook (channel_occupied) hangs at the receiver: pending at SIGTERM
+  await recv.waitRequests(() => true, { count: 1, ms: 5000, what: 'the hanging channel_occupied webhook' });
+
+  const t0 = Date.now();
+  server.kill('SIGTERM');
+  const exit = await server.waitExit(20000);
+  const ms = exit.at - t0;
+  assert.equal(exit.code, 0, JSON.stringify(exit));
+  assert.ok(ms <= DEADLINE + 500, `exited ${ms} ms after SIGTERM; the shutdown deadline is ${DEADLINE} ms (+500 ms margin)`);
+  // the drain was fitted into the deadline: every client still got its 4200 before the exit
+  await Promise.all(clients.map((c) => c.waitClose(5000)));
+  const bad = clients.map((c, i) => [i, checkDrained(c, channel, [])]).filter(([, p]) => p.length);
+  assert.deepEqual(bad.slice(0, 5), [], `${bad.length} clients not drained with 4200`);
+  assert.match(server.output(), /undelivered webhooks saved for the next start/, 'the hanging webhook was spooled at the deadline');
+});

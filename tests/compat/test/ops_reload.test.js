@@ -180,3 +180,65 @@ test('OPS-RELOAD-2 a reload applies changed app settings to open connections (no
   assert.equal(sender.connection.state, 'connected');
   assert.equal(receiver.connection.state, 'connected');
 });
+
+test('OPS-RELOAD-3 a reload that disables an app closes its open connections with 4003 at once; other apps stay', { timeout: 60000 }, async (t) => {
+  const D = { id: 'hup-d', key: 'hup-d-key', secret: 'hup-d-secret' };
+  const DISABLED = { code: 4003, message: 'Application disabled' };
+  // A reload is applied to open connections when it is: within this margin of the SIGHUP.
+  const BOUND_MS = 500;
+  const configFile = ops.tmpPath('reload-disable', '.toml');
+  const server = await ops.startOps({ config: { apps: [A, D] }, configFile });
+  const pool = new h.Pool(server);
+  t.after(() => {
+    pool.closeAll();
+    server.stop();
+    fs.rmSync(configFile, { force: true });
+  });
+  const a = await pool.pusher({ server, app: A });
+  const aSocket = a.connection.socket_id;
+  const delays = [];
+  for (let round = 1; round <= 3; round++) {
+    const raws = await Promise.all([pool.raw({ server, key: D.key }), pool.raw({ server, key: D.key })]);
+    const js = await connectWithRetry(pool, server, D, 5000);
+    const jsErrors = [];
+    js.connection.bind('error', (e) => jsErrors.push(e && e.error ? e.error : e));
+    const jsLeft = new Promise((resolve) =>
+      js.connection.bind('state_change', ({ current }) => {
+        if (current !== 'connected') resolve({ current, at: Date.now() });
+      }),
+    );
+
+    ops.writeConfig(configFile, { apps: [A, { ...D, enabled: false }] });
+    const mark = server.output().length;
+    const sentAt = Date.now();
+    server.kill('SIGHUP');
+    await server.waitOutput(/configuration reloaded/, 3000, mark);
+    const problems = [];
+    for (const c of raws) {
+      const closed = await c.waitClose(3000);
+      const last = c.frames[c.frames.length - 1];
+      if (!last || !last.json || last.json.event !== 'pusher:error' || JSON.stringify(last.json.data) !== JSON.stringify(DISABLED)) {
+        problems.push(`raw: last frame ${last ? last.text : '(none)'}`);
+      }
+      if (closed.code !== DISABLED.code || closed.reason !== DISABLED.message) problems.push(`raw: close ${JSON.stringify(closed)}`);
+      delays.push(closed.at - sentAt);
+      if (closed.at - sentAt > BOUND_MS) problems.push(`raw: closed ${closed.at - sentAt} ms after SIGHUP`);
+    }
+    // pusher-js sees the same 4003 and leaves the connected state
+    const left = await h.withTimeout(jsLeft, 3000, 'pusher-js leaving connected');
+    if (left.at - sentAt > BOUND_MS) problems.push(`pusher-js: left connected ${left.at - sentAt} ms after SIGHUP`);
+    if (!jsErrors.some((e) => e && e.data && e.data.code === DISABLED.code)) problems.push(`pusher-js errors ${JSON.stringify(jsErrors)}`);
+    js.disconnect();
+    assert.deepEqual(problems, [], `round ${round}: delays ${JSON.stringify(delays)}`);
+    assert.equal(a.connection.state, 'connected', "the other app's connection stays");
+    assert.equal(a.connection.socket_id, aSocket);
+
+    // enabled again: new connections of D are accepted
+    ops.writeConfig(configFile, { apps: [A, D] });
+    const m2 = server.output().length;
+    server.kill('SIGHUP');
+    await server.waitOutput(/configuration reloaded/, 3000, m2);
+  }
+  await roundTrip(server, a, A, 'after-disable');
+  t.diagnostic(`4003 closes after SIGHUP: ${delays.join(', ')} ms`);
+});

@@ -100,7 +100,7 @@ test('HOOK-DELIVERY-1 a restart with pending webhooks loses none: spooled at SIG
 
   const tTerm = Date.now();
   const exit = await s1.terminate(15000);
-  assert.ok(exit.ms < 2000 + 100 + 2000, `exited within the shutdown deadline (took ${exit.ms} ms, ${JSON.stringify(exit)})`);
+  assert.ok(exit.ms <= 2000 + 500, `exited within the 2,000 ms shutdown deadline + 500 ms, counted from SIGTERM (took ${exit.ms} ms, ${JSON.stringify(exit)})`);
   assert.equal(exit.code, 0, `clean exit: ${JSON.stringify(exit)}\n${s1.output().slice(-3000)}`);
   assert.ok(fs.existsSync(fx.spool), `spool file written at ${fx.spool}\n${s1.output().slice(-3000)}`);
   assert.ok(recv.requests.every((r) => r.status === 500));

@@ -237,7 +237,10 @@ pub async fn run(ctx: &Ctx, a: &ChurnArgs) -> Report {
         r.failures.push("no cycle completed".into());
     }
     r.fail_if(failed, "cycles failed");
-    r.fail_if(close_failed, "closes without a completed handshake");
+    r.fail_if(
+        close_failed,
+        "closes not clean (failed, timed out or followed by frames; see errors)",
+    );
     r.fail_if(stuck, "workers that did not stop");
     r
 }

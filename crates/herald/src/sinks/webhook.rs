@@ -150,13 +150,66 @@ struct Inner {
     stopping: CancellationToken,
     /// Cancelled at the shutdown deadline: workers stop and spool what is left.
     deadline: CancellationToken,
-    spool: Mutex<Vec<Delivery>>,
+    spool: Mutex<Vec<Arc<Delivery>>>,
 }
 
 /// A FIFO of deliveries for one (app, url) and the task that sends them.
 struct Worker {
-    queue: Mutex<VecDeque<Delivery>>,
+    queue: Mutex<Pending>,
     notify: Notify,
+}
+
+/// One target's pending webhooks, oldest first: at most `capacity` (`webhooks.queue_capacity`),
+/// the one being sent included, since it stays at the front until it is delivered, given up
+/// or spooled.
+#[derive(Debug)]
+struct Pending {
+    items: VecDeque<Arc<Delivery>>,
+    capacity: usize,
+}
+
+impl Pending {
+    fn new(capacity: usize) -> Self {
+        Self {
+            items: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Queues `d` behind the others, or hands it back when the queue is full.
+    fn offer(&mut self, d: Arc<Delivery>) -> Result<(), Arc<Delivery>> {
+        if self.items.len() >= self.capacity {
+            return Err(d);
+        }
+        self.items.push_back(d);
+        Ok(())
+    }
+
+    /// The oldest webhook, to send; it stays pending until `done`.
+    fn front(&self) -> Option<Arc<Delivery>> {
+        self.items.front().cloned()
+    }
+
+    /// The oldest webhook was delivered or given up.
+    fn done(&mut self) {
+        self.items.pop_front();
+    }
+
+    /// Everything pending, oldest first (for the spool).
+    fn take_all(&mut self) -> impl Iterator<Item = Arc<Delivery>> + '_ {
+        self.items.drain(..)
+    }
+}
+
+/// The wait before the attempt that follows `failures` failed ones: 1 s, doubling, at most 60 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
+}
+
+/// Whether an attempt made after waiting `wait` from `now_ms` still starts inside the retry
+/// window that ends at `window_end_ms` (receivers reject stale bodies).
+fn retry_fits(now_ms: u64, wait: Duration, window_end_ms: u64) -> bool {
+    now_ms + wait.as_millis() as u64 <= window_end_ms
 }
 
 /// Handle to the webhook machinery; also the engine's lifecycle sink.
@@ -407,7 +460,7 @@ impl Webhooks {
                 w.clone()
             } else {
                 let worker = Arc::new(Worker {
-                    queue: Mutex::new(VecDeque::new()),
+                    queue: Mutex::new(Pending::new(self.inner.settings.queue_capacity)),
                     notify: Notify::new(),
                 });
                 w.insert(key, worker.clone());
@@ -417,14 +470,11 @@ impl Webhooks {
                 worker
             }
         };
-        {
-            let mut q = worker.queue.lock();
-            if q.len() >= self.inner.settings.queue_capacity.max(1) {
-                self.inner.outcome(&d.app_id, Outcome::Dropped, 1);
-                tracing::warn!(app = %d.app_id, url = %d.url, "webhook queue full: dropping a webhook");
-                return;
-            }
-            q.push_back(d);
+        let offered = worker.queue.lock().offer(Arc::new(d));
+        if let Err(d) = offered {
+            self.inner.outcome(&d.app_id, Outcome::Dropped, 1);
+            tracing::warn!(app = %d.app_id, url = %d.url, capacity = self.inner.settings.queue_capacity, "webhook queue full: dropping a webhook");
+            return;
         }
         worker.notify.notify_one();
     }
@@ -432,7 +482,7 @@ impl Webhooks {
     /// Delivers one target's queue in order; at the deadline, spools what is left.
     async fn work(self, w: Arc<Worker>) {
         loop {
-            let next = w.queue.lock().pop_front();
+            let next = w.queue.lock().front();
             let Some(d) = next else {
                 if self.inner.stopping.is_cancelled() && self.inner.dispatchers_done() {
                     return;
@@ -444,11 +494,10 @@ impl Webhooks {
                 }
             };
             tokio::select! {
-                () = self.deliver(&d) => {}
+                () = self.deliver(&d) => w.queue.lock().done(),
                 () = self.inner.deadline.cancelled() => {
-                    let mut spool = self.inner.spool.lock();
-                    spool.push(d);
-                    spool.extend(w.queue.lock().drain(..));
+                    // `d` is still at the front: spooled with the rest, in order.
+                    self.inner.spool.lock().extend(w.queue.lock().take_all());
                     return;
                 }
             }
@@ -458,7 +507,7 @@ impl Webhooks {
     /// Sends `d` until a 2xx, or gives up at the end of the retry window.
     async fn deliver(&self, d: &Delivery) {
         let window_end = d.created_ms + self.inner.settings.retry_window_secs * 1000;
-        let mut wait = Duration::from_secs(1);
+        let mut failures = 0;
         loop {
             if now_ms() > window_end {
                 // Receivers reject stale bodies (pusher-http-python: older than 5 minutes).
@@ -512,7 +561,9 @@ impl Webhooks {
                     return;
                 }
                 Err(reason) => {
-                    if now_ms() + wait.as_millis() as u64 > window_end {
+                    let wait = backoff(failures);
+                    failures += 1;
+                    if !retry_fits(now_ms(), wait, window_end) {
                         self.inner.outcome(&d.app_id, Outcome::Failed, 1);
                         tracing::warn!(app = %d.app_id, url = %d.url, %reason, "webhook failed; retry window over, giving up");
                         return;
@@ -520,7 +571,6 @@ impl Webhooks {
                     self.inner.outcome(&d.app_id, Outcome::Retried, 1);
                     tracing::info!(app = %d.app_id, url = %d.url, %reason, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed");
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(60));
                 }
             }
         }
@@ -542,7 +592,7 @@ impl Webhooks {
         // Workers that never started on their queue leave it there.
         let mut left = left;
         for w in self.inner.workers.lock().values() {
-            left.extend(w.queue.lock().drain(..));
+            left.extend(w.queue.lock().take_all());
         }
         if left.is_empty() {
             return;
@@ -631,5 +681,149 @@ impl LifecycleSink for Webhooks {
             self.inner.outcome(&app.id, Outcome::Dropped, 1);
             tracing::warn!(app = %app.id, "webhook event queue full: dropping an event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::{StaticAppStore, WebhookFilter};
+
+    fn delivery(url: &str, n: usize) -> Delivery {
+        Delivery {
+            app_id: "app-id".into(),
+            url: url.into(),
+            key: "app-key".into(),
+            signature: String::new(),
+            body: n.to_string(),
+            headers: Vec::new(),
+            created_ms: now_ms(),
+            events: Vec::new(),
+        }
+    }
+
+    /// A delivery as a queue holds it.
+    fn queued(n: usize) -> Arc<Delivery> {
+        Arc::new(delivery("http://127.0.0.1:9/hook", n))
+    }
+
+    fn bodies(q: &mut Pending) -> Vec<String> {
+        q.take_all().map(|d| d.body.clone()).collect()
+    }
+
+    #[test]
+    fn a_queue_holds_its_capacity_in_order_the_webhook_being_sent_included() {
+        let mut q = Pending::new(3);
+        for n in 0..3 {
+            assert!(q.offer(queued(n)).is_ok());
+        }
+        assert_eq!(q.offer(queued(3)).unwrap_err().body, "3", "full");
+        // The oldest is being sent: it keeps its place until done.
+        assert_eq!(q.front().unwrap().body, "0");
+        assert_eq!(q.front().unwrap().body, "0");
+        assert!(q.offer(queued(4)).is_err());
+        q.done();
+        assert!(
+            q.offer(queued(5)).is_ok(),
+            "a delivered webhook frees its place"
+        );
+        assert_eq!(bodies(&mut q), ["1", "2", "5"]);
+        assert!(q.front().is_none());
+        let mut one = Pending::new(0);
+        assert!(one.offer(queued(0)).is_ok(), "a capacity of 0 holds one");
+        assert!(one.offer(queued(1)).is_err());
+    }
+
+    #[test]
+    fn retries_back_off_from_one_second_to_a_minute() {
+        let waits: Vec<u64> = (0..9).map(|f| backoff(f).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn no_attempt_starts_after_the_retry_window() {
+        assert!(retry_fits(8_000, Duration::from_secs(2), 10_000));
+        assert!(!retry_fits(8_001, Duration::from_secs(2), 10_000));
+    }
+
+    /// A webhook receiver that records each body when it arrives and answers 200 once `open`
+    /// is true (until then requests hang). Returns the target URL and the bodies.
+    async fn receiver(
+        open: tokio::sync::watch::Receiver<bool>,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let seen = got.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| {
+                let seen = seen.clone();
+                let mut open = open.clone();
+                async move {
+                    seen.lock().push(body);
+                    let _ = open.wait_for(|o| *o).await;
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, got)
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn overflow_is_counted_and_what_fits_is_delivered_in_order() {
+        let (gate, open) = tokio::sync::watch::channel(false);
+        let (url, got) = receiver(open).await;
+        let mut app = App::default_app();
+        app.webhooks = vec![WebhookTarget {
+            url: url.clone(),
+            event_types: vec!["channel_occupied".into()],
+            filter: WebhookFilter::default(),
+            headers: Default::default(),
+        }];
+        let apps = Arc::new(StaticAppStore::new(vec![app]).unwrap());
+        let settings = WebhookSettings {
+            queue_capacity: 3,
+            spool_file: String::new(),
+            ..WebhookSettings::default()
+        };
+        let hooks = Webhooks::new(settings, apps, Some(Arc::new(Metrics::new())), None);
+        let stats = hooks.stats().clone();
+        hooks.enqueue(delivery(&url, 0));
+        until("the first webhook to hang at the receiver", || {
+            got.lock().len() == 1
+        })
+        .await;
+        // One is being sent, so two more fit; the other seven overflow, each counted.
+        for n in 1..10 {
+            hooks.enqueue(delivery(&url, n));
+        }
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 7);
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 0);
+        gate.send_replace(true);
+        until("three deliveries", || {
+            stats.delivered.load(Ordering::Relaxed) == 3
+        })
+        .await;
+        assert_eq!(*got.lock(), ["0", "1", "2"], "the ones that fit, in order");
+        // Delivered webhooks free their places.
+        hooks.enqueue(delivery(&url, 10));
+        until("the next delivery", || {
+            stats.delivered.load(Ordering::Relaxed) == 4
+        })
+        .await;
+        assert_eq!(*got.lock(), ["0", "1", "2", "10"]);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 7);
+        assert_eq!(stats.retried.load(Ordering::Relaxed), 0);
     }
 }

@@ -17,6 +17,7 @@ use crate::config::{Config, StoreKind};
 pub use crate::redact::redact_url;
 use herald_core::{AppStore, StaticAppStore};
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// The opened store, with what reload and the CLI need.
 #[derive(Clone)]
@@ -24,6 +25,9 @@ pub struct OpenedStore {
     pub store: Arc<dyn AppStore>,
     /// Set for the `config` kind: the store that a reload replaces.
     pub reloadable: Option<Arc<StaticAppStore>>,
+    /// Notified when the apps changed (a reload, or a SQL refresh that found a change), so
+    /// open connections follow at once rather than at the next periodic check.
+    pub changed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for OpenedStore {
@@ -47,6 +51,7 @@ pub async fn open(config: &Config) -> Result<OpenedStore, String> {
             Ok(OpenedStore {
                 store: s.clone(),
                 reloadable: Some(s),
+                changed: Arc::default(),
             })
         }
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -87,12 +92,15 @@ pub async fn open(config: &Config) -> Result<OpenedStore, String> {
                 refresh_interval_ms = config.store.refresh_interval_ms,
                 "apps come from a SQL store"
             );
-            sql.spawn_refresh(Duration::from_millis(
-                config.store.refresh_interval_ms.max(1),
-            ));
+            let changed = Arc::new(Notify::new());
+            sql.spawn_refresh(
+                Duration::from_millis(config.store.refresh_interval_ms.max(1)),
+                changed.clone(),
+            );
             Ok(OpenedStore {
                 store: sql,
                 reloadable: None,
+                changed,
             })
         }
         #[allow(unreachable_patterns)]

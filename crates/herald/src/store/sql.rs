@@ -434,9 +434,14 @@ impl SqlAppStore {
         Ok(changed)
     }
 
-    /// Refreshes the cache every `interval` until the store is dropped. A failed refresh keeps
-    /// the apps the cache has and logs a warning (again every minute while it keeps failing).
-    pub fn spawn_refresh(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    /// Refreshes the cache every `interval` until the store is dropped, and notifies `changed`
+    /// when a refresh found a change. A failed refresh keeps the apps the cache has and logs a
+    /// warning (again every minute while it keeps failing).
+    pub fn spawn_refresh(
+        self: &Arc<Self>,
+        interval: Duration,
+        changed: Arc<tokio::sync::Notify>,
+    ) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -448,7 +453,7 @@ impl SqlAppStore {
                 tick.tick().await;
                 let Some(store) = weak.upgrade() else { return };
                 match store.refresh().await {
-                    Ok(changed) => {
+                    Ok(apps_changed) => {
                         if failures > 0 {
                             tracing::info!(
                                 failed_refreshes = failures,
@@ -457,7 +462,8 @@ impl SqlAppStore {
                         }
                         failures = 0;
                         last_warning = None;
-                        if changed {
+                        if apps_changed {
+                            changed.notify_one();
                             tracing::info!(
                                 apps = store.cache.all().len(),
                                 "apps changed in the store"

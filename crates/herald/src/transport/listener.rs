@@ -26,6 +26,9 @@ use tokio_util::task::TaskTracker;
 const MAX_HEAD: usize = 16 * 1024;
 /// A client has this long to send its first request head (and, with TLS, to finish the handshake).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The answer to an upgrade during the drain: a refused handshake sends clients to their
+/// reconnect back-off (as a closed port would), where a 4200 close would bring them straight back.
+const DRAINING_UPGRADE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 47\r\nConnection: close\r\n\r\nServer is shutting down: retry on another node\n";
 /// What the first request head asks for.
 enum Head {
     /// A WebSocket upgrade; `used` bytes of the buffer were the head.
@@ -114,7 +117,9 @@ struct Ctx {
 }
 
 /// Accepts until `stop`, then lets open HTTP connections finish their request in flight.
-/// WebSocket sessions are tracked by the `Drain` and closed by the drain.
+/// WebSocket sessions are tracked by the `Drain` and closed by the drain. While the drain runs
+/// (before `stop`), new requests are still answered: the API and `/readyz` with 503, upgrades
+/// with a refusal (`DRAINING_UPGRADE`).
 pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
     let Port {
         session,
@@ -212,6 +217,11 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx, held: Held) {
                 capacity,
                 ..
             } = ctx;
+            if session.drain.draining() {
+                let _ = io.write_all(DRAINING_UPGRADE).await;
+                let _ = io.shutdown().await;
+                return;
+            }
             if io
                 .write_all(&wsframe::switching_protocols(&accept))
                 .await
@@ -357,6 +367,27 @@ mod tests {
         assert_eq!(route("/other", ""), (None, None));
         assert_eq!(route("/ws/app/k", "/ws"), (Some("k".into()), None));
         assert_eq!(route("/app/k", "/ws"), (None, None));
+    }
+
+    #[test]
+    fn the_draining_refusal_is_a_whole_response() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut res = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head)) = res.parse(DRAINING_UPGRADE) else {
+            panic!("not a complete response head");
+        };
+        assert_eq!(res.code, Some(503));
+        let len = res
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| {
+                std::str::from_utf8(h.value)
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            });
+        assert_eq!(len, Some(DRAINING_UPGRADE.len() - head));
     }
 
     #[test]

@@ -44,10 +44,63 @@ async fn write_out<S: Transport>(io: &mut S, buf: &[u8]) -> bool {
     io.write_all(buf).await.is_ok() && io.flush().await.is_ok()
 }
 
+/// `write_out` that counts in `done` what the socket took, so that a caller that stops waiting
+/// knows where the byte stream stands.
+async fn write_counted<S: Transport>(io: &mut S, buf: &[u8], done: &mut usize) -> bool {
+    while *done < buf.len() {
+        match io.write(&buf[*done..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => *done += n,
+        }
+    }
+    io.flush().await.is_ok()
+}
+
+/// The length of the server frame (unmasked) that `buf` starts with, header included.
+fn server_frame_len(buf: &[u8]) -> Option<usize> {
+    let len = match buf.get(1)? & 0x7F {
+        126 => 4 + usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+        127 => 10 + usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?,
+        n => 2 + usize::from(n),
+    };
+    Some(len)
+}
+
+/// The part of `out` that finishes the frame a write stopped in after `done` bytes. `out` holds
+/// whole server frames, except that the first one (`first_len` bytes) is the tail of a frame a
+/// direct write began when `first_is_rest`. Empty when the write stopped between frames.
+fn unfinished(out: &[u8], first_is_rest: bool, first_len: usize, done: usize) -> &[u8] {
+    if done == 0 && !first_is_rest {
+        return &[];
+    }
+    let mut end = first_len;
+    while end < done {
+        end += server_frame_len(&out[end..]).unwrap_or(out.len() - end);
+    }
+    &out[done..end.min(out.len())]
+}
+
+/// How the server ends a connection: the close code, and the rest of a frame a write was cut
+/// short in (sent first: the client would otherwise read the close frames as that frame's data).
+struct Closing {
+    code: CloseCode,
+    unfinished: Vec<u8>,
+}
+
+impl From<CloseCode> for Closing {
+    fn from(code: CloseCode) -> Self {
+        Self {
+            code,
+            unfinished: Vec::new(),
+        }
+    }
+}
+
 /// Sends `pusher:error` with the close code's text (for Pusher codes and 1009), then the close
-/// frame, then waits briefly for the client's close frame.
-async fn close_with<S: Transport>(io: &mut S, code: CloseCode) {
-    let mut out = Vec::new();
+/// frame, then waits briefly for the client's close frame. `unfinished` (the rest of a frame
+/// already begun) goes out first.
+async fn close_with<S: Transport>(io: &mut S, code: CloseCode, unfinished: &[u8]) {
+    let mut out = unfinished.to_vec();
     if code.code >= 4000 || code == codes::MESSAGE_TOO_BIG {
         wsframe::put_frame(
             &mut out,
@@ -56,7 +109,9 @@ async fn close_with<S: Transport>(io: &mut S, code: CloseCode) {
         );
     }
     wsframe::put_close(&mut out, code.code, code.reason);
-    // A peer that stopped reading cannot take even these frames: then the socket is just dropped.
+    // A peer that stopped reading gets as long as a closing flush may take to read what the
+    // socket holds and these frames after it (a slow consumer that reads on gets its 4100);
+    // one that does not is just dropped.
     if !matches!(
         tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out)).await,
         Ok(true)
@@ -97,13 +152,13 @@ pub async fn serve<S: Transport>(
 ) {
     match session::admit(&ctx, &params) {
         Ok(conn) => run(io, rbuf, ctx, conn).await,
-        Err(code) => boxed_close(&mut io, code).await,
+        Err(code) => boxed_close(&mut io, code, &[]).await,
     }
 }
 
 /// Closes a connection that `admit` refused.
 pub async fn serve_refusal<S: Transport>(mut io: S, code: CloseCode) {
-    boxed_close(&mut io, code).await;
+    boxed_close(&mut io, code, &[]).await;
 }
 
 /// Runs an admitted connection to its end. Meant to be its own task, so that the task holds
@@ -118,25 +173,25 @@ pub async fn run<S: Transport>(mut io: S, rbuf: Vec<u8>, ctx: Arc<session::Ctx>,
         counters: ctx.metrics.conn_counters(&conn.app().id),
         session: Session::new(ctx, conn),
     };
-    let code = socket.run(&mut io, rbuf).await;
+    let closing = socket.run(&mut io, rbuf).await;
     let conn = socket.session.conn().clone();
     conn.detach();
     socket.session.cleanup();
-    if let Some(code) = code {
+    if let Some(Closing { code, unfinished }) = closing {
         if code == codes::SLOW_CONSUMER {
             let app = conn.app();
             let app_id = &app.id;
             socket.session.ctx().metrics.slow_consumer(app_id);
             tracing::info!(app = %app_id, socket_id = %conn.socket_id, "closing a slow consumer");
         }
-        boxed_close(&mut io, code).await;
+        boxed_close(&mut io, code, &unfinished).await;
     }
 }
 
 /// `close_with` on the heap: closing is rare, and its timers would otherwise enlarge every
 /// connection's task.
-async fn boxed_close<S: Transport>(io: &mut S, code: CloseCode) {
-    Box::pin(close_with(io, code)).await;
+async fn boxed_close<S: Transport>(io: &mut S, code: CloseCode, unfinished: &[u8]) {
+    Box::pin(close_with(io, code, unfinished)).await;
 }
 
 /// Probes silent connections and closes unanswered or unauthorized ones, and sends the
@@ -205,8 +260,8 @@ struct Socket {
 }
 
 impl Socket {
-    /// Runs until the socket ends; returns the close code to send, if the server closes.
-    async fn run<S: Transport>(&mut self, io: &mut S, mut rbuf: Vec<u8>) -> Option<CloseCode> {
+    /// Runs until the socket ends; returns how to close, if the server closes.
+    async fn run<S: Transport>(&mut self, io: &mut S, mut rbuf: Vec<u8>) -> Option<Closing> {
         self.session.established();
         let conn = self.session.conn().clone();
         let max = self.session.ctx().max_ws_message_bytes;
@@ -243,7 +298,7 @@ impl Socket {
             match Box::pin(self.read_frames(io, &mut rbuf, &mut partial, max)).await {
                 Flow::Continue => {}
                 Flow::Closed => return None,
-                Flow::Close(code) => return Some(code),
+                Flow::Close(code) => return Some(code.into()),
             }
             if rbuf.is_empty() {
                 // Idle connections keep no read buffer.
@@ -252,26 +307,47 @@ impl Socket {
         }
     }
 
-    /// Writes what the outbox holds; `Some` ends the session (with the close code to send).
+    /// Writes what the outbox holds; `Some` ends the session (with how to close, if the server
+    /// closes).
     async fn write_pending<S: Transport>(
         &mut self,
         io: &mut S,
         conn: &Conn,
-    ) -> Option<Option<CloseCode>> {
+    ) -> Option<Option<Closing>> {
         let pending = conn.take();
+        // The first frame may be the tail of one a direct write began: it must be finished
+        // before anything else goes on the wire, whatever happens next.
+        let first_is_rest = pending.frames.front().is_some_and(Frame::is_rest);
+        let first_len = pending.frames.front().map_or(0, |f| f.wire().len());
         if let Some(code) = pending.close {
             // Frames the engine accepted before the close still go out first (a drain
             // must not lose accepted events); a slow consumer is closed as it stands.
             if code != codes::SLOW_CONSUMER && !pending.frames.is_empty() {
                 let mut out = Vec::new();
                 let (n, bytes) = encode_frames(&pending.frames, &mut out);
-                let flush = tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out));
-                if let Ok(true) = flush.await {
-                    self.counters.messages_out.inc_by(n);
-                    self.counters.bytes_out.inc_by(bytes);
+                let mut done = 0;
+                let flush = tokio::time::timeout(CLOSE_FLUSH, write_counted(io, &out, &mut done));
+                match flush.await {
+                    Ok(true) => {
+                        self.counters.messages_out.inc_by(n);
+                        self.counters.bytes_out.inc_by(bytes);
+                    }
+                    Ok(false) => return Some(None),
+                    Err(_) => {
+                        let rest = unfinished(&out, first_is_rest, first_len, done).to_vec();
+                        return Some(Some(Closing {
+                            code,
+                            unfinished: rest,
+                        }));
+                    }
                 }
+            } else if first_is_rest {
+                return Some(Some(Closing {
+                    code,
+                    unfinished: pending.frames[0].wire().to_vec(),
+                }));
             }
-            return Some(Some(code));
+            return Some(Some(code.into()));
         }
         if pending.frames.is_empty() && !pending.ping {
             return None;
@@ -286,11 +362,16 @@ impl Socket {
         }
         drop(pending);
         // A write blocked by a client that stopped reading must not outlive the
-        // slow-consumer close its overflowing outbox requests.
+        // slow-consumer close its overflowing outbox requests; the frame it stopped in is
+        // finished before the 4100 frames.
+        let mut done = 0;
         let written = tokio::select! {
             biased;
-            ok = write_out(io, &out) => ok,
-            code = slow_consumer_closed(conn) => return Some(Some(code)),
+            ok = write_counted(io, &out, &mut done) => ok,
+            code = slow_consumer_closed(conn) => {
+                let rest = unfinished(&out, first_is_rest, first_len, done).to_vec();
+                return Some(Some(Closing { code, unfinished: rest }));
+            }
         };
         if !written {
             return Some(None);
@@ -384,5 +465,67 @@ impl Socket {
         };
         rbuf.drain(..pos);
         flow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Server frames of these payload lengths, one after the other, and where each ends.
+    fn frames(lens: &[usize]) -> (Vec<u8>, Vec<usize>) {
+        let mut out = Vec::new();
+        let mut ends = Vec::new();
+        for &len in lens {
+            out.extend_from_slice(Frame::text(&vec![b'x'; len]).wire());
+            ends.push(out.len());
+        }
+        (out, ends)
+    }
+
+    #[test]
+    fn frame_lengths_of_every_header_size() {
+        for len in [0, 125, 126, 65535, 65536] {
+            let (out, _) = frames(&[len]);
+            assert_eq!(server_frame_len(&out), Some(out.len()), "payload {len}");
+        }
+        assert_eq!(server_frame_len(&[0x81]), None);
+    }
+
+    #[test]
+    fn a_cut_write_is_finished_to_the_end_of_its_frame() {
+        let (out, ends) = frames(&[10, 200, 70000, 3]);
+        // Between frames (or before any byte): nothing to finish.
+        assert!(unfinished(&out, false, ends[0], 0).is_empty());
+        for &e in &ends {
+            assert!(unfinished(&out, false, ends[0], e).is_empty());
+        }
+        // Inside a frame: up to its end, whichever header size it has.
+        assert_eq!(unfinished(&out, false, ends[0], 5), &out[5..ends[0]]);
+        assert_eq!(
+            unfinished(&out, false, ends[0], ends[0] + 1),
+            &out[ends[0] + 1..ends[1]]
+        );
+        assert_eq!(
+            unfinished(&out, false, ends[0], ends[2] - 1),
+            &out[ends[2] - 1..ends[2]]
+        );
+        assert_eq!(
+            unfinished(&out, false, ends[0], ends[2] + 2),
+            &out[ends[2] + 2..]
+        );
+    }
+
+    #[test]
+    fn a_begun_frame_is_finished_even_when_nothing_else_was_written() {
+        // The first 7 bytes stand for the tail of a frame a direct write began.
+        let (tail, _) = frames(&[20]);
+        let tail = &tail[tail.len() - 7..];
+        let (rest, ends) = frames(&[30, 5]);
+        let out = [tail, &rest[..]].concat();
+        assert_eq!(unfinished(&out, true, 7, 0), tail);
+        assert_eq!(unfinished(&out, true, 7, 3), &tail[3..]);
+        assert!(unfinished(&out, true, 7, 7).is_empty());
+        assert_eq!(unfinished(&out, true, 7, 9), &out[9..7 + ends[0]]);
     }
 }
