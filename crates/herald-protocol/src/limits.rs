@@ -25,6 +25,11 @@ pub struct Limits {
     pub max_channels_per_connection: usize,
     /// HTTP API requests per second for the app (429 beyond); 0 means unlimited.
     pub api_requests_per_second: u32,
+    /// Subscribes and unsubscribes per second per connection, after a burst of
+    /// `max_channels_per_connection` (a reconnecting client subscribes all its channels at
+    /// once); beyond it they are refused with 4301. Bounds the channel state, webhooks and
+    /// count events one anonymous connection can cause. 0 means unlimited.
+    pub subscription_rate: u32,
 }
 
 impl Default for Limits {
@@ -44,6 +49,7 @@ impl Default for Limits {
             cache_ttl: 1800,
             max_channels_per_connection: 1000,
             api_requests_per_second: 100_000,
+            subscription_rate: 100,
         }
     }
 }

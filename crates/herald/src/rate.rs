@@ -20,12 +20,26 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket of `burst` tokens.
+    pub fn with_burst(burst: u32, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(burst.max(1)),
+            last: now,
+        }
+    }
+
     /// Takes one token at `per_sec` a second; false when none is left.
     pub fn allow(&mut self, per_sec: u32, now: Instant) -> bool {
+        self.allow_burst(per_sec, per_sec, now)
+    }
+
+    /// Takes one token from a bucket of `burst` refilled at `per_sec` a second.
+    pub fn allow_burst(&mut self, per_sec: u32, burst: u32, now: Instant) -> bool {
+        let burst = f64::from(burst.max(1));
         let per_sec = f64::from(per_sec.max(1));
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * per_sec).min(per_sec);
+        self.tokens = (self.tokens + elapsed * per_sec).min(burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

@@ -15,6 +15,7 @@ const APPS = {
   api: mk('api', { api_requests_per_second: 3 }),
   pres: mk('pres', { max_presence_members: 2 }),
   chans: mk('chans', { max_channels_per_connection: 2 }),
+  subs: mk('subs', { max_channels_per_connection: 4, subscription_rate: 2 }),
   size: mk('size', { max_event_data_bytes: 100, max_channel_name_length: 30, max_event_name_length: 20 }),
   plain: mk('plain', {}),
 };
@@ -189,6 +190,37 @@ test('OPS-LIMIT-5 max_channels_per_connection: the extra subscription is refused
   // unsubscribing frees a slot
   c.unsubscribe(names[0]);
   await c.subscribeOk(names[2]);
+});
+
+test('OPS-LIMIT-10 subscription_rate: subscribes and unsubscribes beyond the burst get 4301, the connection stays, counted', T, async () => {
+  // Burst = max_channels_per_connection (4), then 2 a second: of 8 frames sent at once, exactly
+  // the bucket plus what refilled during the burst is accepted.
+  const app = APPS.subs;
+  const c = await raw(app);
+  const names = Array.from({ length: 4 }, (_, i) => h.uid(`ops-s${i}-`));
+  const t0 = Date.now();
+  for (const n of names) c.subscribe(n);
+  for (const n of names) c.unsubscribe(n);
+  await c.sync();
+  const elapsed = Date.now() - t0;
+  const refused = c.frames.filter((f) => f.json && f.json.event === 'pusher:error');
+  const accepted = 8 - refused.length;
+  assert.ok(accepted >= 4 && accepted <= h.bucketMax(4, 2, elapsed), `${accepted} of 8 accepted in ${elapsed} ms`);
+  for (const f of refused) {
+    assert.equal(f.json.data.code, 4301);
+    assert.match(f.json.data.message, /rejected due to rate limit: at most 2 subscribes and unsubscribes per second/);
+  }
+  await rejections(app, 'subscription_rate', refused.length);
+  assert.equal(c.closed, null, 'the connection stays');
+  // The bucket refills at the rate: one more after half a second (the unsubscribes were
+  // refused, so the four channels are still held; free one).
+  await new Promise((r) => setTimeout(r, 600));
+  const errorsBefore = refused.length;
+  c.unsubscribe(names[0]);
+  await c.sync();
+  assert.equal(c.frames.filter((f) => f.json && f.json.event === 'pusher:error').length, errorsBefore, 'the unsubscribe was taken');
+  const s = await ops.scrape(server);
+  assert.equal(s.get('herald_subscriptions', { app: app.id }), 3);
 });
 
 test('OPS-LIMIT-6 max_event_data_bytes: HTTP 413 and a client-event error', T, async () => {

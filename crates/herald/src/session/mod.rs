@@ -117,16 +117,22 @@ pub struct Session {
     /// Boxed: most connections never sign in.
     user: Option<Box<SignedIn>>,
     rate: TokenBucket,
+    /// Subscribes and unsubscribes (`limits.subscription_rate`).
+    sub_rate: TokenBucket,
 }
 
 impl Session {
     pub fn new(ctx: Arc<Ctx>, conn: Arc<Conn>) -> Self {
-        let rate = TokenBucket::new(conn.app().limits.client_event_rate, Instant::now());
+        let app = conn.app();
+        let rate = TokenBucket::new(app.limits.client_event_rate, Instant::now());
+        let sub_rate = TokenBucket::with_burst(subscription_burst(&app), Instant::now());
+        drop(app);
         Self {
             ctx,
             subs: Subs::default(),
             user: None,
             rate,
+            sub_rate,
             conn,
         }
     }
@@ -169,8 +175,15 @@ impl Session {
         match msg {
             ClientMessage::Ping => self.queue(encode::PONG.to_owned()),
             ClientMessage::Pong => {}
-            ClientMessage::Subscribe(s) => self.subscribe(s).await,
+            ClientMessage::Subscribe(s) => {
+                if self.subscription_allowed(&s.channel) {
+                    self.subscribe(s).await;
+                }
+            }
             ClientMessage::Unsubscribe { channel } => {
+                if !self.subscription_allowed(&channel) {
+                    return;
+                }
                 if let Some(sub) = self.subs.remove(channel.as_str()) {
                     self.ctx.engine.unsubscribe(&self.conn, &sub.name);
                 }
@@ -209,6 +222,27 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// Takes a token for a subscribe or unsubscribe; refuses with 4301 when none is left.
+    fn subscription_allowed(&mut self, channel: &str) -> bool {
+        let app = self.conn.app();
+        let rate = app.limits.subscription_rate;
+        if rate == 0
+            || self
+                .sub_rate
+                .allow_burst(rate, subscription_burst(&app), Instant::now())
+        {
+            return true;
+        }
+        self.ctx.metrics.rejected(&app.id, "subscription_rate");
+        self.error(
+            Some(codes::CLIENT_EVENT_RATE_LIMIT),
+            &format!(
+                "Subscription to {channel} rejected due to rate limit: at most {rate} subscribes and unsubscribes per second"
+            ),
+        );
+        false
     }
 
     async fn subscribe(&mut self, s: Subscribe) {
@@ -469,4 +503,11 @@ impl Session {
                 .map(|u| (u.data.id.as_str(), u.data.watchlist.as_slice())),
         );
     }
+}
+
+/// The burst of subscribes a connection may make at once: enough for a reconnecting client to
+/// subscribe every channel it may hold.
+fn subscription_burst(app: &herald_core::App) -> u32 {
+    let per_conn = u32::try_from(app.limits.max_channels_per_connection).unwrap_or(u32::MAX);
+    per_conn.max(app.limits.subscription_rate)
 }
