@@ -422,8 +422,11 @@ impl OwnThread {
         if !paced {
             return Ok((None, tokio::runtime::Handle::current()));
         }
-        let t =
-            Self::start(name, true).map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+        // BENCH_SENDER_PRIORITY=normal keeps the senders at normal priority, to measure
+        // what the lowest priority changes (BENCHMARKS.md reports both).
+        let lowest = std::env::var("BENCH_SENDER_PRIORITY").as_deref() != Ok("normal");
+        let t = Self::start(name, lowest)
+            .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
         let handle = t.handle().clone();
         Ok((Some(t), handle))
     }
