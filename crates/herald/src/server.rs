@@ -109,6 +109,8 @@ impl Node {
             executor,
             drain: drain.clone(),
             token: config.console.token.clone(),
+            auth: Default::default(),
+            tls: config.tls.enabled(),
             path_prefix: config.server.path_prefix.clone(),
             max_request_body_bytes: config.server.max_request_body_bytes,
         });

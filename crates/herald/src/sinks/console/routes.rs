@@ -1,11 +1,14 @@
-//! The console's routes: its page and login prompt, static assets, the JSON API and the live
-//! feed. The API reads and publishes through the same `Executor` as the HTTP API.
+//! The console's routes: its page, login prompt, sign-in and sign-out, static assets, the JSON
+//! API and the live feed. The API reads and publishes through the same `Executor` as the HTTP API.
 
-use super::access::{not_found, text, Admin, Enabled};
+use super::access::{
+    cleared_cookie, not_found, secure, session_cookie, session_id, signed, text, too_many_attempts,
+    wrong_token, Admin, Enabled, SameOrigin, Signed, TokenCheck,
+};
 use super::{now_ms, skipped_json, ConsoleState, FeedItem, Viewer, DRAIN_CHECK};
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,7 +20,7 @@ use herald_protocol::sign;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type St = State<Arc<ConsoleState>>;
 
@@ -103,8 +106,102 @@ fn page(s: &ConsoleState, template: &str) -> Response {
     r
 }
 
-async fn index(_: Admin, State(s): St) -> Response {
-    page(&s, INDEX_HTML)
+/// The console's URL path (the session cookie's path).
+fn console_path(s: &ConsoleState) -> String {
+    format!("{}/console", s.path_prefix)
+}
+
+/// The page when signed in; else a redirect to the login prompt.
+async fn index(_: Enabled, State(s): St, headers: HeaderMap) -> Response {
+    match signed(&s, &headers) {
+        Ok(Some(_)) => page(&s, INDEX_HTML),
+        Ok(None) => {
+            let mut r = text(
+                StatusCode::SEE_OTHER,
+                "303 See Other: sign in at the login prompt.\n",
+            );
+            if let Ok(to) = HeaderValue::from_str(&format!("{}/login", console_path(&s))) {
+                r.headers_mut().insert(header::LOCATION, to);
+            }
+            r
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// The most a sign-in body may hold: a form with one token.
+const SIGN_IN_BODY_BYTES: usize = 4096;
+
+/// A 204 that sets (or clears) the session cookie.
+fn with_cookie(cookie: &str) -> Response {
+    let Ok(value) = HeaderValue::from_str(cookie) else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "500 Internal Server Error: cannot form the session cookie.\n",
+        );
+    };
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert(header::SET_COOKIE, value);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `POST /console/login` with the form body `token=…`: a right token starts a session (204 and
+/// the cookie). The token is read from the body only, never from the URL.
+async fn sign_in(
+    _: Enabled,
+    _: SameOrigin,
+    State(s): St,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Ok(body) = axum::body::to_bytes(body, SIGN_IN_BODY_BYTES).await else {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "413 Payload Too Large: a sign-in body holds at most {SIGN_IN_BODY_BYTES} bytes.\n"
+            ),
+        );
+    };
+    let form = sign::decode_query(&String::from_utf8_lossy(&body));
+    let Some(given) = sign::query_param(&form, "token") else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: send the admin token as the form field `token` \
+             (application/x-www-form-urlencoded).\n",
+        );
+    };
+    match s.auth.check_token(&s.token, given, Instant::now()) {
+        TokenCheck::Right => {}
+        TokenCheck::Wrong => return wrong_token(),
+        TokenCheck::Limited => return too_many_attempts(),
+    }
+    let id = s.auth.start_session();
+    let mut r = with_cookie(&session_cookie(
+        &id,
+        &console_path(&s),
+        secure(&s, &headers),
+    ));
+    // The form posted without script (a navigation): go on to the console.
+    let navigate = headers
+        .get("sec-fetch-mode")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"navigate"));
+    if navigate && r.status() == StatusCode::NO_CONTENT {
+        if let Ok(to) = HeaderValue::from_str(&console_path(&s)) {
+            *r.status_mut() = StatusCode::SEE_OTHER;
+            r.headers_mut().insert(header::LOCATION, to);
+        }
+    }
+    r
+}
+
+/// `POST /console/logout`: ends the request's session, if any, and clears its cookie.
+async fn sign_out(_: Enabled, _: SameOrigin, State(s): St, headers: HeaderMap) -> Response {
+    if let Some(id) = session_id(&headers) {
+        s.auth.end_session(id);
+    }
+    with_cookie(&cleared_cookie(&console_path(&s), secure(&s, &headers)))
 }
 
 async fn login(_: Enabled, State(s): St) -> Response {
@@ -224,8 +321,16 @@ async fn api_members(_: Admin, State(s): St, uri: axum::http::Uri) -> Response {
     }
 }
 
-/// `POST /console/api/events?app=ID`: the body of `POST /apps/{id}/events`.
-async fn api_events(_: Admin, State(s): St, uri: axum::http::Uri, body: Body) -> Response {
+/// `POST /console/api/events?app=ID`: the body of `POST /apps/{id}/events`, from the console's
+/// own origin only.
+async fn api_events(
+    _: Enabled,
+    _: SameOrigin,
+    _: Admin,
+    State(s): St,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Response {
     let app = match app_of(&s, uri.query()) {
         Ok(a) => a,
         Err(e) => return api_error(e),
@@ -249,6 +354,8 @@ struct Feed {
     state: Arc<ConsoleState>,
     tick: tokio::time::Interval,
     hello: Option<String>,
+    /// The session the feed was opened with: the feed ends with it.
+    session: Option<String>,
 }
 
 fn sse_data(line: &str) -> Result<Event, Infallible> {
@@ -256,7 +363,7 @@ fn sse_data(line: &str) -> Result<Event, Infallible> {
 }
 
 /// `GET /console/api/feed?app=ID`: the live log as server-sent events, one JSON line each.
-async fn api_feed(_: Admin, State(s): St, uri: axum::http::Uri) -> Response {
+async fn api_feed(Admin(how): Admin, State(s): St, uri: axum::http::Uri) -> Response {
     let app = match app_of(&s, uri.query()) {
         Ok(a) => a,
         Err(e) => return api_error(e),
@@ -272,6 +379,10 @@ async fn api_feed(_: Admin, State(s): St, uri: axum::http::Uri) -> Response {
         state: s.clone(),
         tick,
         hello: Some(hello.to_string()),
+        session: match how {
+            Signed::Session(id) => Some(id),
+            Signed::Bearer => None,
+        },
     };
     let stream = futures_util::stream::unfold(feed, |mut f| async move {
         if let Some(h) = f.hello.take() {
@@ -285,7 +396,12 @@ async fn api_feed(_: Admin, State(s): St, uri: axum::http::Uri) -> Response {
                     FeedItem::Skipped(n) => Some((sse_data(&skipped_json(n, now_ms())), f)),
                 },
                 () = closed.cancelled() => return None,
-                _ = f.tick.tick() => if f.state.drain.draining() { return None },
+                _ = f.tick.tick() => {
+                    let ended = f.session.as_deref().is_some_and(|id| !f.state.auth.session_valid(id));
+                    if ended || f.state.drain.draining() {
+                        return None;
+                    }
+                }
             }
         }
     });
@@ -303,7 +419,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: Arc<ConsoleState>) -> Rou
     Router::new()
         .route("/console", get(index))
         .route("/console/", get(index))
-        .route("/console/login", get(login))
+        .route("/console/login", get(login).post(sign_in))
+        .route("/console/logout", axum::routing::post(sign_out))
         .route("/console/assets/{file}", get(asset))
         .route("/console/api/apps", get(api_apps))
         .route("/console/api/state", get(api_state))

@@ -1,25 +1,21 @@
-// Talking to the console API: the admin token, JSON calls and the live feed.
+// Talking to the console API: JSON calls and the live feed. Sign-in left an HttpOnly session
+// cookie that the browser sends with every request here: no token or session id goes in a URL,
+// in a header set by this code, or in this page's storage.
 
-const KEY = 'herald-console-token';
 export const base = document.body.dataset.base || '/console';
 
-/** The token: from `?token=` (then remembered for this tab) or from this tab's storage. */
-export function token() {
-  const fromUrl = new URLSearchParams(location.search).get('token');
-  if (fromUrl) {
-    sessionStorage.setItem(KEY, fromUrl);
-    return fromUrl;
+/** Leaves for the login prompt (replacing this page in the history). */
+export function toLogin() {
+  location.replace(`${base}/login`);
+}
+
+/** Ends the session on the server, then goes to the login prompt. */
+export async function signOut() {
+  try {
+    await fetch(`${base}/logout`, { method: 'POST', cache: 'no-store' });
+  } finally {
+    toLogin();
   }
-  return sessionStorage.getItem(KEY) || '';
-}
-
-export function rememberToken(t) {
-  sessionStorage.setItem(KEY, t);
-}
-
-export function signOut() {
-  sessionStorage.removeItem(KEY);
-  location.href = `${base}/login`;
 }
 
 export class ApiError extends Error {
@@ -36,25 +32,21 @@ export async function api(path, { method = 'GET', body, params = {} } = {}) {
   const res = await fetch(url, {
     method,
     body,
-    headers: {
-      Authorization: `Bearer ${token()}`,
-      ...(body ? { 'Content-Type': 'application/json' } : {}),
-    },
+    headers: body ? { 'Content-Type': 'application/json' } : {},
     cache: 'no-store',
   });
   const text = await res.text();
   if (res.status === 401) {
-    signOut();
+    toLogin();
     throw new ApiError(401, text.trim());
   }
   if (!res.ok) throw new ApiError(res.status, text.trim() || res.statusText);
   return text ? JSON.parse(text) : {};
 }
 
-/** The live feed of `app` (EventSource cannot send headers: the token goes in the query). */
+/** The live feed of `app` (the session cookie goes with it, as with every same-origin request). */
 export function openFeed(app) {
   const url = new URL(`${base}/api/feed`, location.origin);
   url.searchParams.set('app', app);
-  url.searchParams.set('token', token());
   return new EventSource(url);
 }

@@ -1,12 +1,10 @@
 // The console page: wires the app picker, the live feed, the log, the state panel and the sender.
-import { api, openFeed, signOut, token } from './api.js';
+import { api, openFeed, signOut } from './api.js';
 import { Log } from './log.js';
 import { StatePanel } from './state.js';
 import { setupSender } from './sender.js';
 
 const $ = (id) => document.getElementById(id);
-
-if (!token()) signOut();
 
 const log = new Log({
   list: $('log'),
@@ -65,7 +63,7 @@ function watch(id) {
     if (mine !== feed) return;
     if (feed.readyState === EventSource.CLOSED) {
       setStatus('down', 'disconnected');
-      // The browser gave up (server gone or token refused): check, then open again.
+      // The browser gave up (server gone or session ended): check, then open again.
       retry = setTimeout(async () => {
         try {
           await api('apps');
