@@ -68,9 +68,9 @@ struct Common {
     strict: bool,
     /// At a rate: most the 99th percentile of the send lag (how late each event left against its
     /// scheduled instant) may be, in milliseconds, before the run fails. Latency is measured from
-    /// the scheduled instant, so a late sender cannot hide its lag; the bound says when the
-    /// sender itself, not the server, was what a run measured. 1 ms: a quiet run here kept p99
-    /// near 0.1 ms (see `schedule.rs`).
+    /// the scheduled instant, so a late sender cannot hide its lag; past this bound the lag is
+    /// as large as the latency being measured, and the run measured the bench more than the
+    /// server. Why 1 ms: see `schedule.rs`.
     #[arg(long, global = true, default_value_t = 1.0)]
     max_lag_p99_ms: f64,
     /// At a rate: least share of the requested rate, in percent, the senders must achieve.

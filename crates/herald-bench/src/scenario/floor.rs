@@ -354,6 +354,7 @@ pub async fn run(ctx: &Ctx, a: &FloorArgs) -> Report {
         .then(|| Schedule::new(start, a.rate, senders, Duration::from_secs_f64(a.duration)));
     let relay_pid = child.0.id().to_string();
     let relay_before = crate::procfs::sample(&relay_pid);
+    let machine_before = ctx.probe.point();
     let flow = Arc::new(Flow {
         sent: AtomicU64::new(0),
         expected: AtomicU64::new(0),
@@ -427,6 +428,7 @@ pub async fn run(ctx: &Ctx, a: &FloorArgs) -> Report {
     let relay_cpu = crate::procfs::sample(&relay_pid)
         .zip(relay_before)
         .map(|(after, before)| after.cpu_since(&before));
+    let machine_after = ctx.probe.point();
     cancel.cancel();
     let (rx_out, _) = collect(receivers, Duration::from_secs(5)).await;
     errors.extend(rx_out.into_iter().filter_map(Result::err));
@@ -472,6 +474,16 @@ pub async fn run(ctx: &Ctx, a: &FloorArgs) -> Report {
         &[],
     );
     r.result("relay_cpu_s", super::opt(relay_cpu));
+    // How busy the machine was, and with what besides the relay and this process, as `fanout`
+    // reports it: a paced run's lag and latency mean little on a machine busy with other work.
+    if let Some((busy_s, share)) = machine_after.machine_busy_since(&machine_before) {
+        let ours = relay_cpu.unwrap_or(0.0)
+            + machine_after
+                .client_cpu_since(&machine_before)
+                .unwrap_or(0.0);
+        r.result("machine_cpu_busy_pct", round(share * 100.0, 1));
+        r.result("other_cpu_s", round((busy_s - ours).max(0.0), 2));
+    }
     r.result(
         "relay_cpu_us_per_message",
         super::us_per(relay_cpu, messages),
