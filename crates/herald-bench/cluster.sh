@@ -34,7 +34,7 @@ for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break;
 ports=()
 node_pids=()
 for n in 1 2 3; do
-    env -u HERALD_BENCH_BIN HERALD_HOST=127.0.0.1 HERALD_PORT=0 HERALD_METRICS_PORT=0 HERALD_ADAPTER=redis \
+    env -u HERALD_BENCH_BIN HERALD_HOST=127.0.0.1 HERALD_PORT=0 HERALD_METRICS_PORT=0 HERALD_DEFAULT_APP_SUBSCRIPTION_RATE=0 HERALD_ADAPTER=redis \
         HERALD_REDIS_URL="redis://127.0.0.1:$redis_port" HERALD_REDIS_PREFIX="bench$$" \
         "$server_bin" >"$work/n$n.out" 2>"$work/n$n.err" &
     node_pids+=("$!")

@@ -417,7 +417,16 @@ impl Socket {
                     // Answer the closing handshake with the client's own status, or with
                     // 1002/1007 when its close frame breaks the rules.
                     let code = wsframe::close_reply(payload);
+                    let conn = self.session.conn().clone();
+                    // Nothing may follow the close reply (RFC 6455 5.5.1): end the engine's
+                    // direct writes before it. A frame a direct write cut short is finished
+                    // first, or the close frame would land inside it.
+                    conn.detach();
+                    let pending = conn.take();
                     let mut out = Vec::new();
+                    if let Some(rest) = pending.frames.front().filter(|f| f.is_rest()) {
+                        out.extend_from_slice(rest.wire());
+                    }
                     wsframe::put_close(&mut out, code, "");
                     let _ = tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out)).await;
                     break Flow::Closed;
