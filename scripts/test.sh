@@ -125,7 +125,10 @@ suite() {
   status=${PIPESTATUS[0]}
   read -r p f note < <("$counter" "$log")
   note="${note:+$note, }$((SECONDS - t0)) s"
-  if [ "$status" -ne 0 ] && [ "$f" -eq 0 ]; then
+  if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    f=$((f + 1))
+    note="stopped after ${SUITE_LIMIT_S:-1200} s (hung), $note"
+  elif [ "$status" -ne 0 ] && [ "$f" -eq 0 ]; then
     f=1
     note="exit status $status but no failed test counted, $note"
   elif [ "$status" -eq 0 ] && [ $((p + f)) -eq 0 ]; then
@@ -172,7 +175,15 @@ node_bin() {
 compat_on() {
   local path=$PATH
   [ "$1" = "$(command -v node)" ] || path="$(dirname "$1"):$PATH"
-  (cd tests/compat && PATH=$path npm test)
+  (cd tests/compat && PATH=$path limited npm test)
+}
+
+# limited CMD...: runs CMD with a wall-clock bound (SUITE_LIMIT_S, default 20 min; a suite
+# takes 3-5 min here), so that a hung test fails its suite instead of the whole CI run.
+# timeout(1) signals the command's whole process group: node's per-file test processes and
+# the servers they started go with it.
+limited() {
+  timeout --kill-after=30 "${SUITE_LIMIT_S:-1200}" "$@"
 }
 
 # ------------------------------------------------------------------------ lint and build
@@ -218,28 +229,28 @@ fi
 
 step "end-to-end: the Python pusher SDK"
 if [ -f tests/python/run.sh ]; then
-  suite "python" pytest_counts bash tests/python/run.sh
+  suite "python" pytest_counts limited bash tests/python/run.sh
 else
   not_run "python" "tests/python/run.sh is missing"
 fi
 
 step "end-to-end: the debug console in headless Chromium"
 if [ -f tests/console/run.sh ]; then
-  suite "console" node_counts bash tests/console/run.sh
+  suite "console" node_counts limited bash tests/console/run.sh
 else
   not_run "console" "tests/console/run.sh is missing"
 fi
 
 step "herald-bench smoke run (every scenario once, small)"
 if [ -f crates/herald-bench/smoke.sh ]; then
-  suite "bench smoke" bench_counts bash crates/herald-bench/smoke.sh
+  suite "bench smoke" bench_counts limited bash crates/herald-bench/smoke.sh
 else
   not_run "bench smoke" "crates/herald-bench/smoke.sh is missing"
 fi
 
 step "fuzz targets: build on stable, ${FUZZ_SECONDS:-5} s each"
 if [ -f fuzz/run.sh ]; then
-  suite "fuzz" fuzz_counts bash fuzz/run.sh
+  suite "fuzz" fuzz_counts limited bash fuzz/run.sh
 else
   not_run "fuzz" "fuzz/run.sh is missing"
 fi

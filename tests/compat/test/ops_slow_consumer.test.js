@@ -9,7 +9,7 @@ const assert = require('node:assert/strict');
 const WebSocket = require('ws');
 const Pusher = require('pusher');
 const ops = require('../lib/ops');
-const { withTimeout, pace } = require('../lib/wait');
+const { withTimeout, waitFor, pace } = require('../lib/wait');
 
 const SLOW = { code: 4100, message: 'Over capacity: client is not reading its messages fast enough' };
 
@@ -59,8 +59,9 @@ test('OPS-SLOW-1 a client that stops reading gets pusher:error 4100 and close 41
   // (2 s) to take what its socket holds and the 4100 frames after it. This client reads again
   // as soon as the counter shows the decision, as a client that is merely slow would.
   let decided = false;
+  const watchUntil = Date.now() + 60000; // ends by itself if the test fails first
   const watcher = (async () => {
-    for (;;) {
+    while (Date.now() < watchUntil) {
       const s = await ops.scrape(server);
       if (s.get('herald_slow_consumer_disconnects_total', { app: 'app-id' }) === 1) {
         stalled.ws._socket.resume();
@@ -69,6 +70,7 @@ test('OPS-SLOW-1 a client that stops reading gets pusher:error 4100 and close 41
       }
       await pace(10);
     }
+    throw new Error('no slow-consumer disconnect counted within 60 s');
   })();
 
   const api = new Pusher({ appId: 'app-id', key: 'app-key', secret: 'app-secret', host: '127.0.0.1', port: String(server.port), useTLS: false });
@@ -104,13 +106,7 @@ test('OPS-SLOW-1 a client that stops reading gets pusher:error 4100 and close 41
   assert.equal(s.get('herald_slow_consumer_disconnects_total', { app: 'app-id' }), 1);
   assert.equal(s.get('herald_connections', { app: 'app-id' }), 1, 'only the reader stays connected');
   // The reader kept reading: it gets every accepted event.
-  await withTimeout(
-    (async () => {
-      while (reader.events.length < sent) await pace(20);
-    })(),
-    20000,
-    `reader receiving all ${sent} events (has ${reader.events.length})`,
-  );
+  await waitFor(() => reader.events.length >= sent, 20000, `reader receiving all ${sent} events`);
   assert.deepEqual(reader.events, Array.from({ length: sent }, (_, i) => i));
   assert.equal(reader.closed, null, 'the reader stays connected');
 });
