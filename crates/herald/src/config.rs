@@ -560,7 +560,11 @@ impl Config {
         }
         for (i, a) in self.apps.iter().enumerate() {
             for (j, w) in a.webhooks.iter().enumerate() {
-                if let Some(why) = crate::sinks::webhook::refusal(&self.webhooks, &w.url) {
+                if let Some(why) = crate::sinks::webhook::dest::refusal(
+                    self.webhooks.deny_private_networks,
+                    &self.webhooks.allowed_hosts,
+                    &w.url,
+                ) {
                     return Err(format!(
                         "apps[{i}].webhooks[{j}].url `{}` is refused: {why}",
                         crate::redact::redact_url(&w.url)
