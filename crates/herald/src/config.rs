@@ -139,9 +139,14 @@ pub struct WebhookSettings {
     pub queue_capacity: usize,
     /// At most one `cache_miss` webhook per channel per this many milliseconds.
     pub cache_miss_debounce_ms: u64,
-    /// Webhooks still undelivered at the shutdown deadline are written here and sent on the
-    /// next start.
+    /// Webhooks still undelivered at the shutdown deadline are written here (mode 0600) and
+    /// sent on the next start.
     pub spool_file: String,
+    /// Refuse destinations that are (IP literal) or resolve to (at connect time) loopback,
+    /// private, link-local, CGNAT or unique-local addresses.
+    pub deny_private_networks: bool,
+    /// When not empty, webhooks go only to these host names (exact, any case).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for WebhookSettings {
@@ -155,6 +160,8 @@ impl Default for WebhookSettings {
             queue_capacity: 10_000,
             cache_miss_debounce_ms: 10_000,
             spool_file: "herald-webhooks.spool".into(),
+            deny_private_networks: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -420,6 +427,8 @@ impl Config {
         }
         self.check_ranges()
             .map_err(|e| format!("invalid configuration: {e}"))?;
+        self.check_webhook_destinations()
+            .map_err(|e| format!("invalid configuration: {e}"))?;
         let s = &self.server;
         if !(s.path_prefix.is_empty()
             || (s.path_prefix.starts_with('/') && !s.path_prefix.ends_with('/')))
@@ -534,6 +543,34 @@ impl Config {
             ),
         ] {
             check_range(name, value, min, max)?;
+        }
+        Ok(())
+    }
+
+    /// `webhooks.allowed_hosts` lists host names, and every target URL passes it and, where its
+    /// host is an IP address, `webhooks.deny_private_networks` (names are checked on the
+    /// addresses they resolve to, when a webhook is sent).
+    fn check_webhook_destinations(&self) -> Result<(), String> {
+        for h in &self.webhooks.allowed_hosts {
+            if h.trim().is_empty() || h.contains(['/', '@', '?', '#']) {
+                return Err(format!(
+                    "webhooks.allowed_hosts entry `{h}` must be a host name, not a URL"
+                ));
+            }
+        }
+        for (i, a) in self.apps.iter().enumerate() {
+            for (j, w) in a.webhooks.iter().enumerate() {
+                if let Some(why) = crate::sinks::webhook::dest::refusal(
+                    self.webhooks.deny_private_networks,
+                    &self.webhooks.allowed_hosts,
+                    &w.url,
+                ) {
+                    return Err(format!(
+                        "apps[{i}].webhooks[{j}].url `{}` is refused: {why}",
+                        crate::redact::redact_url(&w.url)
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -788,6 +825,62 @@ mod tests {
         assert!(e.contains("nope"), "{e}");
         let c = Config::load(None, env(&[("HERALD_WEBHOOKS_VACATE_DELAY_MS", "0")])).unwrap();
         assert_eq!(c.webhooks.vacate_delay_ms, 0);
+    }
+
+    #[test]
+    fn webhook_destinations_are_checked_at_load() {
+        let hooks = |url: &str| {
+            (
+                "HERALD_DEFAULT_APP_WEBHOOKS".to_owned(),
+                format!(r#"[{{"url":"{url}"}}]"#),
+            )
+        };
+        let deny = || {
+            (
+                "HERALD_WEBHOOKS_DENY_PRIVATE_NETWORKS".to_owned(),
+                "true".to_owned(),
+            )
+        };
+        // Off by default: loopback receivers keep working.
+        let c = Config::load(None, vec![hooks("http://127.0.0.1:9/hook")]).unwrap();
+        assert!(!c.webhooks.deny_private_networks);
+        assert!(c.webhooks.allowed_hosts.is_empty());
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://u:secretpw@169.254.169.254/latest",
+            "http://[::1]:9/",
+        ] {
+            let e = Config::load(None, vec![hooks(url), deny()]).unwrap_err();
+            assert!(
+                e.contains("apps[0].webhooks[0].url") && e.contains("deny_private_networks"),
+                "{e}"
+            );
+            assert!(!e.contains("secretpw"), "the password stays out: {e}");
+        }
+        // Names are checked where they resolve, when a webhook is sent.
+        let c = Config::load(None, vec![hooks("http://localhost:9/"), deny()]).unwrap();
+        assert!(c.webhooks.deny_private_networks);
+        let list = (
+            "HERALD_WEBHOOKS_ALLOWED_HOSTS".to_owned(),
+            r#"["hooks.example.com"]"#.to_owned(),
+        );
+        let c = Config::load(
+            None,
+            vec![hooks("https://HOOKS.example.com/in"), list.clone()],
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.allowed_hosts, ["hooks.example.com"]);
+        let e = Config::load(None, vec![hooks("https://other.example/in"), list]).unwrap_err();
+        assert!(e.contains("allowed_hosts"), "{e}");
+        let e = Config::load(
+            Some((
+                "h.toml",
+                "[webhooks]\nallowed_hosts = [\"https://hooks.example.com/\"]\n",
+            )),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.contains("not a URL"), "{e}");
     }
 
     #[test]
