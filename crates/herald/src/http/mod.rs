@@ -120,7 +120,7 @@ impl ApiState {
                 ),
             )),
             // The limit is the usual reason; otherwise the client went away mid-body.
-            Ok(Err(e)) if e.to_string().contains("length limit") => Err(too_large()),
+            Ok(Err(e)) if is_length_limit(&e) => Err(too_large()),
             Ok(Err(e)) => Err(ApiError::new(
                 400,
                 format!("Request body could not be read: {e}"),
@@ -142,6 +142,19 @@ impl ApiState {
             .or_insert_with(|| TokenBucket::new(rate, now))
             .allow(rate, now)
     }
+}
+
+/// True when reading a body stopped at its size limit (a body sent without a length, or
+/// longer than it announced), rather than the client going away mid-body.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 type AppState = State<Arc<ApiState>>;
@@ -312,4 +325,17 @@ pub fn router(state: Arc<ApiState>, console: Router<Arc<ApiState>>, path_prefix:
         Router::new().nest(path_prefix, api)
     };
     app.fallback(fallback).with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_length_limit;
+
+    #[tokio::test]
+    async fn a_body_past_its_limit_is_told_apart_from_a_broken_one() {
+        let long = axum::body::to_bytes(axum::body::Body::from(vec![0u8; 10]), 5).await;
+        assert!(is_length_limit(&long.unwrap_err()));
+        let broken = axum::Error::new(std::io::Error::other("connection reset"));
+        assert!(!is_length_limit(&broken));
+    }
 }
