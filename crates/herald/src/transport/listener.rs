@@ -251,10 +251,7 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx, held: Held) {
                 // carried for the connection's whole life.
                 Ok(conn) => {
                     let io = io.into_session(&session.metrics, &conn);
-                    drop(tokio::spawn(async move {
-                        let _held = held;
-                        socket::run(io, buf, session, conn).await;
-                    }));
+                    drop(tokio::spawn(socket::run(io, buf, session, conn, held)));
                 }
                 Err(code) => socket::serve_refusal(io, code).await,
             }

@@ -151,7 +151,7 @@ pub async fn serve<S: Transport>(
     params: ConnectParams,
 ) {
     match session::admit(&ctx, &params) {
-        Ok(conn) => run(io, rbuf, ctx, conn).await,
+        Ok(conn) => run(io, rbuf, ctx, conn, ()).await,
         Err(code) => boxed_close(&mut io, code, &[]).await,
     }
 }
@@ -162,8 +162,16 @@ pub async fn serve_refusal<S: Transport>(mut io: S, code: CloseCode) {
 }
 
 /// Runs an admitted connection to its end. Meant to be its own task, so that the task holds
-/// only what a live connection needs.
-pub async fn run<S: Transport>(mut io: S, rbuf: Vec<u8>, ctx: Arc<session::Ctx>, conn: Arc<Conn>) {
+/// only what a live connection needs; `guard` (the connection's place under the server's
+/// limit) is held to the end. Taken here rather than by a wrapping `async` block, whose
+/// captured values would stay in every connection's task beside this future.
+pub async fn run<S: Transport, G: Send>(
+    mut io: S,
+    rbuf: Vec<u8>,
+    ctx: Arc<session::Ctx>,
+    conn: Arc<Conn>,
+    guard: G,
+) {
     // Shutdown waits for every session's cleanup.
     let _token = ctx.drain.session();
     if let Some(sink) = io.sink() {
@@ -174,6 +182,15 @@ pub async fn run<S: Transport>(mut io: S, rbuf: Vec<u8>, ctx: Arc<session::Ctx>,
         session: Session::new(ctx, conn),
     };
     let closing = socket.run(&mut io, rbuf).await;
+    // Boxed: the ending is brief, and its state (the close frames, their timers) would
+    // otherwise enlarge every connection's task for its whole life.
+    Box::pin(finish(io, socket, closing)).await;
+    drop(guard);
+}
+
+/// Ends a session: direct writes stop, the engine forgets the connection, and the server's
+/// close (if it closes) goes out after the rest of any frame a write was cut short in.
+async fn finish<S: Transport>(mut io: S, mut socket: Socket, closing: Option<Closing>) {
     let conn = socket.session.conn().clone();
     conn.detach();
     socket.session.cleanup();
@@ -184,7 +201,7 @@ pub async fn run<S: Transport>(mut io: S, rbuf: Vec<u8>, ctx: Arc<session::Ctx>,
             socket.session.ctx().metrics.slow_consumer(app_id);
             tracing::info!(app = %app_id, socket_id = %conn.socket_id, "closing a slow consumer");
         }
-        boxed_close(&mut io, code, &unfinished).await;
+        close_with(&mut io, code, &unfinished).await;
     }
 }
 
