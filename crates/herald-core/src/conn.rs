@@ -101,6 +101,10 @@ struct Outbox {
     bytes: usize,
     close: Option<CloseCode>,
     ping: bool,
+    /// The answer to the client's unanswered WebSocket pings (see `Pending::pong`): one pong
+    /// with the latest ping's payload (RFC 6455 5.5.3 lets a pong answer only the most recent
+    /// ping, so a ping flood holds one payload, not one per ping).
+    pong: Option<(usize, Box<[u8]>)>,
     /// The connection task holds frames it took and has not finished writing.
     writing: bool,
     sink: Option<Arc<dyn Sink>>,
@@ -115,6 +119,9 @@ pub struct Pending {
     pub close: Option<CloseCode>,
     /// The keep-alive sweep asks for a probe.
     pub ping: bool,
+    /// A pong to send: after this many of `frames` (those queued before the first ping it
+    /// answers), with this payload (the latest ping's).
+    pub pong: Option<(usize, Box<[u8]>)>,
 }
 
 /// The engine's side of a connection. The connection task owns the socket and drains the outbox.
@@ -218,7 +225,8 @@ impl Conn {
             return false;
         }
         let mut frame = frame.clone();
-        if direct && o.frames.is_empty() && !o.writing && o.close.is_none() {
+        // Not while a pong waits either: frames after it go behind it.
+        if direct && o.frames.is_empty() && !o.writing && o.close.is_none() && o.pong.is_none() {
             if let Some(sink) = &o.sink {
                 let len = frame.wire.len();
                 match sink.try_write(&frame.wire) {
@@ -246,18 +254,30 @@ impl Conn {
     pub fn take(&self) -> Pending {
         let mut o = self.outbox.lock();
         o.bytes = 0;
-        o.writing = !o.frames.is_empty();
+        // Control frames too: a direct write must not land inside a pong or probe being written.
+        o.writing = !o.frames.is_empty() || o.ping || o.pong.is_some();
         Pending {
             frames: std::mem::take(&mut o.frames),
             close: o.close,
             ping: std::mem::take(&mut o.ping),
+            pong: o.pong.take(),
         }
     }
 
-    /// Whether `take` would return anything (frames, a close or a probe).
+    /// Whether `take` would return anything (frames, a close, a probe or a pong).
     pub fn has_pending(&self) -> bool {
         let o = self.outbox.lock();
-        !o.frames.is_empty() || o.close.is_some() || o.ping
+        !o.frames.is_empty() || o.close.is_some() || o.ping || o.pong.is_some()
+    }
+
+    /// Queues the answer to a WebSocket ping with this payload, after the frames queued so far
+    /// and before any later ones. An answer not yet taken keeps its place and takes the newer
+    /// payload. Called by the connection task itself, which writes it on its next turn (so no
+    /// wake-up).
+    pub fn pong(&self, payload: &[u8]) {
+        let mut o = self.outbox.lock();
+        let at = o.pong.as_ref().map_or(o.frames.len(), |(at, _)| *at);
+        o.pong = Some((at, payload.into()));
     }
 
     /// The frames from the last `take` are written: direct writes may resume.
@@ -294,6 +314,17 @@ impl Conn {
     /// `poll_woken` as a future.
     pub async fn woken(&self) {
         std::future::poll_fn(|cx| self.poll_woken(cx)).await;
+    }
+
+    /// Ready with the close code once a close is requested. Unlike `poll_woken` it leaves the
+    /// wake-up pending, so frames queued meanwhile are still noticed by the task's next wait.
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<CloseCode> {
+        // Registered before the check: a request after it wakes this waker.
+        self.wake.register(cx.waker());
+        match self.close_code() {
+            Some(code) => Poll::Ready(code),
+            None => Poll::Pending,
+        }
     }
 
     /// Asks the connection task to close with `code` (the first request wins).
@@ -466,6 +497,74 @@ mod tests {
         c.detach();
         assert!(c.send(&Frame::from("mn")));
         assert_eq!(c.take().frames.len(), 1, "queued after detach");
+    }
+
+    #[test]
+    fn one_pong_answers_the_latest_ping_and_holds_off_direct_writes() {
+        let c = conn();
+        let sink = Arc::new(Partial {
+            room: Mutex::new(1000),
+            got: Mutex::new(Vec::new()),
+        });
+        c.attach(sink.clone());
+        assert!(!c.has_pending());
+        for i in 0..1000 {
+            c.pong(format!("ping {i}").as_bytes());
+        }
+        assert!(c.has_pending(), "a pong to write");
+        // Events after a pong go behind it (no direct write ahead of it, or inside it).
+        assert!(c.send(&Frame::from("ev")));
+        assert!(sink.got.lock().is_empty());
+        let p = c.take();
+        let (at, payload) = p.pong.unwrap();
+        assert_eq!((at, &payload[..]), (0, &b"ping 999"[..]), "only the latest");
+        assert_eq!(p.frames.len(), 1);
+        // While the task writes it, the same.
+        assert!(c.send(&Frame::from("ev2")));
+        assert!(sink.got.lock().is_empty());
+        c.written();
+        let p = c.take();
+        assert_eq!(p.frames.len(), 1);
+        assert!(p.pong.is_none(), "taken once");
+        c.written();
+        assert!(c.send(&Frame::from("ev3")));
+        assert_eq!(sink.got.lock().len(), 5, "direct again once written");
+
+        // Its place: after the frames queued before the first ping it answers.
+        let d = conn();
+        assert!(d.send(&Frame::from("a")));
+        d.pong(b"1");
+        assert!(d.send(&Frame::from("b")));
+        d.pong(b"2");
+        let p = d.take();
+        assert_eq!(p.frames.len(), 2);
+        assert_eq!(
+            p.pong.map(|(at, p)| (at, p.to_vec())),
+            Some((1, b"2".to_vec()))
+        );
+    }
+
+    #[test]
+    fn waiting_for_a_close_leaves_the_wake_up_for_queued_frames() {
+        let c = conn();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(
+            c.send(&Frame::from("queued")),
+            "no sink: queued, task woken"
+        );
+        assert!(c.poll_close(&mut cx).is_pending());
+        assert!(
+            c.poll_woken(&mut cx).is_ready(),
+            "the wake-up is still there"
+        );
+        assert!(c.poll_woken(&mut cx).is_pending());
+        c.request_close(herald_protocol::codes::RECONNECT);
+        assert_eq!(
+            c.poll_close(&mut cx),
+            Poll::Ready(herald_protocol::codes::RECONNECT)
+        );
+        assert!(c.poll_woken(&mut cx).is_ready());
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl Node {
             drain: drain.clone(),
             activity_timeout: config.server.activity_timeout,
             max_ws_message_bytes: config.server.max_ws_message_bytes,
+            write_timeout: Duration::from_secs(config.server.pong_timeout),
         });
         let api = Arc::new(ApiState::new(
             executor.clone(),

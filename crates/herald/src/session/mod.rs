@@ -36,6 +36,10 @@ pub struct Ctx {
     pub activity_timeout: u64,
     /// The largest message a client may send, in bytes (closed with 1009 above it).
     pub max_ws_message_bytes: usize,
+    /// How long a write may wait for the client to take a byte before the connection is
+    /// closed as a slow consumer (4100): the pong timeout, since a client that takes nothing
+    /// for that long could not have answered a probe either.
+    pub write_timeout: std::time::Duration,
 }
 
 /// What the upgrade request said that matters.

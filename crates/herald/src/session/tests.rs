@@ -36,6 +36,7 @@ fn ctx_with(apps: Vec<App>) -> Arc<Ctx> {
         drain: Drain::new(),
         activity_timeout: 120,
         max_ws_message_bytes: 10_000,
+        write_timeout: std::time::Duration::from_secs(30),
     })
 }
 

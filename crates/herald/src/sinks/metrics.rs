@@ -130,7 +130,7 @@ impl Metrics {
             slow_consumers: counter(
                 &r,
                 "herald_slow_consumer_disconnects_total",
-                "Connections closed because their outbox overflowed",
+                "Connections closed because their outbox overflowed or a write to them stalled",
                 &["app"],
             ),
             rejections: counter(

@@ -8,6 +8,12 @@
 //! written straight from the engine's shared bytes in one write per wake-up. Keep-alive probes
 //! and the sign-in deadline come from a sweep over all connections (`keepalive_sweep`), not
 //! from a timer per connection.
+//!
+//! Every write has a deadline: a write the client takes no byte of for the write timeout (the
+//! pong timeout) closes the connection as a slow consumer (4100), and any close the engine, a
+//! drain or the sweep requests ends a blocked write (see `write_batch`). Answers to WebSocket
+//! pings wait in the outbox too (one per connection), so a client that pings and never reads
+//! holds a bounded amount of memory and cannot starve its own events.
 
 use crate::session::{self, ConnectParams, Session};
 use crate::sinks::metrics::ConnCounters;
@@ -16,6 +22,8 @@ use crate::transport::wsframe::{self, FrameError};
 use herald_core::{clock_ms, Conn, Engine, Frame};
 use herald_protocol::{codes, encode, CloseCode};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -240,25 +248,111 @@ pub async fn keepalive_sweep(engine: Engine, activity_s: u64, pong_s: u64) {
     }
 }
 
-/// The queued frames' wire bytes, one after the other; returns (frames, bytes).
-fn encode_frames(frames: &VecDeque<Frame>, out: &mut Vec<u8>) -> (u64, u64) {
+/// How a write of queued frames ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Wrote {
+    /// The socket took every byte.
+    All,
+    /// The socket failed: the peer is gone.
+    Failed,
+    /// Stopped short to close with this code (where the byte stream stands is in `done`).
+    Close(CloseCode),
+}
+
+/// Writes `buf` from `*done` on, counting in `done` what the socket took. Most writes finish at
+/// once; one that has to wait for the client ends early:
+/// - at once when the connection is closed as a slow consumer (its outbox overflowed);
+/// - on any other close requested meanwhile (drain 4200, pong timeout 4201, app disabled 4003,
+///   ...) once the write is done or `CLOSE_FLUSH` after the request, whichever comes first: a
+///   client that reads still gets the frames accepted before the close;
+/// - when the socket takes no byte for `stall` (the write timeout): closed as a slow consumer.
+///
+/// The first try needs no timer and no lock: those are set up only once the socket is full.
+async fn write_batch<S: Transport>(
+    io: &mut S,
+    conn: &Conn,
+    buf: &[u8],
+    done: &mut usize,
+    stall: Duration,
+) -> Wrote {
+    use tokio::time::{sleep_until, Instant, Sleep};
+    let mut timer = std::pin::pin!(None::<Sleep>);
+    let mut closing: Option<CloseCode> = None;
+    let mut grace_end: Option<Instant> = None;
+    std::future::poll_fn(|cx| {
+        let before = *done;
+        loop {
+            if *done == buf.len() {
+                match Pin::new(&mut *io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Wrote::All),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Wrote::Failed),
+                    Poll::Pending => break,
+                }
+            }
+            match Pin::new(&mut *io).poll_write(cx, &buf[*done..]) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Wrote::Failed),
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Pending => break,
+            }
+        }
+        // The client is not taking bytes now: wait for it, a close, or the deadline.
+        let mut rearm = *done > before || timer.is_none();
+        if closing.is_none() {
+            if let Poll::Ready(code) = conn.poll_close(cx) {
+                if code == codes::SLOW_CONSUMER {
+                    return Poll::Ready(Wrote::Close(code));
+                }
+                closing = Some(code);
+                grace_end = Some(Instant::now() + CLOSE_FLUSH);
+                rearm = true;
+            }
+        }
+        if rearm {
+            let stalled_at = Instant::now() + stall;
+            let at = grace_end.map_or(stalled_at, |g| g.min(stalled_at));
+            match timer.as_mut().as_pin_mut() {
+                Some(t) => t.reset(at),
+                None => timer.set(Some(sleep_until(at))),
+            }
+        }
+        if let Some(t) = timer.as_mut().as_pin_mut() {
+            if t.poll(cx).is_ready() {
+                return Poll::Ready(Wrote::Close(closing.unwrap_or_else(|| {
+                    // Stalled: the engine stops queueing for it at once.
+                    conn.request_close(codes::SLOW_CONSUMER);
+                    codes::SLOW_CONSUMER
+                })));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The queued frames' wire bytes, one after the other, with a pong in its place among them;
+/// returns (frames, bytes) without the pong.
+fn encode_frames(
+    frames: &VecDeque<Frame>,
+    pong: Option<&(usize, Box<[u8]>)>,
+    out: &mut Vec<u8>,
+) -> (u64, u64) {
     let bytes: usize = frames.iter().map(|f| f.wire().len()).sum();
-    out.reserve(bytes);
-    for f in frames {
+    out.reserve(bytes + pong.map_or(0, |(_, p)| p.len() + 2));
+    // Never ahead of a direct write's tail (none is queued after a pong, but stay safe).
+    let first_is_rest = frames.front().is_some_and(Frame::is_rest);
+    let at = pong.map_or(frames.len(), |(at, _)| {
+        (*at).clamp(usize::from(first_is_rest), frames.len())
+    });
+    for f in frames.range(..at) {
+        out.extend_from_slice(f.wire());
+    }
+    if let Some((_, payload)) = pong {
+        wsframe::put_frame(out, wsframe::OP_PONG, payload);
+    }
+    for f in frames.range(at..) {
         out.extend_from_slice(f.wire());
     }
     (frames.len() as u64, bytes as u64)
-}
-
-/// Resolves once the connection is closed as a slow consumer.
-async fn slow_consumer_closed(conn: &Conn) -> CloseCode {
-    loop {
-        let woken = conn.woken();
-        if conn.close_code() == Some(codes::SLOW_CONSUMER) {
-            return codes::SLOW_CONSUMER;
-        }
-        woken.await;
-    }
 }
 
 /// What reading the client's frames decided.
@@ -335,13 +429,13 @@ impl Socket {
         // The first frame may be the tail of one a direct write began: it must be finished
         // before anything else goes on the wire, whatever happens next.
         let first_is_rest = pending.frames.front().is_some_and(Frame::is_rest);
-        let first_len = pending.frames.front().map_or(0, |f| f.wire().len());
         if let Some(code) = pending.close {
+            let first_len = pending.frames.front().map_or(0, |f| f.wire().len());
             // Frames the engine accepted before the close still go out first (a drain
             // must not lose accepted events); a slow consumer is closed as it stands.
             if code != codes::SLOW_CONSUMER && !pending.frames.is_empty() {
                 let mut out = Vec::new();
-                let (n, bytes) = encode_frames(&pending.frames, &mut out);
+                let (n, bytes) = encode_frames(&pending.frames, None, &mut out);
                 let mut done = 0;
                 let flush = tokio::time::timeout(CLOSE_FLUSH, write_counted(io, &out, &mut done));
                 match flush.await {
@@ -366,11 +460,14 @@ impl Socket {
             }
             return Some(Some(code.into()));
         }
-        if pending.frames.is_empty() && !pending.ping {
+        if pending.frames.is_empty() && !pending.ping && pending.pong.is_none() {
             return None;
         }
         let mut out = Vec::new();
-        let (mut n, bytes) = encode_frames(&pending.frames, &mut out);
+        let (mut n, bytes) = encode_frames(&pending.frames, pending.pong.as_ref(), &mut out);
+        // The first unit in `out`: a direct write's tail (always ahead of a pong), or a whole
+        // frame (the pong maybe), whose length its header gives when needed.
+        let rest_len = pending.frames.front().map_or(0, |f| f.wire().len());
         if pending.ping {
             // Probe both ways: a WebSocket ping and Pusher's own.
             wsframe::put_frame(&mut out, wsframe::OP_PING, b"");
@@ -378,20 +475,25 @@ impl Socket {
             n += 1;
         }
         drop(pending);
-        // A write blocked by a client that stopped reading must not outlive the
-        // slow-consumer close its overflowing outbox requests; the frame it stopped in is
-        // finished before the 4100 frames.
+        // A write blocked by a client that stopped reading ends with a close (requested or its
+        // own deadline); the frame it stopped in is finished before the closing frames.
         let mut done = 0;
-        let written = tokio::select! {
-            biased;
-            ok = write_counted(io, &out, &mut done) => ok,
-            code = slow_consumer_closed(conn) => {
+        let stall = self.session.ctx().write_timeout;
+        match write_batch(io, conn, &out, &mut done, stall).await {
+            Wrote::All => {}
+            Wrote::Failed => return Some(None),
+            Wrote::Close(code) => {
+                let first_len = if first_is_rest {
+                    rest_len
+                } else {
+                    server_frame_len(&out).unwrap_or(0)
+                };
                 let rest = unfinished(&out, first_is_rest, first_len, done).to_vec();
-                return Some(Some(Closing { code, unfinished: rest }));
+                return Some(Some(Closing {
+                    code,
+                    unfinished: rest,
+                }));
             }
-        };
-        if !written {
-            return Some(None);
         }
         conn.written();
         self.counters.messages_out.inc_by(n);
@@ -422,11 +524,9 @@ impl Socket {
             let message: Option<Box<(u8, Vec<u8>)>>;
             let body: &[u8] = match h.opcode {
                 wsframe::OP_PING => {
-                    let mut out = Vec::with_capacity(payload.len() + 2);
-                    wsframe::put_frame(&mut out, wsframe::OP_PONG, payload);
-                    if !write_out(io, &out).await {
-                        break Flow::Closed;
-                    }
+                    // Answered by the next write, in order with the events and under its
+                    // deadline; a newer ping replaces an answer not yet written.
+                    self.session.conn().pong(payload);
                     continue;
                 }
                 wsframe::OP_PONG => continue,
@@ -497,6 +597,194 @@ impl Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_core::{App, EngineConfig, LocalAdapter, StaticAppStore};
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::time::Instant;
+
+    impl Transport for DuplexStream {
+        fn poll_read_into(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut Vec<u8>,
+        ) -> Poll<std::io::Result<usize>> {
+            buf.reserve(4096);
+            tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+        }
+    }
+
+    fn conn() -> Arc<Conn> {
+        let engine = Engine::new(
+            Arc::new(StaticAppStore::new(vec![App::default_app()]).unwrap()),
+            Arc::new(LocalAdapter::new()),
+            vec![],
+            EngineConfig::default(),
+        );
+        engine.connect(Arc::new(App::default_app())).unwrap()
+    }
+
+    const STALL: Duration = Duration::from_secs(5);
+
+    /// A socket with room for 64 bytes whose client reads nothing (unless the test reads
+    /// `client`), and a 1,000-byte write to it.
+    fn blocked() -> (DuplexStream, DuplexStream, Vec<u8>) {
+        let (server, client) = tokio::io::duplex(64);
+        (server, client, vec![7u8; 1000])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_takes_nothing_of_for_the_write_timeout_is_a_slow_consumer() {
+        let (mut io, _client, buf) = blocked();
+        let c = conn();
+        let (t0, mut done) = (Instant::now(), 0);
+        let end = write_batch(&mut io, &c, &buf, &mut done, STALL).await;
+        assert_eq!(end, Wrote::Close(codes::SLOW_CONSUMER));
+        assert_eq!(t0.elapsed(), STALL);
+        assert_eq!(done, 64, "what the socket took is counted");
+        assert_eq!(
+            c.close_code(),
+            Some(codes::SLOW_CONSUMER),
+            "no more queueing"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_slowly_but_steadily_is_not_cut_off() {
+        let (mut io, mut client, buf) = blocked();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 16];
+            while got.len() < 1000 {
+                // Always within the write timeout: each read is progress.
+                tokio::time::sleep(STALL - Duration::from_millis(10)).await;
+                let n = client.read(&mut chunk).await.unwrap();
+                got.extend_from_slice(&chunk[..n]);
+            }
+            got
+        });
+        let c = conn();
+        let mut done = 0;
+        let end = write_batch(&mut io, &c, &buf, &mut done, STALL).await;
+        assert_eq!((end, done), (Wrote::All, 1000));
+        assert_eq!(reader.await.unwrap(), buf);
+        assert_eq!(c.close_code(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_requested_close_ends_a_blocked_write_after_the_closing_flush() {
+        for code in [codes::RECONNECT, codes::PONG_TIMEOUT, codes::APP_DISABLED] {
+            let (mut io, _client, buf) = blocked();
+            let c = conn();
+            let asker = c.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                asker.request_close(code);
+            });
+            let (t0, mut done) = (Instant::now(), 0);
+            let end = write_batch(&mut io, &c, &buf, &mut done, Duration::from_secs(30)).await;
+            assert_eq!(end, Wrote::Close(code));
+            assert_eq!(
+                t0.elapsed(),
+                Duration::from_secs(1) + CLOSE_FLUSH,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_consumer_close_ends_a_blocked_write_at_once() {
+        let (mut io, _client, buf) = blocked();
+        let c = conn();
+        let asker = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            asker.request_close(codes::SLOW_CONSUMER);
+        });
+        let (t0, mut done) = (Instant::now(), 0);
+        let end = write_batch(&mut io, &c, &buf, &mut done, Duration::from_secs(30)).await;
+        assert_eq!(end, Wrote::Close(codes::SLOW_CONSUMER));
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_on_after_a_drain_request_gets_the_whole_write() {
+        let (mut io, mut client, buf) = blocked();
+        let c = conn();
+        let asker = c.clone();
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            asker.request_close(codes::RECONNECT);
+            let mut got = vec![0u8; 1000];
+            client.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let mut done = 0;
+        let end = write_batch(&mut io, &c, &buf, &mut done, Duration::from_secs(30)).await;
+        assert_eq!(
+            (end, done),
+            (Wrote::All, 1000),
+            "the close is sent after the write"
+        );
+        assert_eq!(reader.await.unwrap(), buf);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_flood_is_answered_with_bounded_pongs_and_events_still_flow() {
+        // The client sends 2,000 pings at once; the server answers the latest ping of each read
+        // (not each ping), and the event queued meanwhile goes out too.
+        let engine = Engine::new(
+            Arc::new(StaticAppStore::new(vec![App::default_app()]).unwrap()),
+            Arc::new(LocalAdapter::new()),
+            vec![],
+            EngineConfig::default(),
+        );
+        let ctx = Arc::new(session::Ctx {
+            engine: engine.clone(),
+            metrics: Arc::new(crate::sinks::metrics::Metrics::new()),
+            cluster: None,
+            drain: crate::drain::Drain::new(),
+            activity_timeout: 120,
+            max_ws_message_bytes: 10_000,
+            write_timeout: STALL,
+        });
+        let c = engine.connect(Arc::new(App::default_app())).unwrap();
+        let (server, mut client) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(run(server, Vec::new(), ctx, c.clone()));
+        let mut pings = Vec::new();
+        for i in 0..2000u32 {
+            let payload = format!("ping {i}");
+            pings.extend_from_slice(&[0x89, 0x80 | payload.len() as u8, 0, 0, 0, 0]);
+            pings.extend_from_slice(payload.as_bytes());
+        }
+        assert!(c.send(&Frame::from("event")));
+        client.write_all(&pings).await.unwrap();
+        // Frames until the answer to the last ping.
+        let (mut pongs, mut texts, mut out, mut pos) = (0, 0, Vec::new(), 0);
+        'read: loop {
+            let mut chunk = [0u8; 4096];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the last ping was answered");
+            out.extend_from_slice(&chunk[..n]);
+            while let Some(len) = server_frame_len(&out[pos..]).filter(|l| pos + l <= out.len()) {
+                let frame = &out[pos..pos + len];
+                pos += len;
+                match frame[0] {
+                    0x8A => {
+                        pongs += 1;
+                        if &frame[2..] == b"ping 1999" {
+                            break 'read;
+                        }
+                    }
+                    0x81 => texts += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(pongs < 2000, "{pongs} pongs for 2,000 pings");
+        assert_eq!(texts, 2, "the handshake and the event");
+        let close = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8];
+        client.write_all(&close).await.unwrap();
+        task.await.unwrap();
+    }
 
     /// Server frames of these payload lengths, one after the other, and where each ends.
     fn frames(lens: &[usize]) -> (Vec<u8>, Vec<usize>) {
@@ -507,6 +795,28 @@ mod tests {
             ends.push(out.len());
         }
         (out, ends)
+    }
+
+    #[test]
+    fn a_pong_goes_in_its_place_and_a_cut_write_finishes_it() {
+        let queue: VecDeque<Frame> = ["a", "bb", "ccc"].into_iter().map(Frame::from).collect();
+        let pong = (1, Box::from(&b"p"[..]));
+        let mut out = Vec::new();
+        assert_eq!(encode_frames(&queue, Some(&pong), &mut out), (3, 12));
+        let wire = |f: &Frame| f.wire().to_vec();
+        let expected = [
+            wire(&queue[0]),
+            vec![0x8A, 1, b'p'],
+            wire(&queue[1]),
+            wire(&queue[2]),
+        ];
+        assert_eq!(out, expected.concat());
+        // First in the stream, then cut inside it: finished to its end only.
+        let mut out = Vec::new();
+        encode_frames(&queue, Some(&(0, Box::from(&b"pq"[..]))), &mut out);
+        assert_eq!(&out[..4], &[0x8A, 2, b'p', b'q']);
+        let first = server_frame_len(&out).unwrap();
+        assert_eq!(unfinished(&out, false, first, 1), &out[1..4]);
     }
 
     #[test]
