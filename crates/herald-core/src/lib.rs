@@ -18,5 +18,7 @@ pub use conn::{
     clock_ms, Conn, Frame, Pending, Sink, DIRECT_WRITE_MAX_FANOUT, OUTBOX_MAX_BYTES,
     OUTBOX_MAX_FRAMES,
 };
-pub use engine::{ChannelStats, Engine, EngineConfig, SubscribeError, Subscribed};
+pub use engine::{
+    ChannelStats, Engine, EngineConfig, SubscribeError, Subscribed, COUNT_COALESCE_WINDOW,
+};
 pub use lifecycle::{LifecycleEvent, LifecycleSink};

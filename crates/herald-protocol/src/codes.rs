@@ -40,6 +40,10 @@ pub const MESSAGE_TOO_BIG: CloseCode = CloseCode {
 pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;
 pub const CLIENT_EVENT_RATE_LIMIT_MSG: &str = "Client event rejected due to rate limit";
 pub const WATCHLIST_LIMIT: u16 = 4302;
+/// A subscribe refused because the server holds `server.max_subscriptions`. The base of
+/// Pusher's "any other error" range: the connection stays open (a 40xx-42xx code means closed),
+/// and it is told apart from 4301, a rate that refills by itself.
+pub const SUBSCRIPTION_CAPACITY: u16 = 4300;
 
 /// Protocol versions this server speaks (all with version-7 semantics).
 pub const SUPPORTED_PROTOCOLS: &[u32] = &[5, 6, 7];

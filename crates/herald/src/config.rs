@@ -121,6 +121,10 @@ pub struct ServerConfig {
     /// less a reserve, so that the API, health checks, metrics and outgoing connections keep
     /// working when clients take every socket they can.
     pub max_connections: u64,
+    /// Channel subscriptions held across all apps beyond which a subscribe is refused with
+    /// `pusher:error` 4300 (the connection stays open); 0: no limit. Bounds the memory that
+    /// anonymous clients can make the server hold (README, Security).
+    pub max_subscriptions: u64,
 }
 
 /// Webhook delivery settings (`[webhooks]`, `HERALD_WEBHOOKS_*`); targets are set per app.
@@ -180,6 +184,7 @@ impl Default for ServerConfig {
             drain_window_ms: 5000,
             shutdown_timeout_ms: 15_000,
             max_connections: 0,
+            max_subscriptions: 200_000,
         }
     }
 }
@@ -499,6 +504,12 @@ impl Config {
             (
                 "server.max_connections",
                 s.max_connections,
+                0,
+                MAX_SETTING_SIZE,
+            ),
+            (
+                "server.max_subscriptions",
+                s.max_subscriptions,
                 0,
                 MAX_SETTING_SIZE,
             ),
@@ -1011,6 +1022,11 @@ mod tests {
                 "0",
                 "store.refresh_interval_ms",
             ),
+            (
+                "HERALD_SERVER_MAX_SUBSCRIPTIONS",
+                "1099511627777",
+                "server.max_subscriptions",
+            ),
         ] {
             let e = Config::load(None, env(&[(var, value)])).unwrap_err();
             assert!(
@@ -1028,5 +1044,12 @@ mod tests {
         assert_eq!(e, "invalid value for HERALD_SERVER_SHUTDOWN_TIMEOUT_MS: `18446744073709551615` is out of range (at most 9223372036854775807)");
         // The largest accepted values load.
         Config::load(None, env(&[("HERALD_DEFAULT_APP_CACHE_TTL", "31536000")])).unwrap();
+        let c = Config::load(
+            None,
+            env(&[("HERALD_SERVER_MAX_SUBSCRIPTIONS", "1099511627776")]),
+        )
+        .unwrap();
+        assert_eq!(c.server.max_subscriptions, 1 << 40);
+        assert_eq!(Config::default().server.max_subscriptions, 200_000);
     }
 }

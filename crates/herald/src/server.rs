@@ -157,7 +157,11 @@ fn build_engine(
             store.store.clone(),
             adapter,
             sinks.clone(),
-            EngineConfig::default(),
+            EngineConfig {
+                max_subscriptions: usize::try_from(config.server.max_subscriptions)
+                    .unwrap_or(usize::MAX),
+                ..EngineConfig::default()
+            },
         )
     };
     match config.adapter {

@@ -1,19 +1,26 @@
 //! Channels: subscriptions, publishing, client events, counts and the channel queries.
 
-use super::{AppState, Cached, Channel, Engine, Sub};
+use super::{AppState, Cached, Channel, CountThrottle, Engine, Held, Sub};
 use crate::cluster::ClusterNote;
 use crate::conn::{Conn, Frame};
 use crate::lifecycle::LifecycleEvent;
 use herald_protocol::presence::MemberData;
 use herald_protocol::{encode, ChannelName, SocketId};
 use serde_json::value::RawValue;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Channels above this many subscribers get at most one subscription count per window.
+/// Channels above this many subscribers get at most one subscription count per window, frame and
+/// report together (Pusher's rule).
 const COUNT_THROTTLE_ABOVE: usize = 100;
 const COUNT_THROTTLE_WINDOW: Duration = Duration::from_secs(5);
+/// Smaller channels get at most one count frame per this interval: every subscriber is sent each
+/// frame, so one client churning subscriptions would otherwise make N subscribers receive a
+/// frame per change. One keep-alive sweep at the default timeouts, so a held-back frame goes out
+/// 250-500 ms after the one before.
+pub const COUNT_COALESCE_WINDOW: Duration = Duration::from_millis(250);
 
 /// Counts and contents of one channel, as the HTTP API reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,8 +37,18 @@ pub struct ChannelStats {
 /// A refused subscription; `Display` is the `pusher:error` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscribeError {
-    Existing { channel: String },
-    PresenceFull { channel: String, max: usize },
+    Existing {
+        channel: String,
+    },
+    PresenceFull {
+        channel: String,
+        max: usize,
+    },
+    /// This node holds `max` subscriptions (`EngineConfig::max_subscriptions`).
+    OverCapacity {
+        channel: String,
+        max: usize,
+    },
 }
 
 impl std::fmt::Display for SubscribeError {
@@ -41,6 +58,10 @@ impl std::fmt::Display for SubscribeError {
             Self::PresenceFull { channel, max } => {
                 write!(f, "Presence channel {channel} is full (max {max} members)")
             }
+            Self::OverCapacity { channel, max } => write!(
+                f,
+                "Cannot subscribe to {channel}: the server holds its limit of {max} subscriptions"
+            ),
         }
     }
 }
@@ -89,6 +110,16 @@ impl Engine {
         member: Option<MemberData>,
         remote_members: &[(String, String)],
     ) -> Result<Subscribed, SubscribeError> {
+        // A place is taken before any state is touched, and given back on every refusal below.
+        let max = self.inner.config.max_subscriptions;
+        let held = self.inner.subscriptions.fetch_add(1, Ordering::Relaxed);
+        if max > 0 && held >= max {
+            self.inner.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            return Err(SubscribeError::OverCapacity {
+                channel: channel.to_string(),
+                max,
+            });
+        }
         let clustered = self.inner.adapter.clustered();
         let mut notes: Vec<ClusterNote> = Vec::new();
         let st = self.state_of(conn);
@@ -98,6 +129,7 @@ impl Engine {
             .entry(channel.arc().clone())
             .or_insert_with(|| Channel::new(channel.clone()));
         if ch.subs.contains_key(&conn.socket_id) {
+            self.inner.subscriptions.fetch_sub(1, Ordering::Relaxed);
             return Err(SubscribeError::Existing {
                 channel: channel.to_string(),
             });
@@ -114,6 +146,7 @@ impl Engine {
                     if ch.is_dead(now) {
                         shard.remove(channel.as_str());
                     }
+                    self.inner.subscriptions.fetch_sub(1, Ordering::Relaxed);
                     return Err(e);
                 }
             }
@@ -208,6 +241,7 @@ impl Engine {
         let Some(sub) = ch.subs.remove(&conn.socket_id) else {
             return;
         };
+        self.inner.subscriptions.fetch_sub(1, Ordering::Relaxed);
         let clustered = self.inner.adapter.clustered();
         let mut notes: Vec<ClusterNote> = Vec::new();
         let removed_member = sub
@@ -270,10 +304,17 @@ impl Engine {
         }
     }
 
-    /// Sends `pusher_internal:subscription_count` when the app wants it; returns the count sent
-    /// now, for the caller to report once its locks are gone. On a channel above
-    /// `COUNT_THROTTLE_ABOVE` subscribers at most one count goes out per window: a change within
-    /// the window is held back, and [`Engine::tick`] sends the latest count when it ends.
+    /// Sends `pusher_internal:subscription_count` when the app wants it; returns the count to
+    /// report now (the `SubscriptionCount` lifecycle event, hence webhooks), for the caller to
+    /// emit once its locks are gone.
+    ///
+    /// Up to `COUNT_THROTTLE_ABOVE` subscribers every change is reported, and the frame goes out
+    /// at once unless one went out less than `COUNT_COALESCE_WINDOW` ago; then the window's
+    /// changes collapse into one frame with the latest count at its end. Above it, frame and
+    /// report go together, at most one per `COUNT_THROTTLE_WINDOW` counted from the last report:
+    /// a change within the window is held back. [`Engine::tick`] sends what was held back when
+    /// its window ends. The window is the one of the channel's current size, so a channel that
+    /// shrinks to the limit gets its count within the short window again.
     fn after_count_change(&self, st: &AppState, ch: &mut Channel) -> Option<usize> {
         if ch.name.is_presence() || ch.name.is_internal() || ch.subs.is_empty() {
             return None;
@@ -283,37 +324,51 @@ impl Engine {
             return None;
         }
         let now = Instant::now();
-        match ch.count.last_sent.map(|t| t + COUNT_THROTTLE_WINDOW) {
-            Some(window_end) if ch.subs.len() > COUNT_THROTTLE_ABOVE && now < window_end => {
-                if ch.count.due.is_none() {
-                    ch.count.due = Some(window_end);
-                    st.counts_due.lock().push((window_end, ch.name.clone()));
+        let was_due = ch.count.due();
+        let reported = if ch.subs.len() > COUNT_THROTTLE_ABOVE {
+            match ch.count.last_report.map(|t| t + COUNT_THROTTLE_WINDOW) {
+                Some(end) if now < end => {
+                    ch.count.held = Held::FrameAndReport;
+                    None
                 }
-                None
+                _ => {
+                    self.send_count(ch, now);
+                    Some(report(ch, now))
+                }
             }
-            _ => Some(self.send_count(ch, now)),
+        } else {
+            match ch.count.last_frame.map(|t| t + COUNT_COALESCE_WINDOW) {
+                Some(end) if now < end => ch.count.held = Held::Frame,
+                _ => self.send_count(ch, now),
+            }
+            Some(report(ch, now))
+        };
+        if let Some(due) = ch.count.due().filter(|d| Some(*d) != was_due) {
+            // An entry for another deadline stays in the list; `tick` skips it.
+            st.counts_due.lock().push((due, ch.name.clone()));
         }
+        reported
     }
 
-    /// Queues the count frame to every subscriber; returns the count.
-    fn send_count(&self, ch: &mut Channel, now: Instant) -> usize {
-        ch.count.last_sent = Some(now);
-        // This count is the latest: one held back is no longer needed.
-        ch.count.due = None;
-        let n = ch.subs.len();
+    /// Queues the count frame to every subscriber.
+    fn send_count(&self, ch: &mut Channel, now: Instant) {
+        ch.count.last_frame = Some(now);
+        // This frame carries the latest count: one held back is no longer needed (a held report
+        // is the caller's to make).
+        ch.count.held = Held::Nothing;
         ch.broadcast(
-            &encode::subscription_count(ch.name.as_str(), n).into(),
+            &encode::subscription_count(ch.name.as_str(), ch.subs.len()).into(),
             None,
         );
-        n
     }
 
-    /// Sends every subscription count held back by the throttle whose window ended by `now`:
-    /// the channel's latest count to each subscriber, and one `SubscriptionCount` lifecycle
-    /// event; nothing for a channel that emptied meanwhile. The engine runs no timers of its
-    /// own: the server calls this from its keep-alive sweep (every 250 ms at most) with
-    /// `tokio::time::Instant::now()`, so a held-back count goes out up to one sweep interval after
-    /// its window ends. Without those calls, held-back counts are never sent.
+    /// Sends every count frame held back whose window ended by `now`: the channel's latest
+    /// count to each subscriber, and one `SubscriptionCount` lifecycle event when the change was
+    /// not reported yet (a channel above the throttle's limit); nothing for a channel that
+    /// emptied meanwhile. The engine runs no timers of its own: the server calls this from its
+    /// keep-alive sweep (every 100-250 ms) with `tokio::time::Instant::now()`, so a held-back
+    /// count goes out up to one sweep interval after its window ends. Without those calls,
+    /// held-back counts are never sent.
     pub fn tick(&self, now: Instant) {
         for st in self.all_states() {
             let due: Vec<(Instant, ChannelName)> = {
@@ -328,18 +383,23 @@ impl Engine {
                 due
             };
             for (at, name) in due {
-                let sent = st
+                let reported = st
                     .shard(name.as_str())
                     .lock()
                     .get_mut(name.as_str())
-                    // Another deadline: this one was met by a later send, or the channel is a
-                    // new one under the same name.
-                    .filter(|ch| ch.count.due == Some(at))
+                    // Another deadline: this one was met by a later send, moved by a change of
+                    // window, or the channel is a new one under the same name.
+                    .filter(|ch| ch.count.due() == Some(at))
                     .and_then(|ch| {
-                        ch.count.due = None;
-                        (!ch.subs.is_empty()).then(|| self.send_count(ch, now))
+                        let held = ch.count.held;
+                        ch.count.held = Held::Nothing;
+                        if ch.subs.is_empty() {
+                            return None;
+                        }
+                        self.send_count(ch, now);
+                        (held == Held::FrameAndReport).then(|| report(ch, now))
                     });
-                self.emit_count(&st, &name, sent);
+                self.emit_count(&st, &name, reported);
             }
         }
     }
@@ -473,4 +533,21 @@ impl Engine {
             }
         }
     }
+}
+
+impl CountThrottle {
+    /// When what is held back goes out.
+    fn due(&self) -> Option<Instant> {
+        match self.held {
+            Held::Nothing => None,
+            Held::Frame => self.last_frame.map(|t| t + COUNT_COALESCE_WINDOW),
+            Held::FrameAndReport => self.last_report.map(|t| t + COUNT_THROTTLE_WINDOW),
+        }
+    }
+}
+
+/// Marks the channel's current count as reported now; returns it.
+fn report(ch: &mut Channel, now: Instant) -> usize {
+    ch.count.last_report = Some(now);
+    ch.subs.len()
 }

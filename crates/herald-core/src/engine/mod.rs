@@ -10,7 +10,7 @@ mod cluster;
 mod presence;
 mod users;
 
-pub use channels::{ChannelStats, SubscribeError, Subscribed};
+pub use channels::{ChannelStats, SubscribeError, Subscribed, COUNT_COALESCE_WINDOW};
 
 use crate::app::{App, AppStore};
 use crate::cluster::ClusterAdapter;
@@ -20,7 +20,7 @@ use herald_protocol::{codes, ChannelName, CloseCode, SocketId};
 use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -29,11 +29,17 @@ use tokio::time::Instant;
 pub struct EngineConfig {
     /// Channel-map shards per app (rounded up to a power of two).
     pub shards: usize,
+    /// Subscriptions held on this node across all apps beyond which a subscribe is refused
+    /// ([`SubscribeError::OverCapacity`]); 0: no limit.
+    pub max_subscriptions: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { shards: 64 }
+        Self {
+            shards: 64,
+            max_subscriptions: 0,
+        }
     }
 }
 
@@ -69,11 +75,26 @@ impl Cached {
     }
 }
 
+/// When a channel's subscription counts go out (the rule is in `channels.rs`). Kept small: every
+/// channel has one.
 #[derive(Default)]
 struct CountThrottle {
-    last_sent: Option<Instant>,
-    /// When the count held back by the throttle goes out (by [`Engine::tick`]).
-    due: Option<Instant>,
+    /// The last `pusher_internal:subscription_count` frame sent to the subscribers.
+    last_frame: Option<Instant>,
+    /// The last `SubscriptionCount` lifecycle event (what webhooks report).
+    last_report: Option<Instant>,
+    held: Held,
+}
+
+/// What a channel holds back for [`Engine::tick`]; when it is due follows from the last send.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    #[default]
+    Nothing,
+    /// The frame, `COUNT_COALESCE_WINDOW` after the last frame (the change was reported).
+    Frame,
+    /// Frame and report, `COUNT_THROTTLE_WINDOW` after the last report (a big channel).
+    FrameAndReport,
 }
 
 struct Channel {
@@ -163,6 +184,8 @@ struct Inner {
     config: EngineConfig,
     states: RwLock<HashMap<Arc<str>, Arc<AppState>>>,
     seq: AtomicU64,
+    /// Subscriptions held across all apps, against `config.max_subscriptions`.
+    subscriptions: AtomicUsize,
 }
 
 /// Handle to the engine; clones share the same state.
@@ -192,6 +215,7 @@ impl Engine {
                 config,
                 states: RwLock::new(HashMap::new()),
                 seq: AtomicU64::new(rand::random_range(1..1_000_000)),
+                subscriptions: AtomicUsize::new(0),
             }),
         }
     }
@@ -377,6 +401,11 @@ impl Engine {
             }
         }
         closed
+    }
+
+    /// Subscriptions held across all apps (what `max_subscriptions` limits).
+    pub fn total_subscriptions(&self) -> usize {
+        self.inner.subscriptions.load(Ordering::Relaxed)
     }
 
     /// Open connections across all apps.

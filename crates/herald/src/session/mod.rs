@@ -17,6 +17,7 @@ use herald_protocol::sign::{self, AuthError};
 use herald_protocol::user::{self, UserData};
 use herald_protocol::{codes, encode, ChannelKind, ChannelName, CloseCode};
 use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -356,10 +357,19 @@ impl Session {
                 self.subs.insert(Sub { name: ch, user_id });
             }
             Err(e) => {
-                if matches!(e, herald_core::SubscribeError::PresenceFull { .. }) {
-                    self.ctx.metrics.rejected(&app.id, "max_presence_members");
-                }
-                self.error(None, &e.to_string());
+                let code = match &e {
+                    herald_core::SubscribeError::PresenceFull { .. } => {
+                        self.ctx.metrics.rejected(&app.id, "max_presence_members");
+                        None
+                    }
+                    herald_core::SubscribeError::OverCapacity { max, .. } => {
+                        self.ctx.metrics.rejected(&app.id, "max_subscriptions");
+                        warn_at_capacity(*max);
+                        Some(codes::SUBSCRIPTION_CAPACITY)
+                    }
+                    herald_core::SubscribeError::Existing { .. } => None,
+                };
+                self.error(code, &e.to_string());
             }
         }
     }
@@ -505,6 +515,25 @@ impl Session {
             names.iter(),
             user.as_ref()
                 .map(|u| (u.data.id.as_str(), u.data.watchlist.as_slice())),
+        );
+    }
+}
+
+/// When the subscription cap last refused (`clock_ms`), so that the log says so at most once per
+/// 10 s, not once per refusal.
+static CAPACITY_WARNED_MS: AtomicU64 = AtomicU64::new(0);
+
+fn warn_at_capacity(max: usize) {
+    let now = herald_core::clock_ms();
+    let last = CAPACITY_WARNED_MS.load(Ordering::Relaxed);
+    if (last == 0 || now.saturating_sub(last) >= 10_000)
+        && CAPACITY_WARNED_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            max,
+            "subscribes refused (4300): the server holds server.max_subscriptions; see herald_limit_rejections_total{{limit=\"max_subscriptions\"}}"
         );
     }
 }

@@ -23,11 +23,15 @@ fn app() -> App {
 }
 
 fn ctx_with(apps: Vec<App>) -> Arc<Ctx> {
+    ctx_with_config(apps, EngineConfig::default())
+}
+
+fn ctx_with_config(apps: Vec<App>, config: EngineConfig) -> Arc<Ctx> {
     let engine = Engine::new(
         Arc::new(StaticAppStore::new(apps).unwrap()),
         Arc::new(LocalAdapter::new()),
         vec![],
-        EngineConfig::default(),
+        config,
     );
     Arc::new(Ctx {
         engine,
@@ -510,6 +514,44 @@ async fn client_events_are_rate_limited_per_connection() {
             "Client event rejected due to rate limit"
         );
     }
+}
+
+#[tokio::test]
+async fn subscribes_past_the_servers_cap_get_4300_and_the_connection_stays() {
+    let config = EngineConfig {
+        max_subscriptions: 2,
+        ..EngineConfig::default()
+    };
+    let ctx = ctx_with_config(vec![app()], config);
+    let mut s = session(&ctx);
+    let mut t = session(&ctx);
+    only(
+        &send(&mut s, subscribe("one", None, None)).await,
+        "pusher_internal:subscription_succeeded",
+    );
+    only(
+        &send(&mut t, subscribe("one", None, None)).await,
+        "pusher_internal:subscription_succeeded",
+    );
+    let fs = send(&mut t, subscribe("two", None, None)).await;
+    assert_eq!(fs.len(), 1, "{fs:?}");
+    assert_eq!(event(&fs[0]), "pusher:error");
+    assert_eq!(fs[0]["data"]["code"], codes::SUBSCRIPTION_CAPACITY);
+    assert_eq!(
+        fs[0]["data"]["message"],
+        "Cannot subscribe to two: the server holds its limit of 2 subscriptions"
+    );
+    assert!(s.conn().close_code().is_none() && t.conn().close_code().is_none());
+    // The refused channel was not recorded: after a place is given back it can be taken.
+    send(
+        &mut s,
+        json!({ "event": "pusher:unsubscribe", "data": { "channel": "one" } }),
+    )
+    .await;
+    only(
+        &send(&mut t, subscribe("two", None, None)).await,
+        "pusher_internal:subscription_succeeded",
+    );
 }
 
 #[tokio::test]
