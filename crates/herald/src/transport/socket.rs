@@ -748,7 +748,7 @@ mod tests {
         });
         let c = engine.connect(Arc::new(App::default_app())).unwrap();
         let (server, mut client) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(run(server, Vec::new(), ctx, c.clone()));
+        let task = tokio::spawn(run(server, Vec::new(), ctx, c.clone(), ()));
         let mut pings = Vec::new();
         for i in 0..2000u32 {
             let payload = format!("ping {i}");

@@ -267,6 +267,19 @@ impl Webhooks {
         if path.is_empty() {
             return;
         }
+        // Only a regular file is ours to read and remove: a spool setting that names a device,
+        // a directory or a link (say /dev/null) is left alone.
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_file() => {}
+            Ok(_) => {
+                tracing::error!(
+                    path,
+                    "webhooks.spool_file is not a regular file: left alone, nothing resent"
+                );
+                return;
+            }
+            Err(_) => return,
+        }
         let Ok(text) = std::fs::read_to_string(path) else {
             return;
         };
@@ -804,6 +817,33 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[tokio::test]
+    async fn a_spool_setting_that_is_not_a_regular_file_is_never_removed() {
+        let dir = std::env::temp_dir().join(format!("herald-spool-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("link");
+        let target = dir.join("target");
+        std::fs::write(&target, "not a spool\n").unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        for path in [dir.clone(), link.clone()] {
+            let hooks = hooks_for(
+                &[],
+                WebhookSettings {
+                    spool_file: path.to_string_lossy().into_owned(),
+                    ..no_spool()
+                },
+            );
+            hooks.load_spool();
+            assert!(
+                std::fs::symlink_metadata(&path).is_ok(),
+                "{path:?} was removed"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "not a spool\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn the_spool_file_is_private_to_its_owner_new_or_rewritten() {
         use std::os::unix::fs::PermissionsExt;
