@@ -210,6 +210,11 @@ must "release build" cargo build --release --workspace --locked
 export HERALD_BIN="$root/target/release/herald"
 
 step "end-to-end: pusher-js and the pusher Node SDK (plus webhooks, operations, Redis scale-out)"
+# ss (Debian's iproute2): HARD-16 reads the kernel's own view of the listening socket.
+if ! command -v ss >/dev/null 2>&1; then
+  gate "iproute2 install" bash -c 'export DEBIAN_FRONTEND=noninteractive; sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update && $sudo apt-get install -y --no-install-recommends iproute2' || true
+fi
 if [ ! -f tests/compat/package.json ]; then
   for major in "${COMPAT_NODES[@]}"; do not_run "compat (node $major)" "tests/compat/package.json is missing"; done
 elif ! gate "redis start" bash scripts/redis.sh start; then # redis-server for test/cluster.test.js

@@ -109,6 +109,25 @@ run trigger trigger --publishers 4 --channels 5 --duration 2
 run churn churn --concurrency 10 --channels 5 --private --duration 2 --warmup 0.5 --settle 0.5
 run presence presence --channels 2 --watchers 2 --concurrency 10 --duration 2 --drain 3
 run presence-unsub presence --channels 2 --watchers 2 --concurrency 10 --leave unsubscribe --duration 2 --drain 3
+# Every load at once for 4 one-second intervals, drift judged from the second on with bounds loose
+# enough for a shared machine: checks that the soak runs and counts, not that this machine is quiet.
+run soak soak --duration 4 --interval 1 --warmup-intervals 1 --churn-rate 40 --churn-concurrency 8 \
+    --join-rate 20 --join-concurrency 4 --presence-channels 2 --subscribers 20 --channels 2 --rate 40 \
+    --publishers 2 --api-rate 10 --hostile 1 --hostile-rate 100 --slow-readers 2 --slow-hold 1 --drain 3 \
+    --rss-tolerance-kb 32768 --fd-tolerance 256 --cpu-tolerance-pct 1000
+if ! python3 - "$work/soak.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+iv = r["intervals"]
+ok = (len(iv) == 4 and r["drift"]["baseline_interval"] == 2
+      and all(i["churn_per_s"] > 0 and i["joins_per_s"] > 0 and i["delivered_per_s"] > 0
+              and i["hostile_frames_per_s"] > 0 and i["fds_min"] > 0 and i["cpu_us_per_unit"] for i in iv)
+      and r["connect_timeouts"] == 0 and r["lost"] == 0 and r["slow_reader_cycles"] > 0)
+sys.exit(0 if ok else f"soak: intervals or counts missing: {json.dumps(r)[:2000]}")
+PY
+then
+    failed=1
+fi
 
 # Relative CPU guard. Absolute CPU per message moves with the hour and the neighbours on a shared
 # machine; the bare relay (`floor`: the bench's own minimal server, a plain loop that writes each

@@ -2,7 +2,7 @@
 # Runs the benchmark targets of BENCHMARKS.md, each scenario against a fresh server.
 # Builds nothing: uses $HERALD_BIN (default target/release/herald) and $HERALD_BENCH_BIN
 # (default target/release/herald-bench). JSON results go to $OUT (default target/bench-results/).
-# Usage: crates/herald-bench/targets.sh [scenario-name ...]   (default: all but churn-10min)
+# Usage: crates/herald-bench/targets.sh [scenario-name ...]   (default: all but churn-10min and soak)
 # QUIET_WAIT=SECONDS waits (at most that long) before each scenario until the machine is under
 # 10% busy, so that other work on a shared machine does not skew the numbers.
 set -euo pipefail
@@ -65,7 +65,9 @@ bench() { # name, args...
     local name="$1"
     shift
     echo "== $name: herald-bench --server-pid PID $*"
-    timeout 900 "$bench_bin" --port "$port" --server-pid "$server_pid" --json "$out/$name.json" "$@" || true
+    local limit=900
+    [[ "$name" == soak ]] && limit=2400
+    timeout "$limit" "$bench_bin" --port "$port" --server-pid "$server_pid" --json "$out/$name.json" "$@" || true
 }
 
 declare -A runs=(
@@ -83,6 +85,11 @@ declare -A runs=(
     # Not in the default order (ten minutes): run it by name.
     [churn-10min]="churn --concurrency 50 --channels 10 --duration 600 --warmup 5 --max-cycles 20000000"
     [presence]="presence --channels 4 --watchers 2 --concurrency 40 --duration 10"
+    # Not in the default order (thirty minutes): every load at once at the rates of issue 19's
+    # row 16 (churn 1.5k/s, joins 1.1k/s, 500 subscribers at 500 events/s) plus API reads, a
+    # hostile subscribe/unsubscribe flood and slow readers; one sample a minute, and after five
+    # minutes of warm-up every later minute is held against the sixth (drift).
+    [soak]="soak --duration 1800 --interval 60 --warmup-intervals 5 --churn-rate 1500 --churn-concurrency 60 --join-rate 1100 --join-concurrency 50 --subscribers 500 --channels 10 --rate 500"
 )
 order=(idle floor floor-fanout fanout-latency floor-throughput fanout-throughput fanout-10k-one-channel trigger churn presence)
 [[ $# -gt 0 ]] && order=("$@")

@@ -63,16 +63,12 @@ impl Publisher {
     ) -> Result<(), BenchError> {
         let body = event_body(name, channels, data);
         let path = format!("/apps/{}/events", self.target.app_id);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let query = sign::signed_query(
             "POST",
             &path,
             &self.target.key,
             &self.target.secret,
-            now,
+            unix_now(),
             &body,
         );
         let req = Request::post(format!("{path}?{query}"))
@@ -80,6 +76,24 @@ impl Publisher {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| BenchError::new("http_request", e))?;
+        self.send(req).await.map(drop)
+    }
+
+    /// A signed `GET /apps/{id}{rest}` (`rest`: `/channels`, `/channels/NAME`); the body of a
+    /// 200 answer.
+    pub async fn get(&mut self, rest: &str) -> Result<Bytes, BenchError> {
+        let path = format!("/apps/{}{rest}", self.target.app_id);
+        let query =
+            sign::signed_get_query(&path, &self.target.key, &self.target.secret, unix_now());
+        let req = Request::get(format!("{path}?{query}"))
+            .header(header::HOST, self.target.host.as_str())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| BenchError::new("http_request", e))?;
+        self.send(req).await
+    }
+
+    /// Sends one request on the connection (opened first if need be); the body of a 200 answer.
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Bytes, BenchError> {
         let result = async {
             self.connect().await?;
             let (Some(sender), Some(conn)) = (self.sender.as_mut(), self.conn.as_mut()) else {
@@ -118,7 +132,7 @@ impl Publisher {
                     format!("{status}: {}", String::from_utf8_lossy(&body)),
                 ));
             }
-            Ok(())
+            Ok(body)
         }
         .await;
         if matches!(&result, Err(e) if e.kind != "http_status") {
@@ -127,6 +141,13 @@ impl Publisher {
         }
         result
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

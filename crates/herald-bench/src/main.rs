@@ -90,6 +90,9 @@ enum Scenario {
     Churn(scenario::churn::ChurnArgs),
     /// Join/leave storms on presence channels.
     Presence(scenario::presence::PresenceArgs),
+    /// Every load at once for a long time (churn, joins, fan-out, API reads, a hostile flood,
+    /// slow readers): server memory, descriptors and CPU per unit of work per interval, drift.
+    Soak(scenario::soak::SoakArgs),
     /// No server: a bare relay process at `fanout`'s rates and sizes (echo, fan-out or flat out),
     /// the machine's own floor under what `fanout` can measure here.
     Floor(scenario::floor::FloorArgs),
@@ -140,6 +143,7 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
         Scenario::Churn(a) => scenario::churn::run(&ctx, a).await,
         Scenario::Presence(a) => scenario::presence::run(&ctx, a).await,
         Scenario::Floor(a) => scenario::floor::run(&ctx, a).await,
+        Scenario::Soak(a) => scenario::soak::run(&ctx, a).await,
         Scenario::EchoServer => return Err(scenario::floor::echo_server().await),
     };
     // `floor` involves no server: its report names none.

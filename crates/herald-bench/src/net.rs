@@ -126,21 +126,28 @@ impl Target {
         self
     }
 
-    /// A TCP connection for a WebSocket: to the next of `ws_addrs`, or to `addr`.
-    pub async fn ws_tcp(&self) -> Result<TcpStream, BenchError> {
-        if self.ws_addrs.is_empty() {
-            return self.tcp().await;
-        }
-        let i = self.next_ws.fetch_add(1, Ordering::Relaxed) as usize % self.ws_addrs.len();
-        self.tcp_to(self.ws_addrs[i]).await
+    /// A TCP connection for a WebSocket: to the next of `ws_addrs`, or to `addr`; with
+    /// `recv_buffer`, that receive buffer (a client that reads slowly fills it sooner).
+    pub async fn ws_tcp(&self, recv_buffer: Option<u32>) -> Result<TcpStream, BenchError> {
+        let addr = if self.ws_addrs.is_empty() {
+            self.addr
+        } else {
+            let i = self.next_ws.fetch_add(1, Ordering::Relaxed) as usize % self.ws_addrs.len();
+            self.ws_addrs[i]
+        };
+        self.tcp_to(addr, recv_buffer).await
     }
 
     /// A TCP connection to the server from the next source address.
     pub async fn tcp(&self) -> Result<TcpStream, BenchError> {
-        self.tcp_to(self.addr).await
+        self.tcp_to(self.addr, None).await
     }
 
-    async fn tcp_to(&self, addr: SocketAddr) -> Result<TcpStream, BenchError> {
+    async fn tcp_to(
+        &self,
+        addr: SocketAddr,
+        recv_buffer: Option<u32>,
+    ) -> Result<TcpStream, BenchError> {
         let err = |e: std::io::Error| BenchError::new("tcp_connect", e);
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
@@ -148,6 +155,9 @@ impl Target {
             TcpSocket::new_v6()
         }
         .map_err(err)?;
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).map_err(err)?;
+        }
         if self.source_ips > 0 {
             let n = self.next_source.fetch_add(1, Ordering::Relaxed) % self.source_ips;
             let ip = Ipv4Addr::new(127, 0, 0, 1 + n as u8);
@@ -195,6 +205,8 @@ impl<'a> Frame<'a> {
 pub struct Client {
     ws: WebSocketStream<Stamped>,
     pub socket_id: String,
+    /// How long the TCP connect took (a dropped SYN shows as 1 s, 3 s, 7 s: the retries).
+    pub tcp_connect: Duration,
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -207,7 +219,18 @@ fn ws_config() -> WebSocketConfig {
 impl Client {
     /// Connects and waits for `pusher:connection_established`.
     pub async fn connect(target: &Target) -> Result<Client, BenchError> {
-        let stream = Stamped::new(target.ws_tcp().await?);
+        Self::connect_with(target, None).await
+    }
+
+    /// [`Client::connect`] with a receive buffer of `recv_buffer` bytes.
+    pub async fn connect_with(
+        target: &Target,
+        recv_buffer: Option<u32>,
+    ) -> Result<Client, BenchError> {
+        let t0 = std::time::Instant::now();
+        let tcp = target.ws_tcp(recv_buffer).await?;
+        let tcp_connect = t0.elapsed();
+        let stream = Stamped::new(tcp);
         let (ws, _) = tokio_tungstenite::client_async_with_config(
             target.ws_url.as_str(),
             stream,
@@ -218,6 +241,7 @@ impl Client {
         let mut client = Client {
             ws,
             socket_id: String::new(),
+            tcp_connect,
         };
         let established = client
             .next(|f| match f.event.as_ref() {
@@ -466,6 +490,7 @@ mod tests {
         let client = Client {
             ws: client,
             socket_id: String::new(),
+            tcp_connect: Duration::ZERO,
         };
         (client, server)
     }

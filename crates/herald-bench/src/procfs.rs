@@ -52,6 +52,33 @@ pub fn sample(pid: &str) -> Option<Sample> {
     })
 }
 
+/// Open file descriptors of a process (entries of `/proc/{pid}/fd`).
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+/// `ListenOverflows` and `ListenDrops` from the text of `/proc/net/netstat` (a `TcpExt:` line of
+/// names, then one of values): connection attempts the kernel dropped at a full listen queue, in
+/// this network namespace (the whole host, for a server in the same one).
+pub fn parse_listen_overflows(netstat: &str) -> Option<(u64, u64)> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let (mut overflows, mut drops) = (None, None);
+    for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+        match n {
+            "ListenOverflows" => overflows = v.parse().ok(),
+            "ListenDrops" => drops = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((overflows?, drops?))
+}
+
+/// The namespace's listen-queue overflows and drops now.
+pub fn listen_overflows() -> Option<(u64, u64)> {
+    parse_listen_overflows(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
 /// Busy and total clock ticks of the whole machine, from the text of `/proc/stat`.
 pub fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
@@ -146,5 +173,50 @@ mod tests {
     fn reads_own_process() {
         let p = sample("self").expect("/proc/self");
         assert!(p.rss_kb > 0);
+        assert!(listen_overflows().is_some());
+    }
+
+    #[test]
+    fn counts_the_descriptors_of_a_process() {
+        // Two children that inherit the same descriptors from the test harness (which holds
+        // some, such as cargo's jobserver pipes), one of them with two more of its own: this
+        // process's own count moves with the tests running beside this one.
+        let child = |script: &str| {
+            std::process::Command::new("bash")
+                .args(["-c", script])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut plain = child("exec sleep 10");
+        let mut more = child("exec 97</dev/null 98</dev/null; exec sleep 10");
+        let sleeping = |pid: u32| {
+            (0..500).any(|_| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                comm.trim() == "sleep" || {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    false
+                }
+            })
+        };
+        assert!(sleeping(plain.id()) && sleeping(more.id()));
+        let (a, b) = (open_fds(plain.id()), open_fds(more.id()));
+        for c in [&mut plain, &mut more] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        let a = a.expect("a count");
+        assert!(a >= 3, "{a}");
+        assert_eq!(b, Some(a + 2));
+        assert_eq!(open_fds(u32::MAX), None);
+    }
+
+    #[test]
+    fn reads_listen_overflows_by_name() {
+        let s = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 1 807 811\nIpExt: X\nIpExt: 2\n";
+        assert_eq!(parse_listen_overflows(s), Some((807, 811)));
+        assert_eq!(parse_listen_overflows("IpExt: X\nIpExt: 2\n"), None);
     }
 }

@@ -155,7 +155,8 @@ fn flatten(prefix: &str, v: &Value, rows: &mut Vec<(String, String)>) {
                 flatten(&key, v, rows);
             }
         }
-        Value::Array(a) if a.len() > 8 => {
+        // Long lists and lists of records (a soak's intervals) are for the JSON.
+        Value::Array(a) if a.len() > 8 || a.iter().any(Value::is_object) => {
             rows.push((prefix.into(), format!("[{} values, see JSON]", a.len())))
         }
         other => rows.push((prefix.into(), scalar(other))),

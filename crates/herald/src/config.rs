@@ -125,6 +125,10 @@ pub struct ServerConfig {
     /// `pusher:error` 4300 (the connection stays open); 0: no limit. Bounds the memory that
     /// anonymous clients can make the server hold (README, Security).
     pub max_subscriptions: u64,
+    /// Connections the kernel may hold accepted for the server port before the server takes
+    /// them (`listen` backlog); past it, connection attempts are dropped and retried by the
+    /// client after 1, 3, 7 s. The kernel caps it at `net.core.somaxconn`.
+    pub listen_backlog: u64,
 }
 
 /// Webhook delivery settings (`[webhooks]`, `HERALD_WEBHOOKS_*`); targets are set per app.
@@ -185,6 +189,7 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 15_000,
             max_connections: 0,
             max_subscriptions: 200_000,
+            listen_backlog: 4096,
         }
     }
 }
@@ -316,6 +321,12 @@ impl Default for Config {
 }
 
 /// Environment variables that belong to Herald's tooling, not to the configuration.
+/// `server.listen_backlog` bounds: fewer than 64 waiting connections overflow on the first burst
+/// of page loads; a queue longer than 65,535 holds clients for tens of seconds at any accept
+/// rate this server reaches, which is no better than refusing them.
+const MIN_LISTEN_BACKLOG: u64 = 64;
+const MAX_LISTEN_BACKLOG: u64 = 65_535;
+
 const NOT_SETTINGS: &[&str] = &["HERALD_LOG", "HERALD_CONFIG", "HERALD_BIN"];
 /// Prefix of variables that belong to the test tooling (e.g. `HERALD_TEST_POSTGRES_URL`).
 const TEST_PREFIX: &str = "HERALD_TEST_";
@@ -519,6 +530,12 @@ impl Config {
                 0,
                 MILLIS,
             ),
+            (
+                "server.listen_backlog",
+                s.listen_backlog,
+                MIN_LISTEN_BACKLOG,
+                MAX_LISTEN_BACKLOG,
+            ),
             ("webhooks.vacate_delay_ms", w.vacate_delay_ms, 0, MILLIS),
             ("webhooks.batch_window_ms", w.batch_window_ms, 0, MILLIS),
             (
@@ -649,13 +666,15 @@ fn insert(t: &mut toml::Table, path: &[String], key: String, value: Value) -> Re
 fn parse_like(template: &Value, raw: &str) -> Result<Value, String> {
     match template {
         Value::String(_) => Ok(Value::String(raw.to_owned())),
-        Value::Integer(_) => raw.trim().parse::<i64>().map(Value::Integer).map_err(|_| {
-            if raw.trim().parse::<i128>().is_ok() {
-                format!("`{raw}` is out of range (at most {})", i64::MAX)
-            } else {
-                format!("`{raw}` is not an integer")
+        // Every integer setting is a count, size, port or duration: none is negative.
+        Value::Integer(_) => match raw.trim().parse::<i64>() {
+            Ok(n) if n < 0 => Err(format!("`{raw}` is out of range (at least 0)")),
+            Ok(n) => Ok(Value::Integer(n)),
+            Err(_) if raw.trim().parse::<i128>().is_ok() => {
+                Err(format!("`{raw}` is out of range (at most {})", i64::MAX))
             }
-        }),
+            Err(_) => Err(format!("`{raw}` is not an integer")),
+        },
         Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => Ok(Value::Boolean(true)),
             "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
@@ -1051,5 +1070,39 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.max_subscriptions, 1 << 40);
         assert_eq!(Config::default().server.max_subscriptions, 200_000);
+    }
+
+    #[test]
+    fn the_listen_backlog_is_range_checked_at_load_naming_the_key() {
+        assert_eq!(Config::default().server.listen_backlog, 4096);
+        for (value, bound) in [
+            ("63", "at least 64"),
+            ("65536", "at most 65535"),
+            ("0", "at least 64"),
+        ] {
+            let e =
+                Config::load(None, env(&[("HERALD_SERVER_LISTEN_BACKLOG", value)])).unwrap_err();
+            assert_eq!(
+                e,
+                format!(
+                    "invalid configuration: server.listen_backlog is {value}; it must be {bound}"
+                )
+            );
+            let e = Config::load(
+                Some(("h.toml", &format!("[server]\nlisten_backlog = {value}\n"))),
+                env(&[]),
+            )
+            .unwrap_err();
+            assert!(e.contains("server.listen_backlog"), "{e}");
+        }
+        let e = Config::load(None, env(&[("HERALD_SERVER_LISTEN_BACKLOG", "-1")])).unwrap_err();
+        assert_eq!(
+            e,
+            "invalid value for HERALD_SERVER_LISTEN_BACKLOG: `-1` is out of range (at least 0)"
+        );
+        for ok in ["64", "8192", "65535"] {
+            let c = Config::load(None, env(&[("HERALD_SERVER_LISTEN_BACKLOG", ok)])).unwrap();
+            assert_eq!(c.server.listen_backlog.to_string(), ok);
+        }
     }
 }

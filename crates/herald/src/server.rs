@@ -12,6 +12,7 @@ use crate::sinks::console::{self, Console, ConsoleState};
 use crate::sinks::metrics::Metrics;
 use crate::sinks::webhook::Webhooks;
 use crate::store::OpenedStore;
+use crate::transport::backlog::{self, ListenQueue};
 use crate::transport::listener::{self, Port};
 use crate::transport::socket;
 use axum::Router;
@@ -195,6 +196,8 @@ pub struct RunOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The app store, opened before anything was announced.
     pub store: Option<OpenedStore>,
+    /// The backlog the server port was bound with after the kernel's cap, when known.
+    pub listen_backlog: Option<u32>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -202,6 +205,7 @@ impl std::fmt::Debug for RunOptions {
         f.debug_struct("RunOptions")
             .field("config_path", &self.config_path)
             .field("tls", &self.tls.is_some())
+            .field("listen_backlog", &self.listen_backlog)
             .finish_non_exhaustive()
     }
 }
@@ -241,6 +245,9 @@ pub async fn run_with(
     };
     let node = Arc::new(Node::new(config, store)?);
     node.webhooks.load_spool();
+    if let Some(q) = ListenQueue::of(&listener, options.listen_backlog) {
+        node.metrics.watch_listen_queue(q);
+    }
     let mut background = vec![{
         let engine = node.engine.clone();
         tokio::spawn(async move {
@@ -422,10 +429,27 @@ pub async fn serve_until_signal(
         None
     };
     let addr = format!("{}:{}", config.server.host, config.server.port);
-    let socket = bind(&addr)?;
+    // Within 64..=65535 by the config's range check.
+    let asked = u32::try_from(config.server.listen_backlog).unwrap_or(u32::MAX);
+    let socket = bind(&addr, asked)?;
     let local = socket.local_addr()?;
+    let somaxconn = backlog::somaxconn();
+    let listen_backlog = backlog::effective(asked, somaxconn);
+    if listen_backlog < asked {
+        tracing::warn!(
+            asked,
+            effective = listen_backlog,
+            "server.listen_backlog is capped by net.core.somaxconn; raise that sysctl for the backlog asked"
+        );
+    } else {
+        tracing::info!(backlog = listen_backlog, somaxconn, "listen backlog");
+    }
     let metrics_listener = if config.metrics.enabled {
-        let l = bind(&format!("{}:{}", config.metrics.host, config.metrics.port))?;
+        // A scraper and a health checker: tokio's default backlog is plenty.
+        let l = bind(
+            &format!("{}:{}", config.metrics.host, config.metrics.port),
+            1024,
+        )?;
         println!("Herald metrics on {}", l.local_addr()?);
         Some(l)
     } else {
@@ -439,12 +463,14 @@ pub async fn serve_until_signal(
         config_path,
         tls,
         store: Some(store),
+        listen_backlog: Some(listen_backlog),
     };
     run_with(socket, config, options, shutdown_signal()).await
 }
 
-/// A listener with a backlog sized for connection bursts.
-fn bind(addr: &str) -> std::io::Result<TcpListener> {
+/// A listener with `backlog` (tokio's `TcpListener::bind` fixes 1024, too few for a burst of
+/// reconnects).
+fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
     let std_addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
         .next()
         .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
@@ -455,7 +481,7 @@ fn bind(addr: &str) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(std_addr)?;
-    socket.listen(8192)
+    socket.listen(backlog)
 }
 
 async fn shutdown_signal() {

@@ -325,3 +325,75 @@ test('HARD-1 a signed request whose body stalls is answered 408 at the 10 s body
     server.stop();
   }
 });
+
+/** The network namespace's listen-queue overflows (TcpExt ListenOverflows), as the kernel counts them. */
+function listenOverflows() {
+  const lines = require('node:fs').readFileSync('/proc/net/netstat', 'utf8').split('\n').filter((l) => l.startsWith('TcpExt:'));
+  const names = lines[0].split(/\s+/);
+  return Number(lines[1].split(/\s+/)[names.indexOf('ListenOverflows')]);
+}
+
+test('HARD-16 2,000 connections at once while a fan-out runs all connect; the listen backlog is applied; queue metrics exist and are sane', { timeout: 120000 }, async () => {
+  const somaxconn = Number(require('node:fs').readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+  const asked = 3000;
+  const overflowsBefore = listenOverflows();
+  const server = await ops.startOps({ env: { HERALD_SERVER_LISTEN_BACKLOG: String(asked) } });
+  const subscribers = [];
+  const burst = [];
+  let publishing = true;
+  try {
+    const backlog = Math.min(asked, somaxconn);
+    // The kernel's own view of the listening socket (Send-Q of a listener is its backlog).
+    const ss = require('node:child_process').execFileSync('ss', ['-Hltn', `sport = :${server.port}`], { encoding: 'utf8' });
+    assert.equal(Number(ss.trim().split(/\s+/)[2]), backlog, `ss: ${ss}`);
+    // The log says the effective backlog (stderr, which may come after the stdout lines).
+    const logged = new RegExp(`listen backlog.*backlog=${backlog}`);
+    await waitFor(() => logged.test(server.output().replace(/\x1b\[[0-9;]*m/g, '')), 5000, 'the listen backlog in the log');
+
+    // The fan-out: 100 subscribers, one publisher sending as fast as the API answers.
+    for (let i = 0; i < 100; i++) subscribers.push(wsClient(server.wsBase));
+    await withTimeout(Promise.all(subscribers.map((c) => c.established)), 20000, 'the subscribers connected');
+    for (const c of subscribers) c.ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel: 'hard16' } }));
+    await waitFor(() => subscribers.every((c) => c.frames.some((f) => f.event === 'pusher_internal:subscription_succeeded')), 10000, 'the subscriptions');
+    const api = new Pusher({ appId: 'app-id', key: 'app-key', secret: 'app-secret', host: '127.0.0.1', port: String(server.port), useTLS: false });
+    let accepted = 0;
+    const publisher = (async () => {
+      while (publishing) {
+        const r = await api.trigger('hard16', 'e', { seq: accepted });
+        assert.equal(r.status, 200);
+        accepted += 1;
+      }
+    })();
+    await waitFor(() => accepted >= 20, 10000, 'the fan-out under way');
+
+    // The burst: every connection opened at once, none may fail.
+    for (let i = 0; i < 2000; i++) burst.push(wsClient(server.wsBase));
+    const outcomes = await withTimeout(
+      Promise.all(burst.map((c) => Promise.race([c.established.then(() => 'open'), c.closedP.then((e) => `closed ${e.code}`)]))),
+      60000,
+      'an answer to every connection of the burst',
+    );
+    const failed = outcomes.filter((o) => o !== 'open');
+    assert.equal(failed.length, 0, `${failed.length} of 2,000 failed: ${[...new Set(failed)].join(', ')}`);
+    publishing = false;
+    await publisher;
+    // Every event the API accepted during the burst reached every subscriber, in order.
+    await waitFor(() => subscribers.every((c) => c.frames.filter((f) => f.event === 'e').length === accepted), 10000, 'the fan-out delivered');
+    for (const c of subscribers) {
+      assert.deepEqual(c.frames.filter((f) => f.event === 'e').map((f) => JSON.parse(f.data).seq), [...Array(accepted).keys()]);
+    }
+
+    // Once the burst is taken, the queue is empty; overflows are the kernel's (host-wide) since
+    // the server started, so at most what this test saw the kernel count.
+    const m = await ops.waitMetrics(server, (s) => s.has('herald_listen_queue_length') && s.get('herald_listen_queue_length') === 0, 10000, 'an empty listen queue');
+    assert.equal(m.get('herald_listen_backlog'), backlog, m.lines('herald_listen_backlog'));
+    assert.ok(m.has('herald_listen_queue_overflows_total'), m.text);
+    const overflows = m.get('herald_listen_queue_overflows_total');
+    const hostDelta = listenOverflows() - overflowsBefore;
+    assert.ok(Number.isInteger(overflows) && overflows >= 0 && overflows <= hostDelta, `overflows ${overflows}, host counted ${hostDelta}`);
+  } finally {
+    publishing = false;
+    for (const c of [...subscribers, ...burst]) c.ws.terminate();
+    server.stop();
+  }
+});

@@ -5,6 +5,7 @@ pub mod fanout;
 pub mod floor;
 pub mod idle;
 pub mod presence;
+pub mod soak;
 pub mod trigger;
 
 use crate::net::{self, BenchError, Client, ErrorLog, Target};

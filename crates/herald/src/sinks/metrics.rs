@@ -1,7 +1,9 @@
-//! Prometheus metrics, labelled by app. Gauges are read from the engine at scrape time, so no
+//! Prometheus metrics, labelled by app. Gauges are read from the engine (and the listen queue from
+//! the kernel) at scrape time, so no
 //! extra bookkeeping runs on the hot path; counters on the hot path are taken per connection once
 //! and incremented per batch.
 
+use crate::transport::backlog::ListenQueue;
 use herald_core::{Engine, LifecycleEvent, LifecycleSink};
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -26,6 +28,11 @@ pub struct Metrics {
     accept_failures: IntCounterVec,
     refused: IntCounterVec,
     adapter_up: IntGauge,
+    listen_queue_length: IntGauge,
+    listen_backlog: IntGauge,
+    listen_overflows: IntCounter,
+    /// The server port's listening socket, read at scrape time (set once serving begins).
+    listen: Arc<parking_lot::Mutex<Option<ListenQueue>>>,
     /// One set of hot-path counters per app, shared by its connections.
     per_app:
         std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, Arc<ConnCounters>>>>,
@@ -71,6 +78,27 @@ impl Metrics {
         r.register(Box::new(adapter_up.clone()))
             .expect("metric names are unique");
         adapter_up.set(1);
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric names are valid");
+            r.register(Box::new(g.clone()))
+                .expect("metric names are unique");
+            g
+        };
+        let listen_queue_length = int_gauge(
+            "herald_listen_queue_length",
+            "Connections the kernel accepted on the server port that wait for the server to take them (read at scrape time)",
+        );
+        let listen_backlog = int_gauge(
+            "herald_listen_backlog",
+            "The server port's listen backlog after the kernel's cap (net.core.somaxconn); 0 when not known",
+        );
+        let listen_overflows = IntCounter::new(
+            "herald_listen_queue_overflows_total",
+            "Connection attempts the kernel dropped because a listen queue was full, since the server started: host-wide (TcpExt ListenOverflows of the network namespace), not only this server's port",
+        )
+        .expect("metric names are valid");
+        r.register(Box::new(listen_overflows.clone()))
+            .expect("metric names are unique");
         Self {
             connections: gauge(
                 &r,
@@ -152,6 +180,10 @@ impl Metrics {
                 &["port", "reason"],
             ),
             adapter_up,
+            listen_queue_length,
+            listen_backlog,
+            listen_overflows,
+            listen: Default::default(),
             per_app: Default::default(),
             registry: r,
         }
@@ -203,8 +235,34 @@ impl Metrics {
         self.rejections.with_label_values(&[app, limit]).inc();
     }
 
-    /// Renders the text exposition format, reading gauges from the engine first.
+    /// Reports the server port's listen queue from now on.
+    pub fn watch_listen_queue(&self, queue: ListenQueue) {
+        self.listen_backlog.set(queue.backlog.map_or(0, i64::from));
+        *self.listen.lock() = Some(queue);
+    }
+
+    /// Reads the kernel's view of the listen queue: two small reads of `/proc` per scrape, none
+    /// while nobody scrapes.
+    fn sample_listen_queue(&self) {
+        let listen = self.listen.lock();
+        let Some(q) = listen.as_ref() else {
+            return;
+        };
+        if let Some(n) = q.length() {
+            self.listen_queue_length.set(n as i64);
+        }
+        // The counter follows the kernel's: whatever it counted since the last scrape.
+        if let Some(total) = q.overflows_since_start() {
+            let seen = self.listen_overflows.get();
+            if total > seen {
+                self.listen_overflows.inc_by(total - seen);
+            }
+        }
+    }
+
+    /// Renders the text exposition format, reading gauges from the engine and the kernel first.
     pub fn render(&self, engine: &Engine) -> String {
+        self.sample_listen_queue();
         for app in engine.apps().all() {
             let (channels, subs) = engine.channel_totals(&app.id);
             self.connections

@@ -120,6 +120,13 @@ struct Ctx {
 /// WebSocket sessions are tracked by the `Drain` and closed by the drain. While the drain runs
 /// (before `stop`), new requests are still answered: the API and `/readyz` with 503, upgrades
 /// with a refusal (`DRAINING_UPGRADE`).
+///
+/// Each wake-up takes every connection the kernel has queued: the loop runs outside tokio's
+/// cooperative budget, which would otherwise send it to the back of the run queue after 128
+/// accepts, behind every task the burst just spawned. A thread of its own for the loop was
+/// measured and not adopted (BENCHMARKS.md, "Accepting under load"): no overflow and no
+/// difference in how long connections waited in the queue under the mixed load of issue 19
+/// (row 16) or a flat-out fan-out, and about 600 more bytes per held connection.
 pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
     let Port {
         session,
@@ -128,7 +135,6 @@ pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
         router,
         capacity,
     } = port;
-    let metrics = session.metrics.clone();
     let ctx = Ctx {
         session,
         path_prefix,
@@ -138,6 +144,15 @@ pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
         http: TaskTracker::new(),
         capacity,
     };
+    tokio::task::unconstrained(accept_loop(listener, ctx.clone(), tls)).await;
+    ctx.http.close();
+    ctx.http.wait().await;
+}
+
+/// Accepts until `stop`, spawning a task for each connection.
+async fn accept_loop(listener: TcpListener, ctx: Ctx, tls: Option<TlsAcceptor>) {
+    let metrics = ctx.session.metrics.clone();
+    let stop = ctx.stop.clone();
     let mut errors = AcceptErrors::default();
     loop {
         let tcp = tokio::select! {
@@ -174,9 +189,8 @@ pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
             }
         }
     }
+    // Closes the port.
     drop(listener);
-    ctx.http.close();
-    ctx.http.wait().await;
 }
 
 async fn read_head<S: Transport>(io: &mut S, buf: &mut Vec<u8>) -> Option<Head> {
