@@ -18,8 +18,8 @@
 use crate::session::{self, ConnectParams, Session};
 use crate::sinks::metrics::ConnCounters;
 use crate::transport::stream::Transport;
-use crate::transport::wsframe::{self, FrameError};
 use herald_core::{clock_ms, Conn, Engine, Frame};
+use herald_protocol::wsframe::{self, FrameError};
 use herald_protocol::{codes, encode, CloseCode};
 use std::collections::VecDeque;
 use std::future::Future;

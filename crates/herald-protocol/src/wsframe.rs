@@ -1,5 +1,6 @@
 //! RFC 6455 on the server side, without IO: the handshake's checks and accept key, client frame
-//! headers, and server frame headers.
+//! headers, and server frames (their header layout is `wsheader`). The shell's socket loop
+//! applies these rules; the `wsframe` fuzz target explores them.
 //!
 //! Herald speaks WebSocket itself rather than through a general-purpose crate because an idle
 //! connection must cost almost nothing: the connection task keeps no read or write buffer while
@@ -197,7 +198,7 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// Appends a server frame (final, unmasked) holding `payload`.
 pub fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    herald_protocol::wsheader::put(out, opcode, payload.len());
+    crate::wsheader::put(out, opcode, payload.len());
     out.extend_from_slice(payload);
 }
 
