@@ -3,8 +3,8 @@
 //! Everything here is a pure function of its inputs: decoding client frames into typed messages,
 //! encoding server frames, channel names and kinds, socket ids, signatures, HTTP API request
 //! validation, the error/close codes, and WebSocket framing (RFC 6455: the upgrade's checks,
-//! client frame headers, server frames). The engine and the shell build on these rules; no other
-//! crate knows a channel prefix, a signature format or a frame layout.
+//! client frame headers, message reassembly, server frames). The engine and the shell build on
+//! these rules; no other crate knows a channel prefix, a signature format or a frame layout.
 
 pub mod api;
 pub mod channel;
