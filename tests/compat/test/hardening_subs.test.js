@@ -2,11 +2,12 @@
 // HARD-3, HARD-9: anonymous clients and channel state. A client churning subscriptions must not
 // make every other subscriber of the channel receive a count frame per change, and anonymous
 // clients together cannot make the server hold more subscriptions than server.max_subscriptions
-// (README "Security").
+// (README "Security"). The tests check the servers' open descriptors and RSS before and after.
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
+const http = require('node:http');
 const WebSocket = require('ws');
 const Pusher = require('pusher');
 const ops = require('../lib/ops');
@@ -122,12 +123,18 @@ test('HARD-9 one client churning subscribe/unsubscribe on a channel of 99 listen
   const server = await ops.startOps({}); // the default app sends subscription counts
   const clients = [];
   try {
+    const before = ops.resources(server.pid);
     await churnOnListeners({
       listenAt: server.wsBase,
       attackAt: server.wsBase,
       truth: async (ch) => (await (await api(server).get({ path: `/channels/${ch}`, params: { info: 'subscription_count' } })).json()).subscription_count,
       clients,
     });
+    for (const c of clients) c.ws.terminate();
+    http.globalAgent.destroy(); // the SDK's kept-alive connection
+    // The churn leaves nothing but the listeners' subscriptions: the noise bound (megabytes kept
+    // would show above it, a few hundred KB would not).
+    await ops.resourcesBack(server.pid, before, { rssGrowthKb: ops.RSS_NOISE_KB, what: '10,000 subscribe/unsubscribe frames among 99 listeners' });
   } finally {
     for (const c of clients) c.ws.terminate();
     server.stop();
@@ -140,12 +147,19 @@ test('HARD-9 the same through Redis: listeners on one node, the churner on anoth
   let c;
   try {
     c = await cl.startCluster({ redis, count: 2 });
+    const before = c.nodes.map((n) => ops.resources(n.proc.pid));
     await churnOnListeners({
       listenAt: c.nodes[1].wsBase,
       attackAt: c.nodes[0].wsBase,
       truth: async (ch) => (await cl.apiGet(c.nodes[1], `/channels/${ch}`, { info: 'subscription_count' })).subscription_count,
       clients,
     });
+    for (const x of clients) x.ws.terminate();
+    http.globalAgent.destroy(); // the SDK's kept-alive connection
+    // Both nodes, as above (their Redis connections are in the baseline).
+    for (const [i, n] of c.nodes.entries()) {
+      await ops.resourcesBack(n.proc.pid, before[i], { rssGrowthKb: ops.RSS_NOISE_KB, what: `the churn through Redis (node ${i + 1})` });
+    }
   } finally {
     for (const x of clients) x.ws.terminate();
     if (c) c.stop();
@@ -158,6 +172,8 @@ test('HARD-3 past server.max_subscriptions subscribes get pusher:error 4300 and 
   const server = await ops.startOps({ env: { HERALD_SERVER_MAX_SUBSCRIPTIONS: String(CAP) } });
   const clients = [];
   try {
+    await ops.scrape(server); // the scrape's kept-alive connection is part of the baseline
+    const before = ops.resources(server.pid);
     // 200 connections x 200 channels with 197-character names: 40,000 asked, 2,000 held.
     const CONNS = 200;
     const PER = 200;
@@ -212,6 +228,10 @@ test('HARD-3 past server.max_subscriptions subscribes get pusher:error 4300 and 
       5000,
       'a subscribe after one was given back',
     );
+    for (const c of clients) c.ws.terminate();
+    http.globalAgent.destroy(); // the SDK's kept-alive connection
+    // The same bound as while they were held (8 MiB: uncapped, ~30 MiB), now that all is gone.
+    await ops.resourcesBack(server.pid, before, { rssGrowthKb: 8192, what: '40,000 subscribes from 200 connections, 2,000 held' });
   } finally {
     for (const c of clients) c.ws.terminate();
     server.stop();

@@ -4,11 +4,14 @@
 // closes the connection as a slow consumer (pusher:error 4100 and close 4100, counted in
 // herald_slow_consumer_disconnects_total); any close requested meanwhile (drain 4200, pong
 // timeout 4201, app disabled 4003) ends a blocked write after the closing flush (2 s); answers to
-// WebSocket pings wait in the ordered outbox, one per connection (README "Security").
+// WebSocket pings wait in the ordered outbox, one per connection (README "Security"). The tests
+// whose server outlives the abuse check its open descriptors and RSS before and after (the
+// SIGTERM one ends the server).
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
+const http = require('node:http');
 const WebSocket = require('ws');
 const Pusher = require('pusher');
 const ops = require('../lib/ops');
@@ -17,11 +20,12 @@ const { withTimeout, waitFor, pace } = require('../lib/wait');
 const SLOW = { code: 4100, message: 'Over capacity: client is not reading its messages fast enough' };
 const CLOSE_FLUSH_MS = 2000; // how long a closing connection may take to write its last frames
 const PAD = 'x'.repeat(10000);
-
-/** Open descriptors of the server process. */
-function fdCount(server) {
-  return fs.readdirSync(`/proc/${server.proc.pid}/fd`).length;
-}
+/**
+ * What one connection's outbox may hold while it is open (README "Slow consumers": 4 MiB). The
+ * allocator may keep those pages once the connection is gone, so a test that filled an outbox
+ * allows that much RSS on top of ops.RSS_NOISE_KB.
+ */
+const OUTBOX_KB = 4096;
 
 /** `count` masked WebSocket ping frames with 125-byte payloads (the largest a ping may carry). */
 function pingFrames(count) {
@@ -35,8 +39,14 @@ function pingFrames(count) {
 }
 const PINGS = pingFrames(500); // 65.5 KB per write
 
+/**
+ * The SDK's connections: kept alive while a test publishes, closed (AGENT.destroy()) before its
+ * server's descriptors are compared with their baseline.
+ */
+const AGENT = new http.Agent({ keepAlive: true });
+
 function sdk(server) {
-  return new Pusher({ appId: 'app-id', key: 'app-key', secret: 'app-secret', host: '127.0.0.1', port: String(server.port), useTLS: false });
+  return new Pusher({ appId: 'app-id', key: 'app-key', secret: 'app-secret', host: '127.0.0.1', port: String(server.port), useTLS: false, agent: AGENT });
 }
 
 /** A raw subscriber recording frames, `ev` events (by number), pongs, errors and the close. */
@@ -135,11 +145,11 @@ test('HARD-2 clients that ping and never read are closed within the write timeou
   const server = await ops.startOps({ env: { HERALD_SERVER_PONG_TIMEOUT: String(WRITE_TIMEOUT_S) } });
   t.after(() => server.stop());
   await ops.scrape(server); // the scrape's kept-alive connection is part of the baseline
-  const base = fdCount(server);
+  const before = ops.resources(server.pid);
   const N = 40;
   const clients = Array.from({ length: N }, () => subscriber(server, null));
   await Promise.all(clients.map((c) => c.ready));
-  assert.ok(fdCount(server) >= base + N, `${N} connections hold descriptors`);
+  assert.ok(ops.resources(server.pid).fds >= before.fds + N, `${N} connections hold descriptors`);
 
   // Each client stops reading and sends pings as fast as the server reads them. The server
   // answers them, its pongs fill the socket buffers, its write blocks, it stops reading, and the
@@ -189,7 +199,9 @@ test('HARD-2 clients that ping and never read are closed within the write timeou
 
   const s = await ops.waitMetrics(server, (x) => x.get('herald_connections', { app: 'app-id' }) === 0, 5000, 'no connection left');
   assert.equal(s.get('herald_slow_consumer_disconnects_total', { app: 'app-id' }), N, 'each closed as a slow consumer');
-  await waitFor(() => fdCount(server) <= base, 5000, `the server's descriptors back to ${base} (now ${fdCount(server)})`);
+  // No outbox filled (pongs wait one per connection): the noise bound. A pong kept per ping
+  // read would be gigabytes.
+  await ops.resourcesBack(server.pid, before, { rssGrowthKb: ops.RSS_NOISE_KB, ms: 5000, what: `${N} clients flooding pings` });
   assert.ok(server.running());
 });
 
@@ -197,6 +209,8 @@ test('HARD-2 a client that stops reading after a few MB of events is closed with
   const WRITE_TIMEOUT_S = 2;
   const server = await ops.startOps({ env: { HERALD_SERVER_PONG_TIMEOUT: String(WRITE_TIMEOUT_S) } });
   t.after(() => server.stop());
+  await ops.scrape(server); // the scrape's kept-alive connection is part of the baseline
+  const before = ops.resources(server.pid);
   const channel = `hard2-${process.pid}-${Date.now()}`;
   const c = subscriber(server, channel);
   await c.ready;
@@ -241,6 +255,10 @@ test('HARD-2 a client that stops reading after a few MB of events is closed with
   );
   assert.deepEqual(c.events, Array.from({ length: c.events.length }, (_, i) => i), 'events in order, none cut');
   assert.ok(c.events.length < published, `${c.events.length} of ${published} delivered before the close`);
+  AGENT.destroy();
+  // Its outbox held what the blocked write could not send; the events published (5 MB or more,
+  // the 3 MB read first included) kept after the close would show above the bound.
+  await ops.resourcesBack(server.pid, before, { rssGrowthKb: ops.RSS_NOISE_KB + OUTBOX_KB, what: `a blocked connection closed (${published} events of 10 KB published)` });
 });
 
 test('HARD-2 SIGTERM with a client whose write is blocked exits well before the shutdown deadline', { timeout: 90000 }, async (t) => {
@@ -270,6 +288,7 @@ test('HARD-2 SIGTERM with a client whose write is blocked exits well before the 
 test('HARD-2 a ping flood does not starve or break its own connection: all 400 events published meanwhile arrive, whole and in order', { timeout: 60000 }, async (t) => {
   const server = await ops.startOps({});
   t.after(() => server.stop());
+  const before = ops.resources(server.pid);
   const channel = `hard2-flood-${process.pid}-${Date.now()}`;
   const c = subscriber(server, channel);
   await c.ready;
@@ -315,4 +334,9 @@ test('HARD-2 a ping flood does not starve or break its own connection: all 400 e
     await Promise.all([flood, turns]);
   }
   assert.ok(server.running());
+  c.ws.terminate();
+  AGENT.destroy();
+  // A client reading in short turns fills its outbox in between; a pong kept per ping read
+  // (here some 100,000 of 125 bytes: over 12 MB) would show above the bound.
+  await ops.resourcesBack(server.pid, before, { rssGrowthKb: ops.RSS_NOISE_KB + OUTBOX_KB, what: 'a ping flood during 400 events' });
 });

@@ -13,6 +13,9 @@
 //                 before any connection: counted as failed, logged, not retried.
 //  HOOK-REDACT-1  a failing target URL with a password: the server output shows it redacted and
 //                 never the password; the spool file written at shutdown is mode 0600.
+// ORDER-1, REDIRECT-1 and DEST-2 also check, once their clients and receivers are gone, that the
+// server's open descriptors are back to where they were after its start (retries and refused
+// destinations keep no socket) and that its RSS grew by at most ops.RSS_NOISE_KB.
 
 const { test } = require('node:test');
 const fs = require('node:fs');
@@ -43,6 +46,7 @@ async function hookCount(server, outcome, app = 'app-id') {
   return s.get('herald_webhooks_total', { app, outcome }) || 0;
 }
 
+/** A server, a client pool closed after the test, and the server's resources once started. */
 async function withServer(t, env) {
   const server = await ops.startOps({ env });
   const pool = new h.Pool(server);
@@ -50,7 +54,7 @@ async function withServer(t, env) {
     pool.closeAll();
     server.stop();
   });
-  return { server, pool };
+  return { server, pool, before: ops.resources(server.pid) };
 }
 
 for (const batch of [false, true]) {
@@ -59,7 +63,7 @@ for (const batch of [false, true]) {
     const recv = new WebhookReceiver({ respond: (r) => (failing && r.text.includes(failing) ? 500 : undefined) });
     await recv.start();
     t.after(() => recv.close());
-    const { pool } = await withServer(t, {
+    const { server, pool, before } = await withServer(t, {
       HERALD_DEFAULT_APP_WEBHOOKS: JSON.stringify([{ url: recv.url('/hook'), event_types: ['channel_occupied', 'client_event'] }]),
       HERALD_DEFAULT_APP_BATCH_WEBHOOKS: String(batch),
       HERALD_WEBHOOKS_BATCH_WINDOW_MS: String(BATCH_WINDOW_MS),
@@ -106,6 +110,11 @@ for (const batch of [false, true]) {
       assert.ok(r.at >= occupiedAt && r.status === 200, `A's later webhook sent after its first was accepted, once: ${recv.describe()}`);
     }
     recv.assertAllValid(assert);
+    // Everything delivered: with the client and the receiver's connections gone, nothing of the
+    // failed attempts and retries stays (a few dozen small webhooks: the noise bound).
+    pool.closeAll();
+    await recv.down();
+    await ops.resourcesBack(server.pid, before, { rssGrowthKb: ops.RSS_NOISE_KB, what: 'a failing channel retried among ten others' });
   });
 }
 
@@ -124,10 +133,10 @@ test('HOOK-REDIRECT-1 a 307 is a failed attempt: retried and logged with its sta
   await new Promise((r) => redirector.listen(0, '127.0.0.1', r));
   t.after(async () => {
     await second.close();
-    await new Promise((r) => redirector.close(r));
+    if (redirector.listening) await new Promise((r) => redirector.close(r));
   });
   const url = `http://127.0.0.1:${redirector.address().port}/hook`;
-  const { server, pool } = await withServer(t, {
+  const { server, pool, before } = await withServer(t, {
     HERALD_DEFAULT_APP_WEBHOOKS: JSON.stringify([{ url, event_types: ['channel_occupied'], headers: { 'X-Api-Key': 'hook-secret' } }]),
   });
   const c = await pool.raw({ server });
@@ -138,6 +147,13 @@ test('HOOK-REDIRECT-1 a 307 is a failed attempt: retried and logged with its sta
   assert.equal(await hookCount(server, 'delivered'), 0);
   await server.waitOutput(/webhook attempt\(s\) failed[^\n]*307/, 3000);
   assert.deepEqual(second.requests, [], 'the redirect target got nothing: no body, no signature, no secret header');
+  // The redirecting target goes away (retries go on, refused at connect from now on): no
+  // socket of an attempt stays; one webhook: the noise bound.
+  pool.closeAll();
+  const closed = new Promise((r) => redirector.close(r));
+  redirector.closeAllConnections();
+  await closed;
+  await ops.resourcesBack(server.pid, before, { rssGrowthKb: ops.RSS_NOISE_KB, what: 'a redirecting target retried' });
 });
 
 test('HOOK-DEST-1 deny_private_networks and allowed_hosts refuse target URLs when the configuration is loaded', { timeout: 30000 }, async () => {
@@ -165,7 +181,7 @@ test('HOOK-DEST-2 at run time, private destinations (127.0.0.1, 169.254.169.254,
   t.after(() => recv.close());
   const db = ops.tmpPath('hook-dest', '.db');
   const storeEnv = { HERALD_STORE_KIND: 'sqlite', HERALD_STORE_URL: `sqlite://${db}` };
-  const { server, pool } = await withServer(t, {
+  const { server, pool, before } = await withServer(t, {
     ...storeEnv,
     HERALD_STORE_REFRESH_INTERVAL_MS: '200',
     HERALD_WEBHOOKS_DENY_PRIVATE_NETWORKS: 'true',
@@ -205,6 +221,10 @@ test('HOOK-DEST-2 at run time, private destinations (127.0.0.1, 169.254.169.254,
   assert.equal(await hookCount(server, 'delivered', app.id), 0);
   assert.deepEqual(recv.requests, []);
   assert.equal(connections, 0, 'no connection reached the loopback receiver');
+  // Refused destinations leave no socket (one name was resolved first); sockets only: the
+  // SQLite store's pool opens its database files as it grows. Three webhooks: the noise bound.
+  pool.closeAll();
+  await ops.resourcesBack(server.pid, before, { rssGrowthKb: ops.RSS_NOISE_KB, count: 'sockets', what: 'three refused destinations' });
 });
 
 test('HOOK-REDACT-1 a failing target URL with a password is logged redacted, never with the password; the spool file is 0600', { timeout: 30000 }, async (t) => {

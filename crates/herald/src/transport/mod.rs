@@ -1,5 +1,6 @@
-//! Bytes on the wire: the accept loop, TLS, RFC 6455 framing and the socket loop of a
-//! WebSocket connection. Nothing here knows the Pusher rules (those are in `session`).
+//! Bytes on the wire: the accept loop, TLS and the socket loop of a WebSocket connection (the
+//! RFC 6455 framing rules it applies are `herald_protocol::wsframe`). Nothing here knows the
+//! Pusher rules (those are in `session`).
 
 pub mod backlog;
 pub mod capacity;
@@ -7,4 +8,3 @@ pub mod listener;
 pub mod socket;
 pub mod stream;
 pub mod tls;
-pub mod wsframe;

@@ -18,8 +18,8 @@
 use crate::session::{self, ConnectParams, Session};
 use crate::sinks::metrics::ConnCounters;
 use crate::transport::stream::Transport;
-use crate::transport::wsframe::{self, FrameError};
 use herald_core::{clock_ms, Conn, Engine, Frame};
+use herald_protocol::wsframe::{self, FrameError};
 use herald_protocol::{codes, encode, CloseCode};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -521,8 +521,7 @@ impl Socket {
             pos = end;
             wsframe::unmask(&mut rbuf[start..end], h.mask);
             let payload = &rbuf[start..end];
-            let message: Option<Box<(u8, Vec<u8>)>>;
-            let body: &[u8] = match h.opcode {
+            let (opcode, body) = match h.opcode {
                 wsframe::OP_PING => {
                     // Answered by the next write, in order with the events and under its
                     // deadline; a newer ping replaces an answer not yet written.
@@ -548,35 +547,14 @@ impl Socket {
                     let _ = tokio::time::timeout(CLOSE_FLUSH, write_out(io, &out)).await;
                     break Flow::Closed;
                 }
-                op @ (wsframe::OP_TEXT | wsframe::OP_BINARY) => {
-                    if partial.is_some() {
-                        break Flow::Close(protocol_close(FrameError::Fragmentation));
-                    }
-                    if !h.fin {
-                        *partial = Some(Box::new((op, payload.to_vec())));
-                        continue;
-                    }
-                    message = None;
-                    payload
-                }
-                _ => {
-                    // Continuation of a fragmented message.
-                    let Some((_, so_far)) = partial.as_deref_mut() else {
-                        break Flow::Close(protocol_close(FrameError::Fragmentation));
-                    };
-                    if so_far.len() + payload.len() > max {
-                        break Flow::Close(codes::MESSAGE_TOO_BIG);
-                    }
-                    so_far.extend_from_slice(payload);
-                    if !h.fin {
-                        continue;
-                    }
-                    message = partial.take();
-                    message.as_deref().map_or(&[][..], |(_, m)| m.as_slice())
-                }
+                // Text, binary or a continuation: a whole message once its last frame is in.
+                op => match wsframe::assemble(partial, h.fin, op, payload, max) {
+                    Ok(Some(message)) => message,
+                    Ok(None) => continue,
+                    Err(e) => break Flow::Close(protocol_close(e)),
+                },
             };
-            let opcode = message.as_deref().map_or(h.opcode, |(op, _)| *op);
-            let Ok(text) = std::str::from_utf8(body) else {
+            let Ok(text) = std::str::from_utf8(&body) else {
                 if opcode == wsframe::OP_TEXT {
                     break Flow::Close(INVALID_UTF8);
                 }

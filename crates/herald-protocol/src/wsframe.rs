@@ -1,5 +1,7 @@
 //! RFC 6455 on the server side, without IO: the handshake's checks and accept key, client frame
-//! headers, and server frame headers.
+//! headers, the reassembly of fragmented messages, and server frames (their header layout is
+//! `wsheader`). The shell's socket loop applies these rules; the `wsframe` fuzz target walks
+//! arbitrary client bytes through them the way that loop does.
 //!
 //! Herald speaks WebSocket itself rather than through a general-purpose crate because an idle
 //! connection must cost almost nothing: the connection task keeps no read or write buffer while
@@ -7,6 +9,7 @@
 
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
+use std::borrow::Cow;
 
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -90,10 +93,14 @@ pub struct Header {
     pub fin: bool,
     pub opcode: u8,
     pub mask: [u8; 4],
-    /// Bytes of the header itself (2 to 14).
+    /// Bytes of the header itself, mask included (6 to 14).
     pub header_len: usize,
+    /// At most `usize::MAX - MAX_CLIENT_HEADER`: `frame_len` cannot overflow.
     pub payload_len: usize,
 }
+
+/// The longest client frame header: 2 bytes, a 64-bit length and the mask.
+pub const MAX_CLIENT_HEADER: usize = 14;
 
 impl Header {
     pub fn frame_len(&self) -> usize {
@@ -167,9 +174,12 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Fr
     if control && (!fin || len > 125) {
         return Err(FrameError::BadControl);
     }
-    if len > max_payload as u64 {
-        return Err(FrameError::TooBig);
-    }
+    // A length that cannot be added to its header's (possible only with no real maximum, as
+    // while waiting for a close reply) is as much too big as one over the maximum.
+    let payload_len = match usize::try_from(len) {
+        Ok(n) if n <= max_payload && n <= usize::MAX - MAX_CLIENT_HEADER => n,
+        _ => return Err(FrameError::TooBig),
+    };
     let Some(m) = buf.get(at..at + 4) else {
         return Ok(None);
     };
@@ -178,7 +188,7 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Fr
         opcode,
         mask: [m[0], m[1], m[2], m[3]],
         header_len: at + 4,
-        payload_len: len as usize,
+        payload_len,
     }))
 }
 
@@ -195,9 +205,61 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
+/// A complete data message: its opcode (text or binary) and payload. A message that came in
+/// one frame borrows that frame's payload; one reassembled from fragments owns its bytes.
+pub type Message<'a> = (u8, Cow<'a, [u8]>);
+
+/// Adds one data frame (text, binary or continuation; control frames are the caller's) to the
+/// message being read (RFC 6455 §5.4). `partial` holds a fragmented message until its final
+/// frame: boxed, so that a connection between messages keeps one pointer for it. Returns the
+/// message this frame completes, `None` while fragments are being collected, or why the frame
+/// is refused: a continuation with nothing to continue or a new message inside a fragmented
+/// one, and a message whose fragments add up to more than `max` bytes.
+pub fn assemble<'a>(
+    partial: &mut Option<Box<(u8, Vec<u8>)>>,
+    fin: bool,
+    opcode: u8,
+    payload: &'a [u8],
+    max: usize,
+) -> Result<Option<Message<'a>>, FrameError> {
+    match opcode {
+        OP_TEXT | OP_BINARY => {
+            if partial.is_some() {
+                return Err(FrameError::Fragmentation);
+            }
+            if payload.len() > max {
+                return Err(FrameError::TooBig);
+            }
+            if fin {
+                return Ok(Some((opcode, Cow::Borrowed(payload))));
+            }
+            *partial = Some(Box::new((opcode, payload.to_vec())));
+            Ok(None)
+        }
+        OP_CONTINUATION => {
+            let Some((_, so_far)) = partial.as_deref_mut() else {
+                return Err(FrameError::Fragmentation);
+            };
+            if so_far.len().saturating_add(payload.len()) > max {
+                return Err(FrameError::TooBig);
+            }
+            so_far.extend_from_slice(payload);
+            if !fin {
+                return Ok(None);
+            }
+            Ok(partial.take().map(|m| {
+                let (op, bytes) = *m;
+                (op, Cow::Owned(bytes))
+            }))
+        }
+        // A control frame is never part of a message.
+        other => Err(FrameError::UnknownOpcode(other)),
+    }
+}
+
 /// Appends a server frame (final, unmasked) holding `payload`.
 pub fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    herald_protocol::wsheader::put(out, opcode, payload.len());
+    crate::wsheader::put(out, opcode, payload.len());
     out.extend_from_slice(payload);
 }
 
@@ -400,5 +462,81 @@ mod tests {
             "a reason that is not UTF-8"
         );
         assert_eq!(with(1000, "é".as_bytes()), 1000);
+    }
+
+    #[test]
+    fn a_length_that_cannot_fit_beside_its_header_is_too_big() {
+        // No payload maximum (as while waiting for a close reply): the 64-bit length form's
+        // largest values are refused, so that frame_len() cannot overflow.
+        let mut frame = vec![0x82, 0xFF];
+        frame.extend_from_slice(&u64::MAX.to_be_bytes());
+        frame.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(parse_header(&frame, usize::MAX), Err(FrameError::TooBig));
+        let mut frame = vec![0x82, 0xFF];
+        frame.extend_from_slice(&((usize::MAX - MAX_CLIENT_HEADER) as u64).to_be_bytes());
+        frame.extend_from_slice(&[1, 2, 3, 4]);
+        let h = parse_header(&frame, usize::MAX).unwrap().unwrap();
+        assert_eq!(h.frame_len(), usize::MAX);
+    }
+
+    #[test]
+    fn messages_are_reassembled_from_fragments() {
+        let mut partial = None;
+        // One frame: the payload itself, not a copy.
+        let whole = assemble(&mut partial, true, OP_TEXT, b"abc", 10).unwrap();
+        assert!(matches!(whole, Some((OP_TEXT, Cow::Borrowed(b"abc")))));
+        // Fragments: kept until the final one, under the first frame's opcode.
+        assert_eq!(
+            assemble(&mut partial, false, OP_BINARY, b"ab", 10),
+            Ok(None)
+        );
+        assert_eq!(
+            assemble(&mut partial, false, OP_CONTINUATION, b"", 10),
+            Ok(None)
+        );
+        assert_eq!(
+            assemble(&mut partial, false, OP_CONTINUATION, b"cd", 10),
+            Ok(None)
+        );
+        let joined = assemble(&mut partial, true, OP_CONTINUATION, b"ef", 10).unwrap();
+        assert_eq!(joined, Some((OP_BINARY, Cow::Owned(b"abcdef".to_vec()))));
+        assert!(partial.is_none());
+    }
+
+    #[test]
+    fn fragments_out_of_place_or_too_many_bytes_are_refused() {
+        let mut partial = None;
+        assert_eq!(
+            assemble(&mut partial, true, OP_CONTINUATION, b"x", 10),
+            Err(FrameError::Fragmentation),
+            "nothing to continue"
+        );
+        assert_eq!(
+            assemble(&mut partial, false, OP_TEXT, b"12345", 10),
+            Ok(None)
+        );
+        assert_eq!(
+            assemble(&mut partial, true, OP_TEXT, b"x", 10),
+            Err(FrameError::Fragmentation),
+            "a new message inside a fragmented one"
+        );
+        assert_eq!(
+            assemble(&mut partial, false, OP_CONTINUATION, b"12345", 10),
+            Ok(None)
+        );
+        assert_eq!(
+            assemble(&mut partial, true, OP_CONTINUATION, b"1", 10),
+            Err(FrameError::TooBig),
+            "the fragments add up to more than the maximum"
+        );
+        assert_eq!(
+            assemble(&mut None, true, OP_TEXT, b"12345678901", 10),
+            Err(FrameError::TooBig)
+        );
+        assert_eq!(
+            assemble(&mut None, true, OP_PING, b"", 10),
+            Err(FrameError::UnknownOpcode(OP_PING)),
+            "control frames are not part of a message"
+        );
     }
 }
