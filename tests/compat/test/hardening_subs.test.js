@@ -11,7 +11,6 @@ const http = require('node:http');
 const WebSocket = require('ws');
 const Pusher = require('pusher');
 const ops = require('../lib/ops');
-const cl = require('../lib/cluster');
 const { withTimeout, waitFor } = require('../lib/wait');
 
 /** A raw WebSocket that records every frame with its arrival time, and the close. */
@@ -138,32 +137,6 @@ test('HARD-9 one client churning subscribe/unsubscribe on a channel of 99 listen
   } finally {
     for (const c of clients) c.ws.terminate();
     server.stop();
-  }
-});
-
-test('HARD-9 the same through Redis: listeners on one node, the churner on another', { timeout: 120000 }, async () => {
-  const redis = await cl.startRedis();
-  const clients = [];
-  let c;
-  try {
-    c = await cl.startCluster({ redis, count: 2 });
-    const before = c.nodes.map((n) => ops.resources(n.proc.pid));
-    await churnOnListeners({
-      listenAt: c.nodes[1].wsBase,
-      attackAt: c.nodes[0].wsBase,
-      truth: async (ch) => (await cl.apiGet(c.nodes[1], `/channels/${ch}`, { info: 'subscription_count' })).subscription_count,
-      clients,
-    });
-    for (const x of clients) x.ws.terminate();
-    http.globalAgent.destroy(); // the SDK's kept-alive connection
-    // Both nodes, as above (their Redis connections are in the baseline).
-    for (const [i, n] of c.nodes.entries()) {
-      await ops.resourcesBack(n.proc.pid, before[i], { rssGrowthKb: ops.RSS_NOISE_KB, what: `the churn through Redis (node ${i + 1})` });
-    }
-  } finally {
-    for (const x of clients) x.ws.terminate();
-    if (c) c.stop();
-    redis.stop();
   }
 });
 

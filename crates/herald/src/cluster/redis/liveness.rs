@@ -44,7 +44,6 @@ impl RedisAdapter {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
             tick.tick().await;
-            self.prune_counts();
             let c = match conn.as_mut() {
                 Some(c) => c,
                 None => conn.insert(self.connect().await),
@@ -141,13 +140,10 @@ impl RedisAdapter {
             .get(2)
             .and_then(|c| ChannelName::parse(c, usize::MAX).ok());
         match (parts.first().copied(), channel) {
-            (Some("v"), Some(ch)) => {
-                self.forget_count(&app, &ch);
-                self.engine().emit_event(LifecycleEvent::ChannelVacated {
-                    app,
-                    channel: ch.arc().clone(),
-                });
-            }
+            (Some("v"), Some(ch)) => self.engine().emit_event(LifecycleEvent::ChannelVacated {
+                app,
+                channel: ch.arc().clone(),
+            }),
             (Some("c"), Some(ch)) => {
                 if let Some(n) = parts.get(3).and_then(|n| n.parse().ok()) {
                     self.subscription_count(&app, &ch, n);

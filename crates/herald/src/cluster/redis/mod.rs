@@ -53,8 +53,9 @@ struct Inner {
     notes: mpsc::UnboundedSender<(ClusterNote, bool)>,
     bus: mpsc::Sender<(String, tokio::time::Instant)>,
     up: AtomicBool,
-    /// Subscription count schedules of the occupied channels whose counts this node decided.
-    counts: parking_lot::Mutex<HashMap<CountKey, share::CountSchedule>>,
+    /// Subscription counts of big channels: when one was last sent, and the value waiting for the
+    /// end of the window (if any).
+    counts: parking_lot::Mutex<HashMap<CountKey, (tokio::time::Instant, Option<usize>)>>,
 }
 
 /// The Redis cluster adapter. Cheap to clone.

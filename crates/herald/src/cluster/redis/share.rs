@@ -157,7 +157,6 @@ impl RedisAdapter {
                         channel: channel.arc().clone(),
                     });
                 } else if before > 0 && after == 0 {
-                    self.forget_count(app, channel);
                     engine.emit_event(LifecycleEvent::ChannelVacated {
                         app: app.clone(),
                         channel: channel.arc().clone(),
@@ -227,12 +226,6 @@ impl RedisAdapter {
         });
     }
 
-    /// Sends a cluster-wide count change to every subscriber and reports it, by the engine's
-    /// rule (`herald_core::COUNT_COALESCE_WINDOW`): up to `COUNT_THROTTLE_ABOVE` subscribers
-    /// every change is reported and its frame goes out at once unless this node sent one for
-    /// the channel less than the short window ago, when the latest count goes out at the
-    /// window's end; above it frame and report go together once per `COUNT_THROTTLE_WINDOW`.
-    /// Each node that decides changes keeps its own schedule.
     pub(super) fn subscription_count(&self, app: &Arc<str>, channel: &ChannelName, count: usize) {
         if channel.is_presence() {
             return;
@@ -245,129 +238,60 @@ impl RedisAdapter {
         }
         let key = (app.clone(), channel.arc().clone());
         let now = tokio::time::Instant::now();
-        let (frame, report, wake) = {
+        {
             let mut counts = self.inner.counts.lock();
-            let s = counts.entry(key).or_default();
-            let before = s.held.as_ref().map(|h| h.due);
-            let (mut frame, mut report) = (false, false);
-            if count > COUNT_THROTTLE_ABOVE {
-                match s.last_report.map(|t| t + COUNT_THROTTLE_WINDOW) {
-                    Some(due) if now < due => s.hold(count, true, due),
-                    _ => (frame, report) = (true, true),
-                }
+            if count <= COUNT_THROTTLE_ABOVE {
+                counts.remove(&key);
             } else {
-                report = true;
-                match s.last_frame.map(|t| t + herald_core::COUNT_COALESCE_WINDOW) {
-                    Some(due) if now < due => s.hold(count, false, due),
-                    _ => frame = true,
-                }
-            }
-            if frame {
-                s.last_frame = Some(now);
-                s.held = None;
-            }
-            if report {
-                s.last_report = Some(now);
-            }
-            let after = s.held.as_ref().map(|h| h.due);
-            (frame, report, after.filter(|d| Some(*d) != before))
-        };
-        if frame {
-            self.send_frame(app, channel, count);
-        }
-        if report {
-            self.report_count(app, channel, count);
-        }
-        if let Some(due) = wake {
-            let this = self.clone();
-            let (app, channel) = (app.clone(), channel.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep_until(due).await;
-                let held = {
-                    let mut counts = this.inner.counts.lock();
-                    let key = (app.clone(), channel.arc().clone());
-                    counts.get_mut(&key).and_then(|s| {
-                        // Another deadline: met by a later send, moved, or the channel emptied.
-                        if s.held.as_ref().map(|h| h.due) != Some(due) {
-                            return None;
+                match counts.get_mut(&key) {
+                    Some((last, pending)) if now.duration_since(*last) < COUNT_THROTTLE_WINDOW => {
+                        // Inside the window: keep the latest value; one send at the window's end.
+                        let schedule = pending.is_none();
+                        *pending = Some(count);
+                        if schedule {
+                            let due = *last + COUNT_THROTTLE_WINDOW;
+                            let this = self.clone();
+                            let channel = channel.clone();
+                            let app = app.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep_until(due).await;
+                                let latest = {
+                                    let mut counts = this.inner.counts.lock();
+                                    counts
+                                        .get_mut(&(app.clone(), channel.arc().clone()))
+                                        .and_then(|(last, p)| {
+                                            *last = tokio::time::Instant::now();
+                                            p.take()
+                                        })
+                                };
+                                if let Some(n) = latest {
+                                    this.send_count(&app, &channel, n);
+                                }
+                            });
                         }
-                        let now = tokio::time::Instant::now();
-                        let h = s.held.take()?;
-                        s.last_frame = Some(now);
-                        if h.report {
-                            s.last_report = Some(now);
-                        }
-                        Some(h)
-                    })
-                };
-                if let Some(h) = held {
-                    this.send_frame(&app, &channel, h.count);
-                    if h.report {
-                        this.report_count(&app, &channel, h.count);
+                        return;
+                    }
+                    _ => {
+                        counts.insert(key, (now, None));
                     }
                 }
-            });
+            }
         }
+        self.send_count(app, channel, count);
     }
 
-    /// The channel emptied cluster-wide: nothing held back for it is sent, and its schedule goes.
-    pub(super) fn forget_count(&self, app: &Arc<str>, channel: &ChannelName) {
-        self.inner
-            .counts
-            .lock()
-            .remove(&(app.clone(), channel.arc().clone()));
-    }
-
-    /// Drops the schedules that no longer matter: nothing held and nothing sent within the
-    /// longest window (such a schedule acts as a fresh one). This catches the channels vacated
-    /// through another node; called with the heartbeat.
-    pub(super) fn prune_counts(&self) {
-        let now = tokio::time::Instant::now();
-        let quiet = |t: Option<tokio::time::Instant>| {
-            t.is_none_or(|t| now.saturating_duration_since(t) >= COUNT_THROTTLE_WINDOW)
-        };
-        self.inner
-            .counts
-            .lock()
-            .retain(|_, s| s.held.is_some() || !quiet(s.last_frame) || !quiet(s.last_report));
-    }
-
-    fn send_frame(&self, app: &Arc<str>, channel: &ChannelName, count: usize) {
+    pub(super) fn send_count(&self, app: &Arc<str>, channel: &ChannelName, count: usize) {
         self.broadcast(
             app,
             channel,
             encode::subscription_count(channel.as_str(), count),
             None,
         );
-    }
-
-    fn report_count(&self, app: &Arc<str>, channel: &ChannelName, count: usize) {
         self.engine().emit_event(LifecycleEvent::SubscriptionCount {
             app: app.clone(),
             channel: channel.arc().clone(),
             count,
         });
-    }
-}
-
-/// One channel's subscription count schedule on this node (see `subscription_count`).
-#[derive(Default)]
-pub(super) struct CountSchedule {
-    last_frame: Option<tokio::time::Instant>,
-    last_report: Option<tokio::time::Instant>,
-    held: Option<HeldCount>,
-}
-
-/// The latest count held back, whether it still needs reporting, and when it goes out.
-struct HeldCount {
-    count: usize,
-    report: bool,
-    due: tokio::time::Instant,
-}
-
-impl CountSchedule {
-    fn hold(&mut self, count: usize, report: bool, due: tokio::time::Instant) {
-        self.held = Some(HeldCount { count, report, due });
     }
 }
 
