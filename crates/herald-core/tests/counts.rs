@@ -365,3 +365,42 @@ async fn a_channel_shrinking_to_the_limit_gets_its_frame_after_the_short_window_
         assert!(drain(c).is_empty());
     }
 }
+
+/// A clustered adapter decides the cluster-wide count and hands every node each change; the
+/// node's subscribers get the same coalescing as local changes: one frame at once, then the
+/// latest delivered count at the window's end, and no report (the deciding node made it).
+#[tokio::test(start_paused = true)]
+async fn cluster_counts_are_coalesced_per_node_and_the_last_one_wins() {
+    let a = counting_app();
+    let (e, rec) = engine(&a);
+    let conns = fill(&e, &a, 3);
+    advance(WINDOW).await;
+    counts_seen(&rec);
+    let room = ch("room");
+    e.deliver_count(&a.id, &room, 40);
+    for c in &conns {
+        assert_eq!(drain(c), [count_frame("room", 40)]);
+    }
+    for n in 41..=60 {
+        e.deliver_count(&a.id, &room, n);
+    }
+    e.deliver_count(&a.id, &room, 57);
+    assert!(drain(&conns[0]).is_empty(), "held within the window");
+    advance(SHORT - MS).await;
+    e.tick(Instant::now());
+    assert!(drain(&conns[0]).is_empty(), "not before the window ends");
+    advance(MS).await;
+    e.tick(Instant::now());
+    for c in &conns {
+        assert_eq!(drain(c), [count_frame("room", 57)], "the latest delivered");
+    }
+    assert!(
+        counts_seen(&rec).is_empty(),
+        "the deciding node reports, not this one"
+    );
+    settle(&e).await;
+    assert!(drain(&conns[0]).is_empty(), "nothing more");
+    // A channel without local subscribers gets no entry from it.
+    e.deliver_count(&a.id, &ch("elsewhere"), 5);
+    assert_eq!(e.channel_totals(&a.id), (1, 3));
+}

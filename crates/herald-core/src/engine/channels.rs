@@ -356,10 +356,43 @@ impl Engine {
         // This frame carries the latest count: one held back is no longer needed (a held report
         // is the caller's to make).
         ch.count.held = Held::Nothing;
+        let count = ch.count.cluster.unwrap_or(ch.subs.len());
         ch.broadcast(
-            &encode::subscription_count(ch.name.as_str(), ch.subs.len()).into(),
+            &encode::subscription_count(ch.name.as_str(), count).into(),
             None,
         );
+    }
+
+    /// Sends a cluster-wide subscription count (decided and reported by a clustered adapter) to
+    /// this node's subscribers of `channel`, coalesced like a local change: the frame goes out at
+    /// once unless one went out less than `COUNT_COALESCE_WINDOW` ago, and then the latest count
+    /// delivered goes out at the window's end ([`Engine::tick`]). So a burst of changes decided
+    /// anywhere in the cluster reaches each subscriber as a few frames, the last one true.
+    pub fn deliver_count(&self, app_id: &str, channel: &ChannelName, count: usize) {
+        if channel.is_presence() || channel.is_internal() {
+            return;
+        }
+        let st = self.state(app_id);
+        let mut shard = st.shard(channel.as_str()).lock();
+        let Some(ch) = shard.get_mut(channel.as_str()) else {
+            return;
+        };
+        if ch.subs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let was_due = ch.count.due();
+        ch.count.cluster = Some(count);
+        match ch.count.last_frame.map(|t| t + COUNT_COALESCE_WINDOW) {
+            Some(end) if now < end => {
+                // A big channel's held report is not this node's to make: only the frame waits.
+                ch.count.held = Held::Frame;
+            }
+            _ => self.send_count(ch, now),
+        }
+        if let Some(due) = ch.count.due().filter(|d| Some(*d) != was_due) {
+            st.counts_due.lock().push((due, ch.name.clone()));
+        }
     }
 
     /// Sends every count frame held back whose window ended by `now`: the channel's latest

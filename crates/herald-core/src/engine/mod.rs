@@ -84,6 +84,9 @@ struct CountThrottle {
     /// The last `SubscriptionCount` lifecycle event (what webhooks report).
     last_report: Option<Instant>,
     held: Held,
+    /// The cluster-wide count a clustered adapter last delivered (`Engine::deliver_count`); the
+    /// frames carry it instead of this node's own subscriber count.
+    cluster: Option<usize>,
 }
 
 /// What a channel holds back for [`Engine::tick`]; when it is due follows from the last send.

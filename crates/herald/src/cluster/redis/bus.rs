@@ -28,6 +28,9 @@ pub(super) enum Bus {
     Terminate { a: String, u: String },
     #[serde(rename = "w")]
     Watch { a: String, u: String, on: bool },
+    /// A channel's cluster-wide subscription count; each node coalesces the frames it sends.
+    #[serde(rename = "c")]
+    Count { a: String, c: String, k: usize },
 }
 
 impl RedisAdapter {
@@ -131,6 +134,11 @@ impl RedisAdapter {
                 engine.terminate_user_local(&a, &u);
             }
             Bus::Watch { a, u, on } => engine.notify_watchers_local(&a, &u, on),
+            Bus::Count { a, c, k } => {
+                if let Ok(ch) = ChannelName::parse(&c, usize::MAX) {
+                    engine.deliver_count(&a, &ch, k);
+                }
+            }
         }
     }
 

@@ -280,13 +280,15 @@ impl RedisAdapter {
         self.send_count(app, channel, count);
     }
 
+    /// Hands a count to every node (this one included), each of which coalesces the frames to
+    /// its own subscribers (`Engine::deliver_count`), and reports it.
     pub(super) fn send_count(&self, app: &Arc<str>, channel: &ChannelName, count: usize) {
-        self.broadcast(
-            app,
-            channel,
-            encode::subscription_count(channel.as_str(), count),
-            None,
-        );
+        self.engine().deliver_count(app, channel, count);
+        self.send(Bus::Count {
+            a: app.to_string(),
+            c: channel.to_string(),
+            k: count,
+        });
         self.engine().emit_event(LifecycleEvent::SubscriptionCount {
             app: app.clone(),
             channel: channel.arc().clone(),
