@@ -244,7 +244,8 @@ test('HARD-2 a client that stops reading after a few MB of events is closed with
     15000,
     `a slow-consumer close of a blocked write (${published} events published, the last ${Date.now() - stoppedAt} ms ago)`,
   );
-  assert.ok(decidedAt - stoppedAt <= WRITE_TIMEOUT_S * 1000 + 1000, `closed ${decidedAt - stoppedAt} ms after the last publish (write timeout ${WRITE_TIMEOUT_S} s)`);
+  // Slack for a loaded machine (scrapes every 10 ms); without a write deadline it never closes.
+  assert.ok(decidedAt - stoppedAt <= WRITE_TIMEOUT_S * 1000 + 3000, `closed ${decidedAt - stoppedAt} ms after the last publish (write timeout ${WRITE_TIMEOUT_S} s)`);
 
   const closed = await withTimeout(c.closedP, 10000, 'the blocked client closed');
   const last = c.frames[c.frames.length - 1];
@@ -279,8 +280,9 @@ test('HARD-2 SIGTERM with a client whose write is blocked exits well before the 
   const r = await server.terminate(SHUTDOWN_MS + 10000);
   assert.equal(r.code, 0, `exit after SIGTERM: ${JSON.stringify(r)}`);
   // The drain window, the closing flush for the blocked write, the closing flush for the
-  // close frames, and a second for the rest of the shutdown.
-  const bound = 500 + 2 * CLOSE_FLUSH_MS + 1000;
+  // close frames, and three seconds for the rest of the shutdown on a loaded machine: still
+  // half the deadline, which a blocked write without the drain's close would run into.
+  const bound = 500 + 2 * CLOSE_FLUSH_MS + 3000;
   assert.ok(r.ms <= bound, `exit ${r.ms} ms after SIGTERM (at most ${bound} expected, deadline ${SHUTDOWN_MS})`);
   assert.ok(!/shutdown deadline reached/.test(server.output()), 'every connection finished closing');
 });
