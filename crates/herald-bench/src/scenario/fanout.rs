@@ -8,8 +8,8 @@
 //! parsing on the cores it shares with the server).
 
 use super::{
-    client_cpu_s, collect, cpu_s, event_data, gate, now_us, opt, parse_event_data, ticker, us_per,
-    wait_ready, Ctx,
+    client_cpu_s, collect, cpu_s, event_data, gate, joined_per_channel, now_us, opt,
+    parse_event_data, ticker, us_per, wait_ready, Ctx,
 };
 use crate::http::Publisher;
 use crate::report::{round, Report};
@@ -206,18 +206,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     .await;
     // Only subscribers that made it count towards expected deliveries; the others are reported as
     // connection failures.
-    // A subscriber reports success just before counting itself on its channel: wait for the counts.
-    let counted = || {
-        joined
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
-    let wait_until = Instant::now() + Duration::from_secs(5);
-    while counted() < ready.ok && Instant::now() < wait_until {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let subs_on: Vec<u64> = joined.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    let subs_on: Vec<u64> = joined_per_channel(&joined, ready.ok).await;
 
     // Publishers.
     let pubs = a.publishers.clamp(1, channels as u64) as usize;

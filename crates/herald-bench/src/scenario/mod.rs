@@ -201,6 +201,24 @@ pub async fn wait_ready(
     }
 }
 
+/// A subscriber reports success just before it counts itself on its channel: waits (at most 5 s)
+/// until `joined` adds up to the `ready` subscribers, then returns the count per channel. Only
+/// the subscribers counted there are owed deliveries.
+pub async fn joined_per_channel(joined: &[std::sync::atomic::AtomicU64], ready: u64) -> Vec<u64> {
+    use std::sync::atomic::Ordering;
+    let counted = || {
+        joined
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let wait_until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while counted() < ready && tokio::time::Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    joined.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+}
+
 /// Awaits tasks for at most `limit`, then aborts the rest; returns the outputs of those that ended.
 pub async fn collect<T: Send + 'static>(
     tasks: Vec<JoinHandle<T>>,

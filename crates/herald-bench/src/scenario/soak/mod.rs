@@ -9,7 +9,7 @@
 mod drift;
 mod load;
 
-use super::{collect, gate, opt, wait_ready, Ctx};
+use super::{collect, gate, joined_per_channel, opt, wait_ready, Ctx};
 use crate::procfs;
 use crate::report::{round, Report};
 use crate::stats::Delivery;
@@ -196,18 +196,7 @@ pub async fn run(ctx: &Ctx, a: &SoakArgs) -> Report {
         &ctx.errors,
     )
     .await;
-    let counted = || {
-        joined
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
-    let wait_until = Instant::now() + Duration::from_secs(5);
-    while counted() < ready.ok && Instant::now() < wait_until {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let subs_on: Arc<Vec<u64>> =
-        Arc::new(joined.iter().map(|n| n.load(Ordering::Relaxed)).collect());
+    let subs_on: Arc<Vec<u64>> = Arc::new(joined_per_channel(&joined, ready.ok).await);
     ready.put(&mut r, "subscribers");
 
     // Every load at once until the end.
