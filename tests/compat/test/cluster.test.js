@@ -420,6 +420,35 @@ test('CLUSTER-API-1 GET /channels, /channels/{c}, /users and deprecated /stats a
   await expectAll(`/channels/${pres}/stats`, {}, { occupied: true, user_count: 2, connection_count: 2 });
 });
 
+test('CLUSTER-API-4 API reads and presence subscribes share a node\'s Redis connection: 60 reads and 20 joins open at most one more', T, async (t) => {
+  const c = await setup(t);
+  const tag = h.uid('a4');
+  const pres = `presence-${tag}`;
+  const connectionsMade = async () => {
+    const info = String(await cl.redisCommand(redis.port, 'INFO', 'stats'));
+    return Number(/total_connections_received:(\d+)/.exec(info)[1]);
+  };
+  // One read first: the shared connection is made on first use.
+  await cl.apiGet(c.nodes[0], '/channels', {});
+  const before = await connectionsMade();
+  const members = [];
+  for (let i = 0; i < 20; i++) {
+    const m = await js(c, 0, { member: `u${i}` });
+    members.push(m);
+    await h.subscribeOk(m, pres); // each join reads the roster from Redis
+  }
+  for (let i = 0; i < 20; i++) {
+    await cl.apiGet(c.nodes[0], '/channels', { info: 'subscription_count' });
+    await cl.apiGet(c.nodes[0], `/channels/${pres}`, { info: 'user_count' });
+    await cl.apiGet(c.nodes[0], `/channels/${pres}/users`, {});
+  }
+  const after = await connectionsMade();
+  // The reads above plus this INFO's own connection; one each would be 80 more.
+  assert.ok(after - before <= 2, `${after - before} Redis connections made for 60 API reads and 20 presence joins`);
+  const users = await cl.apiGet(c.nodes[0], `/channels/${pres}/users`, {});
+  assert.equal(users.users.length, 20, 'the roster read on the shared connection is whole');
+});
+
 test('CLUSTER-API-2 cache channel: an event published on n4 is replayed to a late subscriber on n2', T, async (t) => {
   const c = await setup(t);
   const ch = h.uid('cache-x');

@@ -56,6 +56,8 @@ struct Inner {
     /// Subscription counts of big channels: when one was last sent, and the value waiting for the
     /// end of the window (if any).
     counts: parking_lot::Mutex<HashMap<CountKey, (tokio::time::Instant, Option<usize>)>>,
+    /// See [`RedisAdapter::read_conn`].
+    reads: parking_lot::Mutex<Option<MultiplexedConnection>>,
 }
 
 /// The Redis cluster adapter. Cheap to clone.
@@ -104,6 +106,7 @@ impl RedisAdapter {
             bus,
             up: AtomicBool::new(false),
             counts: parking_lot::Mutex::new(HashMap::new()),
+            reads: parking_lot::Mutex::new(None),
         };
         Ok((
             Self {
@@ -177,39 +180,72 @@ impl RedisAdapter {
         }
     }
 
+    /// The connection every read shares (API, console, presence subscribes): made on first use,
+    /// kept while it works; the reads are pipelined on it instead of a TCP connection each.
     async fn read_conn(&self) -> redis::RedisResult<MultiplexedConnection> {
-        self.inner
+        if let Some(c) = self.inner.reads.lock().clone() {
+            return Ok(c);
+        }
+        let c = self
+            .inner
             .client
             .get_multiplexed_async_connection_with_config(&config())
-            .await
+            .await?;
+        // Readers racing on the first use each connect once; the last one is kept.
+        *self.inner.reads.lock() = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs a read on the shared connection. A connection that Redis dropped (a restart) fails
+    /// once: it is replaced and the read tried again on the new one.
+    async fn read<T: redis::FromRedisValue>(&self, q: Query<'_>) -> redis::RedisResult<T> {
+        let mut retried = false;
+        loop {
+            let mut c = self.read_conn().await?;
+            let r = match q {
+                Query::Cmd(cmd) => cmd.query_async(&mut c).await,
+                Query::Pipe(p) => p.query_async(&mut c).await,
+            };
+            match r {
+                Err(e) if !retried && (e.is_io_error() || e.is_connection_dropped()) => {
+                    self.inner.reads.lock().take();
+                    retried = true;
+                }
+                Err(e) if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() => {
+                    self.inner.reads.lock().take();
+                    return Err(e);
+                }
+                r => return r,
+            }
+        }
     }
 
     async fn channel_counts(&self, app: &str) -> redis::RedisResult<HashMap<String, usize>> {
-        let mut c = self.read_conn().await?;
-        redis::cmd("HGETALL")
-            .arg(self.key(&["ch", app]))
-            .query_async(&mut c)
-            .await
+        self.read(Query::Cmd(
+            redis::cmd("HGETALL").arg(self.key(&["ch", app])),
+        ))
+        .await
     }
 
     async fn channel_count(&self, app: &str, channel: &str) -> redis::RedisResult<(usize, usize)> {
-        let mut c = self.read_conn().await?;
-        let (subs, users): (Option<usize>, usize) = redis::pipe()
-            .cmd("HGET")
-            .arg(self.key(&["ch", app]))
-            .arg(channel)
-            .cmd("HLEN")
-            .arg(self.key(&["pu", app, channel]))
-            .query_async(&mut c)
+        let (subs, users): (Option<usize>, usize) = self
+            .read(Query::Pipe(
+                redis::pipe()
+                    .cmd("HGET")
+                    .arg(self.key(&["ch", app]))
+                    .arg(channel)
+                    .cmd("HLEN")
+                    .arg(self.key(&["pu", app, channel])),
+            ))
             .await?;
         Ok((subs.unwrap_or(0), users))
     }
 
     async fn members(&self, app: &str, channel: &str) -> redis::RedisResult<Vec<(String, String)>> {
-        let mut c = self.read_conn().await?;
-        let m: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.key(&["pi", app, channel]))
-            .query_async(&mut c)
+        let m: HashMap<String, String> = self
+            .read(Query::Cmd(
+                redis::cmd("HGETALL").arg(self.key(&["pi", app, channel])),
+            ))
             .await?;
         let mut v: Vec<(String, String)> = m.into_iter().collect();
         v.sort();
@@ -220,11 +256,10 @@ impl RedisAdapter {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let mut c = self.read_conn().await?;
-        let counts: Vec<Option<i64>> = redis::cmd("HMGET")
-            .arg(self.key(&["us", app]))
-            .arg(users)
-            .query_async(&mut c)
+        let counts: Vec<Option<i64>> = self
+            .read(Query::Cmd(
+                redis::cmd("HMGET").arg(self.key(&["us", app])).arg(users),
+            ))
             .await?;
         Ok(users
             .iter()
@@ -233,6 +268,13 @@ impl RedisAdapter {
             .map(|(u, _)| u.clone())
             .collect())
     }
+}
+
+/// A read for [`RedisAdapter::read`].
+#[derive(Clone, Copy)]
+enum Query<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
 }
 
 /// The adapter's queues, handed to [`RedisAdapter::start`].
