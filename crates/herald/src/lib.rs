@@ -14,6 +14,7 @@ pub mod redact;
 pub mod server;
 pub mod session;
 pub mod sinks;
+pub mod startup;
 pub mod store;
 pub mod transport;
 

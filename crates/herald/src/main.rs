@@ -11,14 +11,23 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Herald: a Pusher Channels compatible realtime server.
 ///
 /// With no options it serves the embedded default app (id `app-id`, key `app-key`,
-/// secret `app-secret`) on port 6001. Settings come from defaults, then the TOML file
-/// (`--config`), then `HERALD_*` environment variables.
+/// secret `app-secret`) on port 6001.
+///
+/// Settings come from, lowest first: the defaults, the TOML file (--config or HERALD_CONFIG),
+/// HERALD_* environment variables, then --host and --port. Each overrides the ones before it.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file (settings not given keep their defaults).
-    #[arg(long, short, env = "HERALD_CONFIG", global = true)]
+    #[arg(long, short, env = "HERALD_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Address to listen on (server.host); overrides HERALD_HOST and the file.
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    host: Option<String>,
+    /// Port of the WebSocket endpoint and the HTTP API (server.port; 0 picks a free one);
+    /// overrides HERALD_PORT and the file.
+    #[arg(long, global = true)]
+    port: Option<u16>,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
@@ -30,7 +39,9 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
-    /// Validate the configuration and exit (status 0 when it is valid).
+    /// Check the configuration as `serve` does before it binds (values, TLS files, URLs, the
+    /// spool file's directory) and exit: status 0 when it would start. Binds no port and
+    /// connects to neither Redis nor the database.
     CheckConfig,
     /// Manage the apps of the configured store.
     #[command(subcommand)]
@@ -56,10 +67,18 @@ fn load(cli: &Cli) -> Result<Config, String> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    Config::load(
+    let mut config = Config::load(
         text.as_deref().map(|t| (path.as_str(), t)),
         std::env::vars(),
-    )
+    )?;
+    // Flags come last: they override the environment and the file.
+    if let Some(host) = &cli.host {
+        config.server.host.clone_from(host);
+    }
+    if let Some(port) = cli.port {
+        config.server.port = port;
+    }
+    Ok(config)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -111,13 +130,14 @@ fn real_main(cli: Cli) -> Result<(), String> {
     }
     match cli.command {
         None | Some(Command::Serve) => {
-            herald::server::init_logging(&config);
+            herald::startup::init_logging(&config);
             let path = cli.config.clone();
             runtime()?
                 .block_on(herald::server::serve_until_signal(config, path))
                 .map_err(|e| e.to_string())
         }
         Some(Command::CheckConfig) => {
+            herald::startup::check(&config)?;
             println!(
                 "configuration is valid: {} app(s), store `{}`",
                 config.apps.len(),

@@ -3,7 +3,7 @@
 //! and the graceful drain on shutdown.
 
 use crate::cluster::ClusterReads;
-use crate::config::{Adapter, Config, LogFormat};
+use crate::config::{Adapter, Config};
 use crate::drain::Drain;
 use crate::executor::Executor;
 use crate::http::{self, ApiState};
@@ -33,6 +33,10 @@ pub enum StartError {
     Tls(String),
     /// The cluster engine could not be set up.
     Cluster(String),
+    /// A check that `herald check-config` shares failed (TLS files, URLs, the spool file).
+    Check(String),
+    /// A port could not be bound: the message names the address and the settings.
+    Listen(String),
     /// A listener could not be bound or served.
     Io(std::io::Error),
 }
@@ -40,7 +44,11 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::Store(m) | StartError::Tls(m) | StartError::Cluster(m) => f.write_str(m),
+            StartError::Store(m)
+            | StartError::Tls(m)
+            | StartError::Cluster(m)
+            | StartError::Check(m)
+            | StartError::Listen(m) => f.write_str(m),
             StartError::Io(e) => e.fmt(f),
         }
     }
@@ -398,40 +406,28 @@ async fn drain(engine: &Engine, window: Duration) {
     }
 }
 
-/// Sets up `tracing` from the config (`HERALD_LOG` or `RUST_LOG` pick the level; default info).
-pub fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HERALD_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if config.server.log_format == LogFormat::Json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Binds the configured addresses and serves until SIGINT or SIGTERM.
+/// Checks what `herald check-config` checks, opens the store, binds the configured addresses
+/// and serves until SIGINT or SIGTERM.
 pub async fn serve_until_signal(
     config: Config,
     config_path: Option<std::path::PathBuf>,
 ) -> Result<(), StartError> {
-    // Store and certificate problems stop startup before anything is announced as listening.
+    use crate::startup::{self, Listener};
+    // Certificate, URL and store problems stop startup before anything is announced as
+    // listening; the same checks as `herald check-config`.
+    let checked = startup::check(&config).map_err(StartError::Check)?;
     let store = crate::store::open(&config)
         .await
         .map_err(StartError::Store)?;
-    let tls = if config.tls.enabled() {
-        Some(crate::transport::tls::acceptor(&config.tls).map_err(StartError::Tls)?)
-    } else {
-        None
-    };
-    let addr = format!("{}:{}", config.server.host, config.server.port);
     // Within 64..=65535 by the config's range check.
     let asked = u32::try_from(config.server.listen_backlog).unwrap_or(u32::MAX);
-    let socket = bind(&addr, asked)?;
+    let socket = startup::bind(
+        &config.server.host,
+        config.server.port,
+        asked,
+        Listener::Server,
+    )
+    .map_err(StartError::Listen)?;
     let local = socket.local_addr()?;
     let somaxconn = backlog::somaxconn();
     let listen_backlog = backlog::effective(asked, somaxconn);
@@ -446,10 +442,13 @@ pub async fn serve_until_signal(
     }
     let metrics_listener = if config.metrics.enabled {
         // A scraper and a health checker: tokio's default backlog is plenty.
-        let l = bind(
-            &format!("{}:{}", config.metrics.host, config.metrics.port),
+        let l = startup::bind(
+            &config.metrics.host,
+            config.metrics.port,
             1024,
-        )?;
+            Listener::Metrics,
+        )
+        .map_err(StartError::Listen)?;
         println!("Herald metrics on {}", l.local_addr()?);
         Some(l)
     } else {
@@ -457,31 +456,22 @@ pub async fn serve_until_signal(
     };
     // A stable line on stdout for scripts and tests to find the port.
     println!("Herald listening on {local}");
-    tracing::info!(%local, tls = config.tls.enabled(), "serving WebSocket and HTTP API");
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let app_ids: Vec<String> = store.store.all().iter().map(|a| a.id.clone()).collect();
+    for line in startup::banner_lines(&config, local, metrics_addr, &app_ids) {
+        tracing::info!("{line}");
+    }
     let options = RunOptions {
         metrics_listener,
         config_path,
-        tls,
+        tls: checked.tls,
         store: Some(store),
         listen_backlog: Some(listen_backlog),
     };
     run_with(socket, config, options, shutdown_signal()).await
-}
-
-/// A listener with `backlog` (tokio's `TcpListener::bind` fixes 1024, too few for a burst of
-/// reconnects).
-fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
-    let std_addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
-    let socket = if std_addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(std_addr)?;
-    socket.listen(backlog)
 }
 
 async fn shutdown_signal() {

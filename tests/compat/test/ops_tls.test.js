@@ -70,7 +70,7 @@ test('OPS-TLS-1 pusher-js over wss:// receives an event triggered over https:// 
   assert.deepEqual(ev2.data, { via: 'cli' });
 });
 
-test('OPS-TLS-2 a missing or mismatched certificate stops startup with a message naming the file', { timeout: 30000 }, async (t) => {
+test('OPS-TLS-2 a missing or mismatched certificate stops startup, and fails check-config, with a message naming the file', { timeout: 30000 }, async (t) => {
   const { cert, key } = ops.selfSignedCert();
   const other = ops.selfSignedCert();
   t.after(() => {
@@ -88,10 +88,15 @@ test('OPS-TLS-2 a missing or mismatched certificate stops startup with a message
     ['key of another certificate', { HERALD_TLS_CERT_FILE: cert, HERALD_TLS_KEY_FILE: other.key }, /cert_file and tls\.key_file do not form a valid pair/],
     ['a key file that is not PEM', { HERALD_TLS_CERT_FILE: cert, HERALD_TLS_KEY_FILE: __filename }, /key_file/],
   ]) {
-    const r = await ops.cli([], { env: { HERALD_HOST: '127.0.0.1', HERALD_PORT: '0', HERALD_WEBHOOKS_SPOOL_FILE: ops.tmpPath('spool'), ...env }, timeout: 10000 });
+    const full = { HERALD_HOST: '127.0.0.1', HERALD_PORT: '0', HERALD_WEBHOOKS_SPOOL_FILE: ops.tmpPath('spool'), ...env };
+    const r = await ops.cli([], { env: full, timeout: 10000 });
     assert.equal(r.status, 2, `${what}: exit status (signal ${r.signal}); output:\n${r.out}`);
     assert.match(r.stderr, re, `${what}: the error names the setting and file`);
     if (/Herald listening on/.test(r.stdout)) announced.push(`${what}: stdout ${JSON.stringify(r.stdout)}`);
+    // check-config runs the same checks: it refuses with the same message, never "valid".
+    const c = await ops.cli(['check-config'], { env: full });
+    assert.equal(c.status, 2, `${what}: check-config exit status; output:\n${c.out}`);
+    assert.equal(c.stderr, r.stderr, `${what}: check-config and serve give the same message`);
   }
   assert.deepEqual(announced, [], 'a server that cannot load its TLS files must fail before printing "Herald listening on"');
 });

@@ -111,7 +111,8 @@ fn now() -> i64 {
 async fn send(
     target: &Target,
     method: reqwest::Method,
-    url: String,
+    base: &str,
+    path_and_query: String,
     body: Vec<u8>,
 ) -> Result<String, String> {
     let client = reqwest::Client::builder()
@@ -119,16 +120,12 @@ async fn send(
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let resp = client
-        .request(method, &url)
+        .request(method, format!("{base}{path_and_query}"))
         .header("Content-Type", "application/json")
         .body(body)
         .send()
         .await
-        .map_err(|e| {
-            use std::error::Error;
-            let cause = e.source().map(|s| format!(": {s}")).unwrap_or_default();
-            format!("request to {url} failed ({e}{cause}); is the server running there? set --url, or --insecure for a self-signed certificate")
-        })?;
+        .map_err(|e| unreachable(base, &e))?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     if status.is_success() {
@@ -136,6 +133,23 @@ async fn send(
     } else {
         Err(format!("the server answered {status}: {}", text.trim_end()))
     }
+}
+
+/// One line for a request that got no answer: the server it tried (not the signed URL, which
+/// is long and says nothing more), the innermost cause, and what to do.
+fn unreachable(base: &str, e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let why = if e.is_timeout() {
+        "no answer in time".to_owned()
+    } else {
+        cause.to_string()
+    };
+    format!(
+        "no answer from {base} ({why}); is the server running there? set --url, or --host/--port/--config as the server has them (start one with `herald`); --insecure for a self-signed certificate"
+    )
 }
 
 /// `herald trigger <channel> <event> <data>`.
@@ -150,7 +164,8 @@ pub async fn trigger(config: &Config, args: TriggerArgs) -> Result<(), String> {
     let out = send(
         &args.target,
         reqwest::Method::POST,
-        format!("{base}{path}?{q}"),
+        &base,
+        format!("{path}?{q}"),
         body,
     )
     .await?;
@@ -173,7 +188,8 @@ pub async fn channels(config: &Config, args: ChannelsArgs) -> Result<(), String>
     let out = send(
         &args.target,
         reqwest::Method::GET,
-        format!("{base}{path}?{q}"),
+        &base,
+        format!("{path}?{q}"),
         Vec::new(),
     )
     .await?;

@@ -16,6 +16,12 @@ use std::time::Duration;
 
 /// Opens the SQL store of the configuration (kind `sqlite` or `postgres`), without seeding.
 pub(crate) async fn open_sql(config: &Config) -> Result<SqlAppStore, String> {
+    SqlAppStore::open(&database_url(config)?).await
+}
+
+/// The store's URL as [`open_sql`] uses it, once kind and scheme are known to agree (a plain
+/// path is a SQLite file).
+fn database_url(config: &Config) -> Result<String, String> {
     let url = config.store.url.trim();
     if url.is_empty() {
         return Err(format!(
@@ -23,14 +29,13 @@ pub(crate) async fn open_sql(config: &Config) -> Result<SqlAppStore, String> {
             config.store.kind
         ));
     }
-    let url = match config.store.kind {
+    Ok(match config.store.kind {
         StoreKind::Sqlite if is_postgres_url(url) => {
             return Err(format!(
                 "store.kind is `sqlite` but store.url `{}` is a PostgreSQL URL; set kind = \"postgres\" or use a sqlite:// URL",
                 redact_url(url)
             ))
         }
-        // A plain path is a SQLite file.
         StoreKind::Sqlite if !url.starts_with("sqlite:") => format!("sqlite://{url}"),
         StoreKind::Postgres if !is_postgres_url(url) => {
             return Err(format!(
@@ -39,8 +44,46 @@ pub(crate) async fn open_sql(config: &Config) -> Result<SqlAppStore, String> {
             ))
         }
         _ => url.to_owned(),
-    };
-    SqlAppStore::open(&url).await
+    })
+}
+
+/// What [`open_sql`] checks before it connects, without connecting: kind and scheme agree, the
+/// URL parses, and a SQLite file's directory exists (for `herald check-config`, and for
+/// `serve` before it binds).
+pub(crate) fn check_url(config: &Config) -> Result<(), String> {
+    let url = database_url(config)?;
+    let shown = redact_url(&url);
+    if url.starts_with("sqlite:") {
+        #[cfg(feature = "sqlite")]
+        {
+            let options = sqlite_options(&url, &shown)?;
+            let file = options.get_filename();
+            let dir = match file.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            if !url.contains(":memory:") && !dir.is_dir() {
+                return Err(format!(
+                    "store.url `{shown}`: the directory {} of the SQLite file does not exist",
+                    dir.display()
+                ));
+            }
+        }
+    } else {
+        #[cfg(feature = "postgres")]
+        pg_options(&url, &shown)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_options(url: &str, shown: &str) -> Result<SqliteConnectOptions, String> {
+    SqliteConnectOptions::from_str(url).map_err(|e| format!("invalid SQLite URL `{shown}`: {e}"))
+}
+
+#[cfg(feature = "postgres")]
+fn pg_options(url: &str, shown: &str) -> Result<PgConnectOptions, String> {
+    PgConnectOptions::from_str(url).map_err(|e| format!("invalid PostgreSQL URL `{shown}`: {e}"))
 }
 
 fn is_postgres_url(url: &str) -> bool {
@@ -275,8 +318,7 @@ impl SqlAppStore {
 
     #[cfg(feature = "sqlite")]
     async fn open_sqlite(url: &str, shown: &str) -> Result<Pool, String> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| format!("invalid SQLite URL `{shown}`: {e}"))?
+        let options = sqlite_options(url, shown)?
             .create_if_missing(true)
             .busy_timeout(Duration::from_secs(5));
         let mut pool = SqlitePoolOptions::new()
@@ -301,8 +343,7 @@ impl SqlAppStore {
     #[cfg(feature = "postgres")]
     async fn open_postgres(url: &str, shown: &str) -> Result<Pool, String> {
         let hint = "is the server running and the URL right? set [store] url or HERALD_STORE_URL";
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| format!("invalid PostgreSQL URL `{shown}`: {e}"))?;
+        let options = pg_options(url, shown)?;
         // One direct connection first: the pool would only report a timeout, this reports
         // why (refused, unknown database, authentication…).
         let probe = tokio::time::timeout(Duration::from_secs(10), options.connect())

@@ -62,8 +62,9 @@ impl RedisAdapter {
                 };
                 match fresh {
                     Ok(c) => conn = Some(c),
-                    Err(_) => {
+                    Err(e) => {
                         self.set_up(false);
+                        self.connect_failed(&e);
                         conn = None;
                     }
                 }

@@ -53,6 +53,13 @@ struct Inner {
     notes: mpsc::UnboundedSender<(ClusterNote, bool)>,
     bus: mpsc::Sender<(String, tokio::time::Instant)>,
     up: AtomicBool,
+    /// The URL for log lines, password hidden.
+    shown_url: String,
+    /// Whether Redis was ever reached, and whether a failure to reach it was logged since:
+    /// the first failure at startup and a refused login are logged at the default level once
+    /// (later outages are the `lost Redis` line).
+    ever_up: AtomicBool,
+    failure_logged: AtomicBool,
     /// Subscription counts of big channels: when one was last sent, and the value waiting for the
     /// end of the window (if any).
     counts: parking_lot::Mutex<HashMap<CountKey, (tokio::time::Instant, Option<usize>)>>,
@@ -105,6 +112,9 @@ impl RedisAdapter {
             notes,
             bus,
             up: AtomicBool::new(false),
+            shown_url: crate::redact::redact_url(url),
+            ever_up: AtomicBool::new(false),
+            failure_logged: AtomicBool::new(false),
             counts: parking_lot::Mutex::new(HashMap::new()),
             reads: parking_lot::Mutex::new(None),
         };
@@ -127,7 +137,9 @@ impl RedisAdapter {
         if self.inner.up.swap(up, Ordering::Relaxed) != up {
             self.inner.metrics.set_adapter_up(up);
             if up {
-                tracing::info!(node = self.inner.node_id, "connected to Redis");
+                self.inner.ever_up.store(true, Ordering::Relaxed);
+                self.inner.failure_logged.store(false, Ordering::Relaxed);
+                tracing::info!(node = self.inner.node_id, url = %self.inner.shown_url, "connected to Redis");
             } else {
                 tracing::warn!(
                     node = self.inner.node_id,
@@ -173,10 +185,30 @@ impl RedisAdapter {
                 Ok(c) => return c,
                 Err(e) => {
                     self.set_up(false);
+                    self.connect_failed(&e);
                     tracing::debug!(error = %e, "Redis connection failed; retrying");
                     tokio::time::sleep(RETRY).await;
                 }
             }
+        }
+    }
+
+    /// Logs a failure to reach Redis once where an operator must see it: at error when Redis
+    /// refuses the login (retrying will not help), at warn when it is not reachable at startup.
+    fn connect_failed(&self, e: &redis::RedisError) {
+        let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
+        if !auth && self.inner.ever_up.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.inner.failure_logged.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let url = &self.inner.shown_url;
+        if auth {
+            tracing::error!(%url, error = %e, "Redis refused the login: check the password (and user) in redis.url (HERALD_REDIS_URL); serving local clients only, retrying");
+        } else {
+            tracing::warn!(%url, error = %e, "cannot reach Redis (redis.url, HERALD_REDIS_URL): serving local clients only until it answers; retrying");
         }
     }
 

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use toml::Value;
 
+mod env;
+mod errors;
+
 /// How nodes are joined (`adapter`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
@@ -320,24 +323,14 @@ impl Default for Config {
     }
 }
 
-/// Environment variables that belong to Herald's tooling, not to the configuration.
 /// `server.listen_backlog` bounds: fewer than 64 waiting connections overflow on the first burst
 /// of page loads; a queue longer than 65,535 holds clients for tens of seconds at any accept
 /// rate this server reaches, which is no better than refusing them.
 const MIN_LISTEN_BACKLOG: u64 = 64;
 const MAX_LISTEN_BACKLOG: u64 = 65_535;
 
-const NOT_SETTINGS: &[&str] = &["HERALD_LOG", "HERALD_CONFIG", "HERALD_BIN"];
-/// Prefix of variables that belong to the test tooling (e.g. `HERALD_TEST_POSTGRES_URL`).
-const TEST_PREFIX: &str = "HERALD_TEST_";
-
-/// Sections that `HERALD_<SECTION>_<KEY>` may address.
-const SECTIONS: &[&str] = &[
-    "server", "webhooks", "console", "store", "metrics", "tls", "redis",
-];
-
 impl Config {
-    /// Loads from an optional TOML text and an environment (name, value) list.
+    /// Loads from an optional TOML file (path, text) and an environment (name, value) list.
     pub fn load(
         file: Option<(&str, &str)>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -345,7 +338,7 @@ impl Config {
         let mut root = match file {
             Some((path, text)) => text
                 .parse::<toml::Table>()
-                .map_err(|e| format!("{path}: {}", e.message().trim()))?,
+                .map_err(|e| errors::syntax(path, text, &e))?,
             None => toml::Table::new(),
         };
         let file_has_apps = root.contains_key("apps");
@@ -355,82 +348,25 @@ impl Config {
                 Value::Array(vec![to_value(&App::default_app())]),
             );
         }
-        let template = to_table(&Config::default());
-        let app_template = to_table(&App::default_app());
-
         let env: BTreeMap<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("HERALD_"))
             .collect();
-        for (name, raw) in &env {
-            if NOT_SETTINGS.contains(&name.as_str()) || name.starts_with(TEST_PREFIX) {
-                continue;
-            }
-            let rest = &name["HERALD_".len()..];
-            let (table_path, key): (Vec<String>, String) = match rest {
-                "HOST" => (vec!["server".into()], "host".into()),
-                "ADAPTER" => (vec![], "adapter".into()),
-                "PORT" => (vec!["server".into()], "port".into()),
-                _ if rest.starts_with("DEFAULT_APP_") => {
-                    if file_has_apps {
-                        return Err(format!(
-                            "{name} applies to the embedded default app, but the config file lists its own [[apps]]; set the value in the file instead"
-                        ));
-                    }
-                    let key = rest["DEFAULT_APP_".len()..].to_ascii_lowercase();
-                    if app_template.contains_key(&key) {
-                        (vec![], key)
-                    } else {
-                        (vec!["limits".into()], key)
-                    }
-                }
-                _ => {
-                    let lower = rest.to_ascii_lowercase();
-                    let Some(section) = SECTIONS
-                        .iter()
-                        .find(|s| lower.starts_with(&format!("{s}_")))
-                    else {
-                        return Err(format!(
-                            "unknown environment variable {name}: settings are HERALD_HOST, HERALD_PORT, HERALD_DEFAULT_APP_<KEY> and HERALD_<SECTION>_<KEY> with SECTION one of {SECTIONS:?}"
-                        ));
-                    };
-                    (
-                        vec![(*section).to_owned()],
-                        lower[section.len() + 1..].to_owned(),
-                    )
-                }
-            };
-            let is_app = rest.starts_with("DEFAULT_APP_");
-            let tmpl = lookup(
-                if is_app { &app_template } else { &template },
-                &table_path,
-                &key,
-            )
-            .ok_or_else(|| format!("unknown setting {name}: no key `{key}`"))?;
-            let value =
-                parse_like(tmpl, raw).map_err(|e| format!("invalid value for {name}: {e}"))?;
-            let target = if is_app {
-                match root
-                    .get_mut("apps")
-                    .and_then(Value::as_array_mut)
-                    .and_then(|a| a.first_mut())
-                {
-                    Some(Value::Table(t)) => t,
-                    _ => return Err("the default app is missing".into()),
-                }
-            } else {
-                &mut root
-            };
-            insert(target, &table_path, key, value)?;
-        }
-
-        let config: Config = Value::Table(root)
+        env::apply(&mut root, env, file_has_apps)?;
+        let config: Config = Value::Table(root.clone())
             .try_into()
-            .map_err(|e: toml::de::Error| {
-                format!("invalid configuration: {}", e.message().trim())
-            })?;
+            .map_err(|e| errors::describe(&root, e, file))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The environment variables that set something, with the setting each sets
+    /// (`HERALD_PORT` → `server.port`): the list the loader reads them from.
+    pub fn variables() -> Vec<(String, String)> {
+        env::variables()
+            .into_iter()
+            .map(|(name, t)| (name, t.setting()))
+            .collect()
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -588,6 +524,19 @@ impl Config {
         }
         for (i, a) in self.apps.iter().enumerate() {
             for (j, w) in a.webhooks.iter().enumerate() {
+                // The delivery client would refuse it at every attempt; say so at startup.
+                let parsed = reqwest::Url::parse(&w.url)
+                    .map_err(|e| e.to_string())
+                    .and_then(|u| match u.host_str() {
+                        Some(h) if !h.is_empty() => Ok(()),
+                        _ => Err("it has no host".to_owned()),
+                    });
+                if let Err(why) = parsed {
+                    return Err(format!(
+                        "apps[{i}].webhooks[{j}].url `{}` is not a valid URL: {why}",
+                        crate::redact::redact_url(&w.url)
+                    ));
+                }
                 if let Some(why) = crate::sinks::webhook::dest::refusal(
                     self.webhooks.deny_private_networks,
                     &self.webhooks.allowed_hosts,
@@ -660,37 +609,6 @@ fn insert(t: &mut toml::Table, path: &[String], key: String, value: Value) -> Re
     }
     cur.insert(key, value);
     Ok(())
-}
-
-/// Reads an environment string as the type the default value has.
-fn parse_like(template: &Value, raw: &str) -> Result<Value, String> {
-    match template {
-        Value::String(_) => Ok(Value::String(raw.to_owned())),
-        // Every integer setting is a count, size, port or duration: none is negative.
-        Value::Integer(_) => match raw.trim().parse::<i64>() {
-            Ok(n) if n < 0 => Err(format!("`{raw}` is out of range (at least 0)")),
-            Ok(n) => Ok(Value::Integer(n)),
-            Err(_) if raw.trim().parse::<i128>().is_ok() => {
-                Err(format!("`{raw}` is out of range (at most {})", i64::MAX))
-            }
-            Err(_) => Err(format!("`{raw}` is not an integer")),
-        },
-        Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok(Value::Boolean(true)),
-            "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
-            _ => Err(format!("`{raw}` is not a boolean (true/false)")),
-        },
-        Value::Float(_) => raw
-            .trim()
-            .parse::<f64>()
-            .map(Value::Float)
-            .map_err(|_| format!("`{raw}` is not a number")),
-        Value::Array(_) | Value::Table(_) | Value::Datetime(_) => {
-            let json: serde_json::Value =
-                serde_json::from_str(raw).map_err(|e| format!("expected JSON: {e}"))?;
-            Value::try_from(json).map_err(|e| e.to_string())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -783,12 +701,12 @@ mod tests {
         let e = Config::load(None, env(&[("HERALD_ADAPTER", "foo")])).unwrap_err();
         assert_eq!(
             e,
-            "invalid configuration: adapter `foo` must be \"local\" or \"redis\""
+            "invalid value for HERALD_ADAPTER: adapter `foo` must be \"local\" or \"redis\""
         );
         let e = Config::load(None, env(&[("HERALD_STORE_KIND", "bogus")])).unwrap_err();
         assert_eq!(
             e,
-            "invalid configuration: store.kind `bogus` must be \"config\", \"sqlite\" or \"postgres\""
+            "invalid value for HERALD_STORE_KIND: store.kind `bogus` must be \"config\", \"sqlite\" or \"postgres\""
         );
         let e = Config::load(
             Some(("h.toml", "[server]\nlog_format = \"xml\"\n")),
@@ -797,7 +715,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e,
-            "invalid configuration: server.log_format `xml` must be \"text\" or \"json\""
+            "h.toml:2:14: server.log_format `xml` must be \"text\" or \"json\""
         );
         let ok = Config::load(None, env(&[("HERALD_SERVER_LOG_FORMAT", "json")])).unwrap();
         assert_eq!(ok.server.log_format, LogFormat::Json);
@@ -1104,5 +1022,215 @@ mod tests {
             let c = Config::load(None, env(&[("HERALD_SERVER_LISTEN_BACKLOG", ok)])).unwrap();
             assert_eq!(c.server.listen_backlog.to_string(), ok);
         }
+    }
+
+    /// A default value as an environment variable would write it.
+    fn as_env(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Integer(n) => n.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            other => serde_json::to_string(other).unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_setting_has_a_variable_and_the_unknown_message_lists_them_all() {
+        let template = to_table(&Config::default());
+        let known = env::variables();
+        let names: std::collections::BTreeSet<&str> =
+            known.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.len(), known.len(), "a name is there twice");
+        // Every top-level setting is a section, the apps, or has a short name.
+        for (key, value) in &template {
+            match value {
+                Value::Table(_) => assert!(env::SECTIONS.contains(&key.as_str()), "[{key}]"),
+                _ if key == "apps" => {}
+                _ => assert!(
+                    env::SHORT_NAMES.iter().any(|(_, s)| s == key),
+                    "top-level `{key}` has no variable"
+                ),
+            }
+        }
+        // Every key of every section, of the default app and of its limits.
+        let app = to_table(&App::default_app());
+        let mut settings = Vec::new();
+        for s in env::SECTIONS {
+            for (k, v) in template[*s].as_table().unwrap() {
+                settings.push((format!("HERALD_{s}_{k}").to_ascii_uppercase(), v.clone()));
+            }
+        }
+        for (k, v) in &app {
+            settings.push((
+                format!("HERALD_DEFAULT_APP_{k}").to_ascii_uppercase(),
+                v.clone(),
+            ));
+        }
+        for (k, v) in app["limits"].as_table().unwrap() {
+            settings.push((
+                format!("HERALD_DEFAULT_APP_{k}").to_ascii_uppercase(),
+                v.clone(),
+            ));
+        }
+        for (name, _) in &settings {
+            assert!(names.contains(name.as_str()), "{name} is not read");
+        }
+        // Each variable is read: set to its default, it loads and changes nothing.
+        for (name, t) in &known {
+            let tmpl = if t.app { &app } else { &template };
+            let v = lookup(tmpl, &t.path, &t.key).unwrap();
+            let c = Config::load(None, vec![(name.clone(), as_env(v))])
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c, Config::default(), "{name}");
+        }
+        assert_eq!(
+            Config::variables()
+                .iter()
+                .find(|(n, _)| n == "HERALD_PORT")
+                .map(|(_, s)| s.as_str()),
+            Some("server.port")
+        );
+        // The message for an unknown one names every short name, every variable that is not
+        // a setting, and every section.
+        let e = Config::load(None, env(&[("HERALD_FOO", "1")])).unwrap_err();
+        assert!(
+            e.starts_with("unknown environment variable HERALD_FOO"),
+            "{e}"
+        );
+        for (n, _) in env::SHORT_NAMES {
+            assert!(e.contains(n), "{n} missing: {e}");
+        }
+        for n in env::NOT_SETTINGS {
+            assert!(e.contains(n), "{n} missing: {e}");
+        }
+        for s in env::SECTIONS {
+            assert!(e.contains(s), "{s} missing: {e}");
+        }
+        assert!(e.contains("HERALD_ADAPTER"), "{e}");
+        // A near miss gets a suggestion.
+        let e = Config::load(None, env(&[("HERALD_PROT", "1")])).unwrap_err();
+        assert!(e.contains("did you mean HERALD_PORT?"), "{e}");
+        let e = Config::load(None, env(&[("HERALD_METRICS_PROT", "1")])).unwrap_err();
+        assert!(
+            e.contains("[metrics] has no key `prot`") && e.contains("HERALD_METRICS_PORT"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_bad_number_or_boolean_in_the_environment_names_its_variable() {
+        let mut checked = 0;
+        for (name, t) in env::variables() {
+            let template = if t.app {
+                to_table(&App::default_app())
+            } else {
+                to_table(&Config::default())
+            };
+            let bad: &[&str] = match lookup(&template, &t.path, &t.key).unwrap() {
+                Value::Integer(_) => &["x", "-1", "1.5", "99999999999999999999"],
+                Value::Boolean(_) => &["maybe"],
+                _ => continue,
+            };
+            for value in bad {
+                let e = Config::load(None, vec![(name.clone(), (*value).to_owned())]).unwrap_err();
+                assert!(
+                    e.starts_with(&format!("invalid value for {name}: ")),
+                    "{name}={value}: {e}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 40, "{checked}");
+        for name in ["HERALD_PORT", "HERALD_METRICS_PORT", "HERALD_SERVER_PORT"] {
+            let e = Config::load(None, env(&[(name, "70000")])).unwrap_err();
+            assert_eq!(
+                e,
+                format!("invalid value for {name}: `70000` is out of range: expected a port number (0 picks a free one) from 0 to 65535")
+            );
+        }
+    }
+
+    #[test]
+    fn file_errors_give_the_file_line_column_and_table() {
+        let load = |text: &str| Config::load(Some(("conf/h.toml", text)), env(&[])).unwrap_err();
+        // Syntax: the position of the fault.
+        let e = load("[server]\nport = 6001\nhost = \"x\" y\n");
+        assert!(e.starts_with("conf/h.toml:3:12: "), "{e}");
+        let e = load("[server\nport = 1\n");
+        assert!(e.starts_with("conf/h.toml:1:8: "), "{e}");
+        // An unknown key: its line, and its table.
+        let e = load("[server]\nport = 6001\nprot = 6002\n");
+        assert!(
+            e.starts_with("conf/h.toml:3:1: in [server]: unknown field `prot`, expected one of"),
+            "{e}"
+        );
+        let e = load("prot = 1\n");
+        assert!(
+            e.starts_with("conf/h.toml:1:1: at the top level: unknown field `prot`"),
+            "{e}"
+        );
+        // A missing field: which app, by index and id.
+        let e =
+            load("[[apps]]\nid = 'a'\nkey = 'k'\nsecret = 's'\n\n[[apps]]\nid = 'b'\nkey = 'k2'\n");
+        assert!(
+            e.contains("in apps[1] (id `b`): missing field `secret`"),
+            "{e}"
+        );
+        assert!(e.starts_with("conf/h.toml:6:1: "), "{e}");
+        let e = load("[[apps]]\nkey = 'k'\nsecret = 's'\n");
+        assert!(e.contains("in apps[0]: missing field `id`"), "{e}");
+        // Inside an app: its limits and its webhooks.
+        let e = load("[[apps]]\nid = 'a'\nkey = 'k'\nsecret = 's'\n[apps.limits]\nmax_x = 1\n");
+        assert!(
+            e.starts_with("conf/h.toml:6:1: in apps[0].limits (id `a`): unknown field `max_x`"),
+            "{e}"
+        );
+        let e = load("[[apps]]\nid = 'a'\nkey = 'k'\nsecret = 's'\nwebhooks = [{ url = 'http://x', nope = 1 }]\n");
+        assert!(
+            e.contains("in apps[0].webhooks[0] (id `a`): unknown field `nope`"),
+            "{e}"
+        );
+        assert!(e.starts_with("conf/h.toml:5:"), "{e}");
+        // A bad value: the key and the range.
+        let e = load("[server]\nport = 70000\n");
+        assert_eq!(e, "conf/h.toml:2:8: server.port: `70000` is out of range: expected a port number (0 picks a free one) from 0 to 65535");
+        let e = load("[metrics]\nenabled = 'yes'\n");
+        assert!(
+            e.starts_with("conf/h.toml:2:11: metrics.enabled: invalid type"),
+            "{e}"
+        );
+        // The same fault through the environment names the variable instead.
+        let e = Config::load(
+            Some(("conf/h.toml", "[server]\nport = 1\n")),
+            env(&[("HERALD_PORT", "70000")]),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("invalid value for HERALD_PORT: "), "{e}");
+    }
+
+    #[test]
+    fn webhook_urls_must_parse() {
+        for url in ["http://", "https://exa mple.com/", "http://[::1/"] {
+            let e = Config::load(
+                None,
+                vec![(
+                    "HERALD_DEFAULT_APP_WEBHOOKS".to_owned(),
+                    format!(r#"[{{"url":"{url}"}}]"#),
+                )],
+            )
+            .unwrap_err();
+            assert!(
+                e.contains("apps[0].webhooks[0].url") && e.contains("is not a valid URL"),
+                "{url}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn line_and_column_count_characters_from_one() {
+        assert_eq!(errors::line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(errors::line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(errors::line_col("é\nxé y", 7), (2, 4));
+        assert_eq!(errors::line_col("ab", 99), (1, 3));
     }
 }
