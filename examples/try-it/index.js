@@ -1,5 +1,5 @@
 // Start Herald first (`cargo run --release` in the repository root), then:
-//   cd examples/try-it && npm install && npm start
+//   cd examples/try-it && npm ci && npm start
 // A pusher-js client subscribes to `my-channel`; the official pusher SDK triggers `my-event` on it.
 'use strict';
 const PusherClient = require('pusher-js');

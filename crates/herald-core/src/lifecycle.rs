@@ -59,12 +59,12 @@ pub enum LifecycleEvent {
         channel: Arc<str>,
         count: usize,
     },
-    /// An event published through the HTTP API (any route).
+    /// An event published through the HTTP API (any route); `data` is the event's data as sent.
     ApiPublish {
         app: Arc<str>,
         channel: Arc<str>,
         event: Arc<str>,
-        data_len: usize,
+        data: Arc<str>,
         except: Option<SocketId>,
     },
 }

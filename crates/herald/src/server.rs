@@ -82,7 +82,12 @@ impl Node {
     /// needs a runtime).
     pub fn new(config: Config, store: OpenedStore) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let console = Arc::new(Console::new());
+        // The console keeps recent events for the logs opened later only while it can be opened.
+        let console = Arc::new(if config.console.token.is_empty() {
+            Console::new()
+        } else {
+            Console::keeping_history()
+        });
         let webhooks = Webhooks::new(
             config.webhooks.clone(),
             store.store.clone(),

@@ -331,6 +331,192 @@ describe('console with a token', () => {
   });
 });
 
+/** Server-sent events of a streamed body: `next(count, what)` resolves to the next `count` ({id, data}). */
+function sseEvents(reader) {
+  const decoder = new TextDecoder();
+  let text = '';
+  const queued = [];
+  return {
+    async next(count, what) {
+      return within(
+        (async () => {
+          while (queued.length < count) {
+            const { done, value } = await reader.read();
+            if (done) throw new Error(`stream ended before ${what}: ${text}`);
+            text += decoder.decode(value, { stream: true });
+            let end;
+            while ((end = text.indexOf('\n\n')) >= 0) {
+              const block = text.slice(0, end);
+              text = text.slice(end + 2);
+              const ev = { id: null, data: null };
+              for (const l of block.split('\n')) {
+                if (l.startsWith('id:')) ev.id = l.slice(3).trim();
+                else if (l.startsWith('data:')) ev.data = JSON.parse(l.slice(5));
+              }
+              if (ev.data) queued.push(ev); // keep-alive comments carry no data
+            }
+          }
+          return queued.splice(0, count);
+        })(),
+        what,
+      );
+    },
+    cancel: () => reader.cancel(),
+  };
+}
+
+/** Opens the feed of the default app with the token; `lastId` as a reconnecting browser sends it. */
+async function openFeedStream(server, lastId) {
+  const headers = { Authorization: `Bearer ${TOKEN}` };
+  if (lastId) headers['Last-Event-ID'] = lastId;
+  const res = await fetch(`${server.base}/console/api/feed?app=app-id`, { headers });
+  assert.equal(res.status, 200);
+  return sseEvents(res.body.getReader());
+}
+
+describe('console log history', () => {
+  let server;
+  let browser;
+  const clients = [];
+
+  before(async () => {
+    server = await startServer({ token: TOKEN });
+    browser = await launch();
+  });
+
+  after(async () => {
+    for (const c of clients) c.disconnect();
+    if (browser) await browser.close();
+    if (server) await server.stop();
+  });
+
+  function track(c) {
+    clients.push(c);
+    return c;
+  }
+
+  /** The log's rows as {type, channel, data} in page order (newest first). */
+  function rows(page) {
+    return page.$$eval('#log li', (lis) =>
+      lis.map((li) => ({
+        type: li.dataset.type,
+        channel: li.dataset.channel || null,
+        text: li.textContent,
+        data: li.querySelector('.kv.data')?.textContent ?? null,
+      })),
+    );
+  }
+
+  it('opens with what happened before, API publishes with their payload, oldest first, then live events, none twice', async () => {
+    const api = sdk(server);
+    const c = track(client(server));
+    const socketId = await connected(c);
+    await subscribed(c, 'history-room');
+    const early = { note: 'published before the console opened', n: 1 };
+    await api.trigger('history-room', 'before-open', early);
+    const long = { text: 'y'.repeat(400) };
+    await api.trigger('history-long', 'long-one', long);
+
+    const page = await openConsole(browser, server);
+    const publish = page.locator('#log li.t-api_publish[data-channel="history-room"]', { hasText: 'before-open' });
+    await publish.waitFor(WAIT);
+    // The payload as published (the SDK sends the compact JSON text), like a client event's.
+    assert.equal(await publish.locator('.kv.data').textContent(), JSON.stringify(early));
+    // Cut to 256 bytes the same way as client events, with an ellipsis.
+    const longRow = page.locator('#log li.t-api_publish[data-channel="history-long"]');
+    await longRow.waitFor(WAIT);
+    assert.equal(await longRow.locator('.kv.data').textContent(), `${JSON.stringify(long).slice(0, 256)}…`);
+    assert.match(await longRow.textContent(), new RegExp(`size${JSON.stringify(long).length} B`));
+    await page.locator('#log li.t-info', { hasText: /\d+ earlier events from the server's recent history/ }).waitFor(WAIT);
+
+    // Oldest first: the page lists newest first, so the connection is below the publishes.
+    let list = await rows(page);
+    const at = (pred, what) => {
+      const i = list.findIndex(pred);
+      assert.ok(i >= 0, `${what} in ${JSON.stringify(list.map((r) => r.type))}`);
+      return i;
+    };
+    const iConnected = at((r) => r.type === 'connected' && r.text.includes(socketId), 'connected');
+    const iSubscribed = at((r) => r.type === 'subscribed' && r.channel === 'history-room', 'subscribed');
+    const iEarly = at((r) => r.type === 'api_publish' && r.channel === 'history-room', 'before-open');
+    const iLong = at((r) => r.type === 'api_publish' && r.channel === 'history-long', 'long-one');
+    assert.ok(iConnected > iSubscribed && iSubscribed > iEarly && iEarly > iLong, JSON.stringify({ iConnected, iSubscribed, iEarly, iLong }));
+
+    // Then live events, above the history.
+    await api.trigger('history-room', 'after-open', { n: 2 });
+    await page.locator('#log li.t-api_publish[data-channel="history-room"]', { hasText: 'after-open' }).waitFor(WAIT);
+    list = await rows(page);
+    const count = (pred) => list.filter(pred).length;
+    assert.equal(count((r) => r.type === 'connected' && r.text.includes(socketId)), 1);
+    assert.equal(count((r) => r.type === 'api_publish' && r.text.includes('before-open')), 1);
+    assert.equal(count((r) => r.type === 'api_publish' && r.text.includes('after-open')), 1);
+    assert.ok(at((r) => r.text.includes('after-open'), 'after-open') < iEarly);
+
+    // Events published while the page opens its feed are shown once each, in order: those
+    // before the feed attached come from the history, the rest live.
+    await page.reload();
+    let n = 0;
+    let stop = false;
+    const storm = (async () => {
+      while (!stop && n < 200) await api.trigger('storm', 'tick', { n: n++ });
+    })();
+    await page.locator('#feed-status[data-state="live"]').waitFor(WAIT);
+    stop = true;
+    await storm;
+    await page.locator('#log li.t-api_publish[data-channel="storm"]', { hasText: `{"n":${n - 1}}` }).waitFor(WAIT);
+    list = await rows(page);
+    const seen = list.filter((r) => r.channel === 'storm').map((r) => JSON.parse(r.data).n).reverse();
+    assert.deepEqual(seen, Array.from({ length: n }, (_, i) => i));
+    // The reloaded page shows the earlier events once too.
+    assert.equal(count((r) => r.type === 'api_publish' && r.text.includes('before-open')), 1);
+    assert.deepEqual(browser.errors, []);
+    await page.close();
+  });
+
+  it('keeps the latest 300 events of the app and resumes after the id a reconnecting browser sends', async () => {
+    const own = await startServer({ token: TOKEN });
+    try {
+      const api = sdk(own);
+      for (let i = 0; i < 320; i++) await api.trigger('bounded', 'e', { i });
+
+      const first = await openFeedStream(own);
+      const got = await first.next(301, 'the hello and 300 earlier lines');
+      assert.equal(got[0].data.type, 'hello');
+      assert.equal(got[0].data.history, 300);
+      const history = got.slice(1);
+      assert.deepEqual(
+        history.map((e) => JSON.parse(e.data.data).i),
+        Array.from({ length: 300 }, (_, k) => k + 20),
+      );
+      for (const e of history) assert.match(e.id, /^\d+-\d+$/);
+      assert.equal(new Set(history.map((e) => e.id)).size, 300);
+      // Then live ones, with ids that go on.
+      await api.trigger('bounded', 'e', { i: 320 });
+      const [live] = await first.next(1, 'the live line');
+      assert.equal(JSON.parse(live.data.data).i, 320);
+      await first.cancel();
+
+      // A browser that reconnects sends the id of the last line it got: it gets only later ones.
+      const again = await openFeedStream(own, history[298].id);
+      const resumed = await again.next(3, 'the hello and the two lines missed');
+      assert.equal(resumed[0].data.history, 2);
+      assert.deepEqual(resumed.slice(1).map((e) => JSON.parse(e.data.data).i), [319, 320]);
+      await api.trigger('bounded', 'e', { i: 321 });
+      const [next] = await again.next(1, 'the next live line');
+      assert.equal(JSON.parse(next.data.data).i, 321);
+      await again.cancel();
+
+      // An id from another run of the server (or anything else) gets the whole history.
+      const other = await openFeedStream(own, '0-5');
+      const [hello] = await other.next(1, 'the hello');
+      assert.equal(hello.data.history, 300);
+      await other.cancel();
+    } finally {
+      await own.stop();
+    }
+  });
+});
+
 describe('console sign-in, session cookie and origin checks', () => {
   let server;
   const clients = [];

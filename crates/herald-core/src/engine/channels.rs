@@ -470,7 +470,7 @@ impl Engine {
             app: st.id.clone(),
             channel: channel.arc().clone(),
             event: Arc::from(event),
-            data_len: data.len(),
+            data: Arc::from(data),
             except,
         });
     }

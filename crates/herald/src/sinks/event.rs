@@ -41,9 +41,8 @@ pub struct Fields<'a> {
     pub socket_id: Option<SocketId>,
     pub user_id: Option<&'a str>,
     pub event: Option<&'a str>,
+    /// The event's data (client events and API publishes).
     pub data: Option<&'a str>,
-    /// The length of data not carried (API publishes).
-    pub data_len: Option<usize>,
     pub count: Option<usize>,
     pub except: Option<SocketId>,
 }
@@ -181,13 +180,13 @@ pub fn fields(event: &LifecycleEvent) -> Fields<'_> {
         E::ApiPublish {
             channel,
             event,
-            data_len,
+            data,
             except,
             ..
         } => Fields {
             channel: Some(channel),
             event: Some(event),
-            data_len: Some(*data_len),
+            data: Some(data),
             except: *except,
             ..Fields::default()
         },

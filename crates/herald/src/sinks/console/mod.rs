@@ -4,7 +4,9 @@
 //! - [`Console`], a [`LifecycleSink`] that turns engine events into JSON lines for attached
 //!   viewers. With nobody watching, `emit` returns after one atomic load: nothing is formatted.
 //!   Each app has its own bounded broadcast buffer; a viewer that falls behind loses the oldest
-//!   lines of its own buffer and is told how many (`{"type":"skipped","count":N}`).
+//!   lines of its own buffer and is told how many (`{"type":"skipped","count":N}`). While the
+//!   console is on it also keeps the latest lines ([`history`]), which a newly opened log
+//!   starts with.
 //! - The routes: the page (`/console`, signed in), its login prompt and static assets
 //!   (public: they hold no data), sign-in and sign-out, and a small JSON API under
 //!   `/console/api/` (signed in) that reads and publishes through the same
@@ -16,6 +18,7 @@
 //!   to the login prompt); cross-origin change → 403; console off (no token configured) → 404.
 
 pub mod access;
+pub mod history;
 pub mod routes;
 
 use crate::drain::Drain;
@@ -23,6 +26,7 @@ use crate::executor::Executor;
 use crate::sinks::event::{self, HookName};
 use crate::sinks::webhook::DeliveryObserver;
 use herald_core::{LifecycleEvent, LifecycleSink};
+use history::{History, HISTORY_BYTES, HISTORY_LINES, OVERHEAD_BYTES};
 use parking_lot::RwLock;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -52,7 +56,7 @@ pub struct ConsoleState {
 
 /// Lines buffered per app for its viewers; a viewer further behind skips the oldest.
 pub const FEED_CAPACITY: usize = 1024;
-/// Client event data shown in the log is cut to this many bytes.
+/// Event data (client events and API publishes) shown in the log is cut to this many bytes.
 pub const DATA_PREVIEW_BYTES: usize = 256;
 /// How often an idle feed checks whether the server is draining.
 const DRAIN_CHECK: Duration = Duration::from_secs(1);
@@ -63,15 +67,39 @@ pub struct Console {
     /// Attached viewers over all apps: the zero-cost fast path of `emit`.
     viewers: AtomicUsize,
     /// One bounded broadcast buffer of JSON lines per watched app.
-    feeds: RwLock<HashMap<Arc<str>, broadcast::Sender<Arc<str>>>>,
+    feeds: RwLock<HashMap<Arc<str>, broadcast::Sender<Live>>>,
+    /// The latest lines of every app, when the console is on (none: nobody can open a log).
+    history: Option<History<Kept>>,
     /// Ends every feed (server shutdown).
     closed: CancellationToken,
+}
+
+/// A line as the history keeps it: an event is formatted only if someone opens a log.
+#[derive(Debug, Clone)]
+enum Kept {
+    Event(LifecycleEvent, u64),
+    Line(Arc<str>),
+}
+
+/// A line of a live feed with its place in the history (0 without one).
+#[derive(Debug, Clone)]
+struct Live {
+    seq: u64,
+    line: Arc<str>,
+}
+
+/// What a newly opened feed starts with: the app's recent lines, oldest first, as
+/// `(event id, line)`, and the last sequence number they cover (later live lines are new).
+#[derive(Debug, Default)]
+pub struct Backlog {
+    pub lines: Vec<(String, Arc<str>)>,
+    pub upto: u64,
 }
 
 /// One attached viewer of one app's feed; detaches when dropped.
 #[derive(Debug)]
 pub struct Viewer {
-    rx: broadcast::Receiver<Arc<str>>,
+    rx: broadcast::Receiver<Live>,
     console: Arc<Console>,
 }
 
@@ -84,8 +112,8 @@ impl Drop for Viewer {
 /// What a viewer reads next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FeedItem {
-    /// One JSON line.
-    Line(Arc<str>),
+    /// One JSON line and its sequence number in the history (0 without one).
+    Line(u64, Arc<str>),
     /// The viewer fell behind and this many lines were dropped from its buffer.
     Skipped(u64),
 }
@@ -94,7 +122,7 @@ impl Viewer {
     /// The next line, `None` once the console is closed.
     pub async fn next(&mut self) -> Option<FeedItem> {
         match self.rx.recv().await {
-            Ok(line) => Some(FeedItem::Line(line)),
+            Ok(live) => Some(FeedItem::Line(live.seq, live.line)),
             Err(broadcast::error::RecvError::Lagged(n)) => Some(FeedItem::Skipped(n)),
             Err(broadcast::error::RecvError::Closed) => None,
         }
@@ -102,8 +130,18 @@ impl Viewer {
 }
 
 impl Console {
+    /// A console that keeps no history (it costs nothing while nobody watches).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A console that keeps the latest lines of every app for the logs opened later (at most
+    /// [`HISTORY_BYTES`]): each event is then kept, unformatted, even while nobody watches.
+    pub fn keeping_history() -> Self {
+        Self {
+            history: Some(History::new(HISTORY_BYTES)),
+            ..Self::default()
+        }
     }
 
     /// Number of attached viewers (all apps).
@@ -126,13 +164,44 @@ impl Console {
         }
     }
 
+    /// What a feed of `app` opened now starts with: its latest lines (at most
+    /// [`HISTORY_LINES`]) after the one `last_id` names (the `Last-Event-ID` of a reconnecting
+    /// browser; none: all of them). Call it after [`Console::attach`], so that every line is in
+    /// the backlog or in the feed: the feed skips those numbered up to `upto`.
+    pub fn backlog(&self, app: &str, last_id: Option<&str>) -> Backlog {
+        let Some(h) = &self.history else {
+            return Backlog::default();
+        };
+        let after = last_id.map_or(0, |id| h.seq_of(id));
+        let (kept, upto) = h.recent(app, after, HISTORY_LINES);
+        let lines = kept
+            .into_iter()
+            .map(|(seq, k)| {
+                let line = match k {
+                    Kept::Event(ev, ts) => event_json(&ev, ts).into(),
+                    Kept::Line(line) => line,
+                };
+                (h.event_id(seq), line)
+            })
+            .collect();
+        Backlog { lines, upto }
+    }
+
+    /// The event id of line `seq` of the history.
+    pub fn event_id(&self, seq: u64) -> Option<String> {
+        self.history
+            .as_ref()
+            .filter(|_| seq > 0)
+            .map(|h| h.event_id(seq))
+    }
+
     /// Ends every feed; viewers see the end of their stream.
     pub fn close(&self) {
         self.closed.cancel();
     }
 
     /// The sender for `app` when someone watches it. Takes no lock while nobody watches anything.
-    fn watched(&self, app: &str) -> Option<broadcast::Sender<Arc<str>>> {
+    fn watched(&self, app: &str) -> Option<broadcast::Sender<Live>> {
         if self.viewers.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -149,20 +218,47 @@ impl DeliveryObserver for Console {
         events: &[(HookName, Arc<str>)],
         result: Result<u16, &str>,
     ) {
-        let Some(tx) = self.watched(app) else {
+        if self.history.is_none() && self.viewers() == 0 {
             return;
-        };
-        let _ = tx.send(webhook_json(url, events, result, now_ms()).into());
+        }
+        let line: Arc<str> = webhook_json(url, events, result, now_ms()).into();
+        let app: Arc<str> = Arc::from(app);
+        // Kept first, then sent: see `backlog`.
+        let seq = self.history.as_ref().map_or(0, |h| {
+            h.keep(&app, Kept::Line(line.clone()), OVERHEAD_BYTES + line.len())
+        });
+        if let Some(tx) = self.watched(&app) {
+            let _ = tx.send(Live { seq, line });
+        }
     }
 }
 
 impl LifecycleSink for Console {
     fn emit(&self, event: &LifecycleEvent) {
-        let Some(tx) = self.watched(event::app(event)) else {
+        if self.history.is_none() && self.viewers() == 0 {
             return;
-        };
-        let _ = tx.send(event_json(event, now_ms()).into());
+        }
+        let ts = now_ms();
+        let app = event::app(event);
+        // Kept first, then sent: a viewer that attached before reading the history gets every
+        // later line from the feed (see `backlog`).
+        let seq = self.history.as_ref().map_or(0, |h| {
+            h.keep(app, Kept::Event(event.clone(), ts), weight(event))
+        });
+        if let Some(tx) = self.watched(app) {
+            let _ = tx.send(Live {
+                seq,
+                line: event_json(event, ts).into(),
+            });
+        }
     }
+}
+
+/// The bytes an event holds while kept: its strings (payloads whole) and a slot.
+fn weight(ev: &LifecycleEvent) -> usize {
+    let f = event::fields(ev);
+    let len = |s: Option<&str>| s.map_or(0, str::len);
+    OVERHEAD_BYTES + len(f.channel) + len(f.event) + len(f.data) + len(f.user_id)
 }
 
 fn now_ms() -> u64 {
@@ -190,18 +286,22 @@ pub fn event_json(ev: &LifecycleEvent, ts_ms: u64) -> String {
     o.insert("ts".into(), json!(ts_ms));
     o.insert("type".into(), json!(event::log_name(ev)));
     f.put_common(&mut o);
+    match ev {
+        // The log shows who sent a client event even when nobody signed it (null).
+        LifecycleEvent::ClientEvent { .. } => {
+            o.entry("user_id").or_insert(Value::Null);
+        }
+        LifecycleEvent::ApiPublish { .. } => {
+            o.insert(
+                "except".into(),
+                f.except.map_or(Value::Null, |s| json!(s.to_string())),
+            );
+        }
+        _ => {}
+    }
     if let Some(d) = f.data {
-        // Client events: the log shows who sent it even when nobody signed it (null).
-        o.entry("user_id").or_insert(Value::Null);
         o.insert("data_len".into(), json!(d.len()));
         o.insert("data".into(), json!(preview(d, DATA_PREVIEW_BYTES)));
-    }
-    if let Some(n) = f.data_len {
-        o.insert("data_len".into(), json!(n));
-        o.insert(
-            "except".into(),
-            f.except.map_or(Value::Null, |s| json!(s.to_string())),
-        );
     }
     if let Some(n) = f.count {
         o.insert("count".into(), json!(n));
@@ -264,16 +364,17 @@ mod tests {
             app: "a".into(),
             channel: "my-channel".into(),
             event: "my-event".into(),
-            data_len: 17,
+            data: r#"{"message":"hi"}"#.into(),
             except: Some(SocketId::new(3, 4)),
         };
         let v: Value = serde_json::from_str(&event_json(&ev, 1)).unwrap();
         assert_eq!(
             v,
             json!({ "ts": 1, "type": "api_publish", "channel": "my-channel", "event": "my-event",
-                    "data_len": 17, "except": "3.4" })
+                    "data_len": 16, "data": r#"{"message":"hi"}"#, "except": "3.4" })
         );
 
+        // Long payloads are cut the same way for client events and API publishes.
         let long = "é".repeat(200); // 400 bytes
         let ev = LifecycleEvent::ClientEvent {
             app: "a".into(),
@@ -288,6 +389,19 @@ mod tests {
         assert_eq!(v["data_len"], 400);
         assert_eq!(v["data"].as_str().unwrap().len(), DATA_PREVIEW_BYTES);
         assert_eq!(v["user_id"], Value::Null);
+        let ev = LifecycleEvent::ApiPublish {
+            app: "a".into(),
+            channel: "c".into(),
+            event: "e".into(),
+            data: long.as_str().into(),
+            except: None,
+        };
+        let v: Value = serde_json::from_str(&event_json(&ev, 1)).unwrap();
+        assert_eq!(v["type"], "api_publish");
+        assert_eq!(v["data_len"], 400);
+        assert_eq!(v["data"].as_str().unwrap().len(), DATA_PREVIEW_BYTES);
+        assert_eq!(v["except"], Value::Null);
+        assert!(v.get("user_id").is_none());
 
         let ev = LifecycleEvent::MemberAdded {
             app: "a".into(),
@@ -342,7 +456,7 @@ mod tests {
         assert_eq!(c.viewers(), 1);
         c.emit(&connected("b", 2)); // another app: not formatted for this viewer
         c.emit(&connected("a", 3));
-        let FeedItem::Line(line) = v.next().await.unwrap() else {
+        let FeedItem::Line(_, line) = v.next().await.unwrap() else {
             panic!("expected a line")
         };
         assert!(line.contains("\"1.3\""), "{line}");
@@ -354,7 +468,7 @@ mod tests {
         let mut v = c.attach("a");
         assert!(c.feeds.read().len() == 1);
         c.emit(&connected("a", 5));
-        let FeedItem::Line(line) = v.next().await.unwrap() else {
+        let FeedItem::Line(_, line) = v.next().await.unwrap() else {
             panic!("expected a line")
         };
         assert!(line.contains("\"1.5\""), "{line}");
@@ -369,10 +483,89 @@ mod tests {
             c.emit(&connected("a", i));
         }
         assert_eq!(slow.next().await, Some(FeedItem::Skipped(10)));
-        let FeedItem::Line(line) = slow.next().await.unwrap() else {
+        let FeedItem::Line(_, line) = slow.next().await.unwrap() else {
             panic!("expected a line")
         };
         assert!(line.contains("\"1.10\""), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_new_viewer_starts_with_the_history_and_no_line_twice() {
+        let c = Arc::new(Console::keeping_history());
+        // Nobody watches, yet the events are kept.
+        c.emit(&connected("a", 1));
+        c.emit(&connected("b", 2));
+        c.emit(&connected("a", 3));
+        c.delivery(
+            "a",
+            "http://h/x",
+            &[(HookName::ChannelOccupied, Arc::from("c1"))],
+            Ok(200),
+        );
+
+        let mut v = c.attach("a");
+        // An event between attaching and reading the history: in both, shown once.
+        c.emit(&connected("a", 4));
+        let b = c.backlog("a", None);
+        let ids: Vec<&str> = b.lines.iter().map(|(_, l)| &**l).collect();
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        assert!(
+            ids[0].contains("\"1.1\"") && ids[1].contains("\"1.3\""),
+            "{ids:?}"
+        );
+        assert!(
+            ids[2].contains("webhook_sent") && ids[3].contains("\"1.4\""),
+            "{ids:?}"
+        );
+        c.emit(&connected("a", 5));
+        let first_new = loop {
+            match v.next().await.unwrap() {
+                FeedItem::Line(seq, _) if seq <= b.upto => {} // in the backlog
+                FeedItem::Line(_, line) => break line,
+                FeedItem::Skipped(n) => panic!("skipped {n}"),
+            }
+        };
+        assert!(first_new.contains("\"1.5\""), "{first_new}");
+
+        // A reconnecting browser names the last line it saw and gets only the later ones.
+        let (third, _) = &b.lines[2];
+        let again = c.backlog("a", Some(third.as_str()));
+        let lines: Vec<&str> = again.lines.iter().map(|(_, l)| &**l).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("\"1.4\"") && lines[1].contains("\"1.5\""));
+        // An id from another run means nothing: the whole history again.
+        assert_eq!(c.backlog("a", Some("0-2")).lines.len(), 5);
+        assert_eq!(c.backlog("b", None).lines.len(), 1);
+    }
+
+    #[test]
+    fn the_history_is_bounded() {
+        let c = Console::keeping_history();
+        let big = "x".repeat(10_000);
+        for i in 0..(HISTORY_BYTES / 10_000 + 50) {
+            c.emit(&LifecycleEvent::ApiPublish {
+                app: "a".into(),
+                channel: "c".into(),
+                event: format!("e{i}").into(),
+                data: big.as_str().into(),
+                except: None,
+            });
+        }
+        let h = c.history.as_ref().unwrap();
+        assert!(h.bytes() <= HISTORY_BYTES, "{} bytes", h.bytes());
+        assert!(c.backlog("a", None).lines.len() < HISTORY_BYTES / 10_000);
+        for i in 0..HISTORY_LINES as u64 + 20 {
+            c.emit(&connected("a", i));
+        }
+        let b = c.backlog("a", None);
+        assert_eq!(b.lines.len(), HISTORY_LINES);
+        assert!(b.lines[HISTORY_LINES - 1]
+            .1
+            .contains(&format!("\"1.{}\"", HISTORY_LINES + 19)));
+        // Without a history (the console off) nothing is kept.
+        let off = Console::new();
+        off.emit(&connected("a", 1));
+        assert!(off.backlog("a", None).lines.is_empty());
     }
 
     #[tokio::test]

@@ -354,6 +354,10 @@ struct Feed {
     state: Arc<ConsoleState>,
     tick: tokio::time::Interval,
     hello: Option<String>,
+    /// The app's recent lines, sent after the hello: `(event id, line)`, oldest first.
+    backlog: std::vec::IntoIter<(String, Arc<str>)>,
+    /// Live lines numbered up to this were in the backlog (or older than what the browser saw).
+    upto: u64,
     /// The session the feed was opened with: the feed ends with it.
     session: Option<String>,
 }
@@ -362,16 +366,39 @@ fn sse_data(line: &str) -> Result<Event, Infallible> {
     Ok(Event::default().data(line))
 }
 
-/// `GET /console/api/feed?app=ID`: the live log as server-sent events, one JSON line each.
-async fn api_feed(Admin(how): Admin, State(s): St, uri: axum::http::Uri) -> Response {
+/// A line with its event id, which the browser sends back as `Last-Event-ID` when it reconnects.
+fn sse_line(id: Option<String>, line: &str) -> Result<Event, Infallible> {
+    let ev = Event::default().data(line);
+    Ok(match id {
+        Some(id) => ev.id(id),
+        None => ev,
+    })
+}
+
+/// `GET /console/api/feed?app=ID[&after=EVENT-ID]`: the log as server-sent events, one JSON line
+/// each: a hello, the app's recent lines (after the one named by the `Last-Event-ID` header of a
+/// reconnecting browser, or by `after`), then live lines; no line twice.
+async fn api_feed(
+    Admin(how): Admin,
+    State(s): St,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     let app = match app_of(&s, uri.query()) {
         Ok(a) => a,
         Err(e) => return api_error(e),
     };
-    // Attach before answering, so every event after the client sees the response is in the feed.
+    // Attach before answering, so every event after the client sees the response is in the feed;
+    // and before reading the history, so that every line is in one or the other.
     let viewer = s.console.attach(&app.id);
-    let hello =
-        json!({ "ts": now_ms(), "type": "hello", "app": app.id, "viewers": s.console.viewers() });
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| param(uri.query(), "after"));
+    let backlog = s.console.backlog(&app.id, last_id.as_deref());
+    let hello = json!({ "ts": now_ms(), "type": "hello", "app": app.id,
+                        "viewers": s.console.viewers(), "history": backlog.lines.len() });
     let mut tick = tokio::time::interval(DRAIN_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let feed = Feed {
@@ -379,6 +406,8 @@ async fn api_feed(Admin(how): Admin, State(s): St, uri: axum::http::Uri) -> Resp
         state: s.clone(),
         tick,
         hello: Some(hello.to_string()),
+        backlog: backlog.lines.into_iter(),
+        upto: backlog.upto,
         session: match how {
             Signed::Session(id) => Some(id),
             Signed::Bearer => None,
@@ -388,12 +417,21 @@ async fn api_feed(Admin(how): Admin, State(s): St, uri: axum::http::Uri) -> Resp
         if let Some(h) = f.hello.take() {
             return Some((sse_data(&h), f));
         }
+        if let Some((id, line)) = f.backlog.next() {
+            return Some((sse_line(Some(id), &line), f));
+        }
         let closed = f.state.console.closed.clone();
         loop {
             tokio::select! {
-                item = f.viewer.next() => return match item? {
-                    FeedItem::Line(line) => Some((sse_data(&line), f)),
-                    FeedItem::Skipped(n) => Some((sse_data(&skipped_json(n, now_ms())), f)),
+                item = f.viewer.next() => match item? {
+                    FeedItem::Line(seq, _) if seq != 0 && seq <= f.upto => {}
+                    FeedItem::Line(seq, line) => {
+                        let id = f.state.console.event_id(seq);
+                        return Some((sse_line(id, &line), f));
+                    }
+                    FeedItem::Skipped(n) => {
+                        return Some((sse_data(&skipped_json(n, now_ms())), f));
+                    }
                 },
                 () = closed.cancelled() => return None,
                 _ = f.tick.tick() => {

@@ -44,9 +44,15 @@ export async function api(path, { method = 'GET', body, params = {} } = {}) {
   return text ? JSON.parse(text) : {};
 }
 
-/** The live feed of `app` (the session cookie goes with it, as with every same-origin request). */
-export function openFeed(app) {
+/**
+ * The feed of `app` (the session cookie goes with it, as with every same-origin request): the
+ * app's recent events, then live ones. `after` is the id of the last event already shown, so
+ * that a reopened feed sends only what came later (the browser does the same by itself when it
+ * reconnects, with the Last-Event-ID header).
+ */
+export function openFeed(app, after) {
   const url = new URL(`${base}/api/feed`, location.origin);
   url.searchParams.set('app', app);
+  if (after) url.searchParams.set('after', after);
   return new EventSource(url);
 }

@@ -55,6 +55,13 @@ function bytes(n) {
   return `${(n / 1024).toFixed(n < 10240 ? 1 : 0)} KB`;
 }
 
+/** Event data as the server previewed it, with an ellipsis when it was cut. */
+function payload(line) {
+  // data_len counts UTF-8 bytes, as the server cut them.
+  const shown = new TextEncoder().encode(line.data).length;
+  return line.data + (line.data_len > shown ? '…' : '');
+}
+
 /** Detail parts of a line: [label, value] pairs and free text. */
 function details(line) {
   const d = [];
@@ -82,12 +89,13 @@ function details(line) {
       kv('socket', line.socket_id);
       if (line.user_id) kv('user', line.user_id);
       kv('size', bytes(line.data_len));
-      d.push(['data', line.data + (line.data_len > line.data.length ? '…' : '')]);
+      d.push(['data', payload(line)]);
       break;
     case 'api_publish':
       kv('event', line.event);
       kv('size', bytes(line.data_len));
       if (line.except) kv('except', line.except);
+      if (line.data !== undefined) d.push(['data', payload(line)]);
       break;
     case 'webhook_sent':
     case 'webhook_failed':

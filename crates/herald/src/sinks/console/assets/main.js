@@ -36,13 +36,16 @@ const picker = $('app');
 let app = null;
 let feed = null;
 let retry = null;
+/** The id of the last event shown for `app`: a reopened feed starts after it. */
+let lastId = '';
 
 function watch(id) {
+  if (id !== app) lastId = '';
   app = id;
   if (feed) feed.close();
   clearTimeout(retry);
   setStatus('connecting', 'connecting…');
-  feed = openFeed(id);
+  feed = openFeed(id, lastId);
   const mine = feed;
   feed.onopen = () => {
     setStatus('live', 'live');
@@ -55,7 +58,13 @@ function watch(id) {
     } catch {
       return;
     }
-    if (line.type === 'hello') return;
+    if (line.type === 'hello') {
+      if (line.history > 0) {
+        log.info(`${line.history} earlier event${line.history === 1 ? '' : 's'} from the server's recent history`);
+      }
+      return;
+    }
+    if (m.lastEventId) lastId = m.lastEventId;
     log.push(line);
     state.observe(line);
   };
