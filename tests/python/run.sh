@@ -10,11 +10,22 @@ venv="$here/.venv"
 python="${PYTHON:-python3}"
 
 if [ ! -x "$venv/bin/python" ]; then
-    "$python" -m venv "$venv" || {
-        echo "run.sh: could not create $venv (on Debian/Ubuntu: apt-get install python3-venv)" >&2
+    if ! "$python" -m venv "$venv"; then
         rm -rf "$venv"
-        exit 1
-    }
+        # Debian ships venv (and the pip it bootstraps) apart from python3 itself.
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo=sudo
+        if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || command -v sudo >/dev/null 2>&1; }; then
+            echo "run.sh: installing python3-venv (apt-get)" >&2
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get update -q &&
+                DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends python3-venv
+        fi
+        "$python" -m venv "$venv" || {
+            echo "run.sh: could not create $venv (on Debian/Ubuntu: apt-get install python3-venv, as root)" >&2
+            rm -rf "$venv"
+            exit 1
+        }
+    fi
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 
