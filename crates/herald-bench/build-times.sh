@@ -29,6 +29,8 @@ declare -A variants=(
     [thin-lto]="CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=4"
     # No cross-crate LTO, 16 codegen units.
     [no-lto]="CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16"
+    # No cross-crate LTO, the profile's 4 codegen units (no finer cut of every crate).
+    [no-lto-4]="CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=4"
     # The same without line tables (backtraces lose file:line; panics still name the message).
     [no-lto-nodebug]="CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=false"
     # no-lto without the optional engines and stores (`--no-default-features`).
