@@ -1,0 +1,106 @@
+//! Where a scenario's clients go when the target is several nodes of a cluster: which node each
+//! subscriber connects to, and through which node's HTTP API each event is published. Pure
+//! functions of indices, so that a subscriber can tell, for every event it receives, whether it
+//! was published through its own node (local) or another one (cross-node).
+
+use clap::ValueEnum;
+
+/// How publishers use several HTTP API endpoints (`--api-ports`).
+///
+/// Order per channel is defined by one publisher per channel: each channel's events are
+/// numbered 0, 1, 2, ... by the one publisher that owns it, which sends event n + 1 only once
+/// the API has answered event n. The numbering is then the order in which the cluster accepted
+/// them, whichever node accepted each, and any subscriber that sees them otherwise saw the
+/// cluster reorder them. (Two publishers on one channel at once would accept events in no
+/// defined order, so no subscriber could be said to see the wrong one.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PublishVia {
+    /// Each publisher sends through one API, publisher k through API k mod A: each channel's
+    /// events all enter the cluster through the same node, and the channels are split over
+    /// the nodes.
+    Split,
+    /// Each channel's consecutive events go through the APIs in turn (the event numbered s
+    /// through API s mod A), each answered before the next is sent: the path that exposes
+    /// reordering between nodes.
+    Alternate,
+}
+
+/// The publisher that owns `channel` (publisher k owns channels k, k + P, k + 2P, ...).
+pub fn publisher_of(channel: usize, publishers: usize) -> usize {
+    channel % publishers.max(1)
+}
+
+/// The API (index into `--api-ports`) the event numbered `seq` of a channel owned by
+/// `publisher` goes through.
+pub fn api_of(via: PublishVia, publisher: usize, seq: u64, apis: usize) -> usize {
+    let apis = apis.max(1);
+    match via {
+        PublishVia::Split => publisher % apis,
+        PublishVia::Alternate => (seq % apis as u64) as usize,
+    }
+}
+
+/// The node (index into `--ws-ports`) of subscriber `i`, who listens on channel `i mod C`: the
+/// j-th subscriber of channel c (j = i div C) goes to node (c + j) mod N. Each channel's
+/// subscribers are spread over all nodes (as evenly as their number allows) and so is each
+/// node's share of the channels, whatever C and N are (i mod N alone would put every
+/// subscriber of a channel on one node whenever N divides C).
+pub fn node_of_subscriber(i: usize, channels: usize, nodes: usize) -> usize {
+    let channels = channels.max(1);
+    (i % channels + i / channels) % nodes.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_a_channel_on_one_api_and_alternate_takes_turns() {
+        // 4 publishers over 2 APIs: publishers 0 and 2 through API 0, 1 and 3 through API 1.
+        let apis: Vec<usize> = (0..4).map(|k| api_of(PublishVia::Split, k, 7, 2)).collect();
+        assert_eq!(apis, vec![0, 1, 0, 1]);
+        for seq in 0..10 {
+            assert_eq!(api_of(PublishVia::Split, 3, seq, 2), 1);
+            assert_eq!(api_of(PublishVia::Alternate, 3, seq, 2), seq as usize % 2);
+        }
+        // One API (or none given): everything through it.
+        assert_eq!(api_of(PublishVia::Alternate, 5, 9, 1), 0);
+        assert_eq!(api_of(PublishVia::Split, 5, 9, 0), 0);
+    }
+
+    #[test]
+    fn every_channel_reaches_every_node() {
+        for (subs, channels, nodes) in [(1000, 100, 3), (1000, 100, 2), (60, 6, 3), (40, 4, 4)] {
+            let mut on = vec![vec![0u32; nodes]; channels];
+            let mut per_node = vec![0u32; nodes];
+            for i in 0..subs {
+                let n = node_of_subscriber(i, channels, nodes);
+                on[i % channels][n] += 1;
+                per_node[n] += 1;
+            }
+            for (c, counts) in on.iter().enumerate() {
+                let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+                assert!(
+                    *lo > 0 && hi - lo <= 1,
+                    "{subs}/{channels}/{nodes}: channel {c} {counts:?}"
+                );
+            }
+            let (lo, hi) = (
+                per_node.iter().min().unwrap(),
+                per_node.iter().max().unwrap(),
+            );
+            assert!(hi - lo <= 1, "{per_node:?}");
+        }
+        // Fewer subscribers than channels: the channels themselves are spread.
+        let nodes: Vec<usize> = (0..6).map(|i| node_of_subscriber(i, 100, 3)).collect();
+        assert_eq!(nodes, vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(node_of_subscriber(5, 0, 0), 0);
+    }
+
+    #[test]
+    fn channels_are_owned_by_publishers_in_turn() {
+        let owners: Vec<usize> = (0..6).map(|c| publisher_of(c, 4)).collect();
+        assert_eq!(owners, vec![0, 1, 2, 3, 0, 1]);
+        assert_eq!(publisher_of(3, 0), 0);
+    }
+}
