@@ -19,7 +19,8 @@
 #   broker    fanout through node 1 [3 nodes]: Redis bytes in and out and CPU per event, with the
 #             payload beside them (--payload)
 #   flat      publish as fast as the APIs accept, through every node, no window, 429/503
-#             counted as backpressure [--subscribers 1000 --channels 10 --duration 10 --drain 10]:
+#             counted as backpressure [--subscribers 1200 --channels 12 --publishers 12
+#             --duration 10 --drain 10]:
 #             deliveries/s and acknowledged events some live subscriber never got; first the
 #             same on one node without Redis (the single-node figure)
 #   presence  herald-bench presence with joiners and watchers spread over the nodes [3 nodes,
@@ -195,8 +196,9 @@ interest)
 flat)
     n="${nodes:-3}"
     defaults=(--rate 0 --no-window --backpressure-ok)
-    default --subscribers 1000
-    default --channels 10
+    default --subscribers 1200
+    default --channels 12
+    default --publishers 12
     default --duration 10
     default --drain 10
     start_nodes 1 local
