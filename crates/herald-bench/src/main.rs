@@ -65,8 +65,9 @@ struct Common {
     #[arg(long, global = true, value_name = "ADDR")]
     redis_addr: Option<std::net::SocketAddr>,
     /// With --node-pids or --redis-addr: seconds of a quiet window (connected, nothing
-    /// published) measured just before the phase; per-unit figures are then also given net of
-    /// what the cluster spent at that rate anyway (0: no window).
+    /// published; it starts 1 s after the connect phase) measured just before the phase;
+    /// per-unit figures are then also given net of what the cluster spent at that rate anyway
+    /// (0: no window).
     #[arg(long, global = true, default_value_t = 1.0)]
     idle_window: f64,
     /// Write the JSON result to FILE ('-': stdout, the table then goes to stderr).
