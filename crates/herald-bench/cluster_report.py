@@ -53,21 +53,29 @@ def lat(r, key):
     return f"p50 {l['p50_ms']:.3f} / p99 {l['p99_ms']:.3f} ms (n={l['count']:,})"
 
 
-def cluster_lines(r, unit):
+def cluster_lines(r, unit, payload=None):
+    """The nodes' and Redis's usage; per `unit` (event, join) unless it is None."""
     c = r.get("results", {}).get("cluster")
     if not c:
         return []
-    out = []
+    out = [f"  over {fmt(c.get('seconds'), 3)} s:"]
     for name, n in c.get("nodes", {}).items():
-        out.append(f"  {name} (pid {n.get('pid')}): CPU {fmt(n.get('cpu_s'), 3)} s, "
-                   f"{both(n.get(f'cpu_us_per_{unit}'))} us per {unit}"
-                   + (f", idle {n['idle_cpu_pct']} % of a core" if "idle_cpu_pct" in n else ""))
+        line = f"  {name} (pid {n.get('pid')}): CPU {fmt(n.get('cpu_s'), 3)} s"
+        if unit:
+            line += f", {both(n.get(f'cpu_us_per_{unit}'))} us per {unit}"
+        if "idle_cpu_pct" in n:
+            line += f", idle {n['idle_cpu_pct']} % of a core"
+        out.append(line)
     rd = c.get("redis")
-    if rd:
+    if rd and unit:
         out.append(f"  redis: CPU {fmt(rd.get('cpu_s'), 3)} s, {both(rd.get(f'cpu_us_per_{unit}'))} us per {unit}")
         out.append(f"  redis bytes per {unit}: in {both(rd.get(f'net_in_bytes_per_{unit}'), 1)}, "
-                   f"out {both(rd.get(f'net_out_bytes_per_{unit}'), 1)}; "
-                   f"commands per {unit} {both(rd.get(f'commands_per_{unit}'), 3)}")
+                   f"out {both(rd.get(f'net_out_bytes_per_{unit}'), 1)}"
+                   + (f" (payload {payload} B)" if payload is not None else "")
+                   + f"; commands per {unit} {both(rd.get(f'commands_per_{unit}'), 3)}")
+    elif rd:
+        out.append(f"  redis: CPU {fmt(rd.get('cpu_s'), 3)} s, in {fmt(rd.get('net_in_bytes'))} B, "
+                   f"out {fmt(rd.get('net_out_bytes'))} B, {fmt(rd.get('commands'))} commands")
     out.append(f"  CPU beyond the cluster and the bench: {fmt(c.get('other_cpu_s_beyond_cluster'))} s")
     return out
 
@@ -101,7 +109,7 @@ def summary(paths):
                   f"out of order {pc.get('out_of_order')} of {pc.get('channels')}")
             print(f"  latency {lat(r, 'latency')}; local {lat(r, 'latency_local')}; "
                   f"cross-node {lat(r, 'latency_cross_node')}")
-            for line in cluster_lines(d, "event"):
+            for line in cluster_lines(d, "event", params.get("payload_bytes")):
                 print(line)
         elif sc == "presence":
             print(f"  joins {fmt(r.get('joins'))} at {fmt(r.get('joins_per_s'), 1)}/s "
@@ -125,7 +133,8 @@ def summary(paths):
                 top = (s.get("slowest") or [{}])[0]
                 print(f"  SLOWLOG (threshold {r.get('slowlog_threshold_us')} us): longest {fmt(s.get('longest_us'))} us "
                       f"({top.get('command', '-')}), {fmt(s.get('entries'))} entries, full: {r.get('slowlog_full')}")
-            for line in cluster_lines(d, "event"):
+            print("  from the kill to the end of the cleanup:")
+            for line in cluster_lines(d, None):
                 print(line)
 
 
