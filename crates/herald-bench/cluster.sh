@@ -12,8 +12,8 @@
 #             nodes in turn; lost / duplicated / out of order per channel, local and cross-node
 #             latency, CPU of every node and of Redis
 #   interest  for each node count of --nodes [3,4,6]: subscribers only on nodes 1..--sub-nodes
-#             [2], the rest have none; events through node 1 [--rate 10000 --subscribers 200
-#             --channels 100 --duration 5]; run twice on one cluster: every node with
+#             [2], the rest have none; events through node 1 [--rate 10000 --publishers 16
+#             --subscribers 200 --channels 100 --duration 5]; run twice on one cluster: every node with
 #             subscribers ("with"), then only nodes 1..K ("without"); each node's CPU per event
 #             in both, Redis bytes and CPU per event
 #   broker    fanout through node 1 [3 nodes]: Redis bytes in and out and CPU per event, with the
@@ -181,6 +181,7 @@ legacy | fanout | broker)
 interest)
     defaults=()
     default --rate 10000
+    default --publishers 16
     default --subscribers 200
     default --channels 100
     default --duration 5

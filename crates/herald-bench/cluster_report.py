@@ -167,6 +167,10 @@ def interest(args):
                 "rate_per_s": dwo["params"].get("rate_per_s"),
                 "events_with": dw["results"].get("events_published"),
                 "events_without": dwo["results"].get("events_published"),
+                "rate_reached_with": dw["results"].get("publish_rate_per_s"),
+                "rate_reached_without": dwo["results"].get("publish_rate_per_s"),
+                "lost_with": dw["results"].get("lost"),
+                "lost_without": dwo["results"].get("lost"),
                 "cpu_us_per_event_with": raw(with_),
                 "cpu_us_per_event_without": raw(without),
                 "cpu_us_per_event_without_net_of_idle": net(without),
@@ -188,12 +192,16 @@ def interest(args):
         w.writerows(rows)
     print(f"\ninterest routing (subscribers on nodes 1-{k}; events through node 1):")
     print("nodes  node  CPU us/event with subs  without (net of idle)   without/with  "
-          "redis out B/event without  redis CPU us/event without")
+          "redis out B/event without  redis CPU us/event without  events/s with, without  lost with, without")
     for r in rows:
         print(f"{r['nodes']:>5}  {r['node']:>4}  {fmt(r['cpu_us_per_event_with']):>22}  "
               f"{fmt(r['cpu_us_per_event_without']):>8} ({fmt(r['cpu_us_per_event_without_net_of_idle'])})  "
               f"{fmt(r['without_vs_with_pct']):>10} %  {fmt(r['redis_out_bytes_per_event_without'], 1):>25}  "
-              f"{fmt(r['redis_cpu_us_per_event_without']):>10}")
+              f"{fmt(r['redis_cpu_us_per_event_without']):>26}  "
+              f"{fmt(r['rate_reached_with'], 0):>10}, {fmt(r['rate_reached_without'], 0):<10} "
+              f"{fmt(r['lost_with'])}, {fmt(r['lost_without'])}")
+    print("(bytes per event are per event published: compare them only between runs without loss,")
+    print(" an event lost on its way to other nodes may never have crossed Redis)")
     print(f"written: {out}/interest.csv, {out}/interest.json")
 
 
