@@ -104,6 +104,8 @@ def summary(paths):
                   f"duplicates {fmt(r.get('duplicates'))}, out of order {fmt(r.get('out_of_order'))} "
                   f"({fmt(r.get('adjacent_pairs_inverted_pct'), 3)} % of adjacent pairs), "
                   f"subscribers dropped {fmt(r.get('subscribers_dropped'))}")
+            print(f"  events acknowledged that a live subscriber never got: "
+                  f"{fmt(r.get('events_missed_by_a_live_subscriber'))} ({fmt(r.get('events_missed_pct'), 3)} %)")
             pc = r.get("per_channel") or {}
             print(f"  channels with loss {pc.get('with_loss')}, with duplicates {pc.get('with_duplicates')}, "
                   f"out of order {pc.get('out_of_order')} of {pc.get('channels')}")

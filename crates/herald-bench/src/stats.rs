@@ -212,6 +212,38 @@ impl SeqTracker {
     }
 }
 
+/// Events numbered `0..published` that at least one of `trackers` (the subscribers of one
+/// channel) never saw: events acknowledged by the server and not delivered everywhere. 0 when
+/// there is no tracker.
+pub fn events_missed_by_any<'a>(
+    trackers: impl IntoIterator<Item = &'a SeqTracker>,
+    published: u64,
+) -> u64 {
+    let words = published.div_ceil(64) as usize;
+    let mut by_all = vec![u64::MAX; words];
+    let mut any = false;
+    for t in trackers {
+        any = true;
+        for (w, bits) in by_all.iter_mut().enumerate() {
+            *bits &= t.seen.get(w).copied().unwrap_or(0);
+        }
+    }
+    if !any {
+        return 0;
+    }
+    let full = (published / 64) as usize;
+    let mut seen: u64 = by_all
+        .iter()
+        .take(full)
+        .map(|w| u64::from(w.count_ones()))
+        .sum();
+    let rest = published % 64;
+    if rest > 0 {
+        seen += u64::from((by_all[full] & ((1u64 << rest) - 1)).count_ones());
+    }
+    published - seen
+}
+
 /// Loss, duplicates and order over many subscribers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Delivery {
@@ -442,6 +474,37 @@ mod tests {
         let mut t = SeqTracker::default();
         [3, 4, 5, 0, 1, 2].into_iter().for_each(|s| t.record(s));
         assert_eq!((t.out_of_order, t.adjacent_inversions), (3, 1));
+    }
+
+    #[test]
+    fn events_missed_by_any_subscriber() {
+        let saw = |seqs: &[u64]| {
+            let mut t = SeqTracker::default();
+            seqs.iter().for_each(|s| t.record(*s));
+            t
+        };
+        let all: Vec<u64> = (0..130).collect();
+        let (full, a, b) = (
+            saw(&all),
+            saw(&all
+                .iter()
+                .copied()
+                .filter(|s| *s != 3 && *s != 129)
+                .collect::<Vec<_>>()),
+            saw(&all
+                .iter()
+                .copied()
+                .filter(|s| *s != 3 && *s != 64)
+                .collect::<Vec<_>>()),
+        );
+        // Event 3 missed by both counts once; 64 and 129 once each.
+        assert_eq!(events_missed_by_any([&full, &a, &b], 130), 3);
+        assert_eq!(events_missed_by_any([&full], 130), 0);
+        // Sequence numbers past `published` do not count; nothing seen: every event missed.
+        assert_eq!(events_missed_by_any([&a], 100), 1);
+        assert_eq!(events_missed_by_any([&SeqTracker::default()], 70), 70);
+        assert_eq!(events_missed_by_any(std::iter::empty(), 70), 0);
+        assert_eq!(events_missed_by_any([&full], 0), 0);
     }
 
     #[test]

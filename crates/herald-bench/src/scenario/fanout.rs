@@ -443,6 +443,17 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
         }
     }
     let delivery = per_channel.total();
+    // Events acknowledged by the server that at least one live subscriber of their channel
+    // never got.
+    let mut live_of: Vec<Vec<&SeqTracker>> = vec![Vec::new(); channels];
+    for s in sub_out.iter().flatten().filter(|s| !s.dropped) {
+        live_of[s.channel].push(&s.tracker);
+    }
+    let events_missed: u64 = live_of
+        .iter()
+        .zip(&published)
+        .map(|(t, n)| crate::stats::events_missed_by_any(t.iter().copied(), *n))
+        .sum();
     let last_us = flow.last_receive_us.load(Ordering::Relaxed);
     let delivery_secs = (last_us.saturating_sub(publish_start_us) as f64 / 1e6).max(1e-6);
     let server_cpu = cpu_s(&after, &before);
@@ -475,6 +486,11 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     );
     r.result("lost", delivery.lost);
     r.result("lost_at_live_subscribers", lost_live);
+    r.result("events_missed_by_a_live_subscriber", events_missed);
+    r.result(
+        "events_missed_pct",
+        round(events_missed as f64 * 100.0 / events.max(1) as f64, 3),
+    );
     r.result("loss_ratio", delivery.loss_ratio());
     r.result("duplicates", delivery.duplicates);
     r.result("out_of_order", delivery.out_of_order);
