@@ -97,6 +97,47 @@ mod tests {
         assert_eq!(node_of_subscriber(5, 0, 0), 0);
     }
 
+    /// One channel, its events alternating between two nodes' APIs, each published once the
+    /// one before was answered (publish instants 0, 1, 2, ...). A subscriber on node 0 gets the
+    /// events published through its own node at once and the others `delay` slots later: the
+    /// order it sees is the cluster's order only while the cross-node path is faster than the
+    /// gap between two publishes, and the tracker counts every event that came late.
+    #[test]
+    fn a_slower_cross_node_path_shows_as_reordering_in_alternate_mode() {
+        use crate::stats::{Delivery, SeqTracker};
+        let arrivals = |via: PublishVia, delay: u64| {
+            let mut at: Vec<(u64, u64)> = (0..100u64)
+                .map(|seq| {
+                    let local = api_of(via, 0, seq, 2) == 0;
+                    (seq + if local { 0 } else { delay }, seq)
+                })
+                .collect();
+            // Ties: the earlier event first.
+            at.sort();
+            let mut t = SeqTracker::default();
+            at.iter().for_each(|&(_, seq)| t.record(seq));
+            let mut d = Delivery::default();
+            d.add(&t, 100);
+            d
+        };
+        // Split: every event of the channel through one node, any delay keeps the order.
+        let d = arrivals(PublishVia::Split, 5);
+        assert_eq!(
+            (d.delivered, d.out_of_order, d.adjacent_inversions),
+            (100, 0, 0)
+        );
+        // Alternate, cross-node path faster than the gap between publishes: in order.
+        assert_eq!(arrivals(PublishVia::Alternate, 0).out_of_order, 0);
+        // Alternate, cross-node path 3 slots slow: 0 2 1 4 3 6 5 ... each remote event (odd)
+        // arrives after the local one published next, all but the last (99, after 98).
+        let d = arrivals(PublishVia::Alternate, 3);
+        assert_eq!((d.delivered, d.lost, d.duplicates), (100, 0, 0));
+        assert_eq!(
+            (d.out_of_order, d.adjacent_inversions, d.adjacent_pairs),
+            (49, 49, 99)
+        );
+    }
+
     #[test]
     fn channels_are_owned_by_publishers_in_turn() {
         let owners: Vec<usize> = (0..6).map(|c| publisher_of(c, 4)).collect();
