@@ -185,14 +185,16 @@ interest)
     default --subscribers 200
     default --channels 100
     default --duration 5
+    files=()
     for n in $(echo "${nodes:-3,4,6}" | tr , ' '); do
         ((n > sub_nodes)) || { echo "cluster: interest needs more than --sub-nodes $sub_nodes nodes" >&2; exit 2; }
         start_nodes "$n"
         bench "interest-$n-with" fanout "$(ports_of 1 "$n")" "${node_ports[0]}" "${defaults[@]}" "${bench_args[@]}"
         bench "interest-$n-without" fanout "$(ports_of 1 "$sub_nodes")" "${node_ports[0]}" "${defaults[@]}" "${bench_args[@]}"
+        files+=("$out/interest-$n-with.json")
         stop_cluster
     done
-    report interest --sub-nodes "$sub_nodes" "$out"/interest-*-with.json
+    report interest --sub-nodes "$sub_nodes" "${files[@]}"
     ;;
 flat)
     n="${nodes:-3}"
