@@ -62,6 +62,10 @@ pub struct NodeKillArgs {
     pub max_connect_seconds: f64,
 }
 
+/// How long, once every API counts only the watchers, the watchers' missing `member_removed`
+/// are waited for.
+const MEMBER_GRACE: Duration = Duration::from_secs(5);
+
 /// Counts by channel name from an API channel list (`{"channels": {NAME: {FIELD: n}}}`); a
 /// channel listed without the field counts 1 (occupied).
 pub fn parse_counts(body: &[u8], field: &str) -> Result<HashMap<String, u64>, String> {
@@ -437,7 +441,7 @@ pub async fn run(ctx: &Ctx, a: &NodeKillArgs) -> Report {
         .filter(|c| presence(*c))
         .map(|c| victims[c] * watchers[c])
         .sum();
-    let deadline = t0 + Duration::from_secs_f64(a.timeout);
+    let mut deadline = t0 + Duration::from_secs_f64(a.timeout);
     let mut gone_at: Vec<Option<f64>> = vec![None; apis];
     let mut first_change: Option<f64> = None;
     while kill_ok && Instant::now() < deadline {
@@ -472,10 +476,12 @@ pub async fn run(ctx: &Ctx, a: &NodeKillArgs) -> Report {
                 }
             }
         }
-        if gone_at.iter().all(Option::is_some)
-            && removed.load(Ordering::Relaxed) >= expected_removed
-        {
-            break;
+        if gone_at.iter().all(Option::is_some) {
+            if removed.load(Ordering::Relaxed) >= expected_removed {
+                break;
+            }
+            // The counts are back; member_removed still missing get a few seconds more.
+            deadline = deadline.min(Instant::now() + MEMBER_GRACE);
         }
         tokio::time::sleep(Duration::from_millis(a.poll_ms)).await;
     }
