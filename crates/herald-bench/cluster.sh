@@ -176,7 +176,11 @@ legacy | fanout | broker)
     fi
     start_nodes "$n"
     bench "$name" fanout "$(ports_of 1 "$n")" "$(ports_of 1 "$k")" "${bench_args[@]}"
-    report summary "$out/$name.json"
+    if ((baseline)); then
+        report summary "$out/$name-single.json" "$out/$name.json"
+    else
+        report summary "$out/$name.json"
+    fi
     ;;
 interest)
     defaults=()
@@ -226,8 +230,11 @@ presence)
     fi
     start_nodes "$n"
     bench "presence-$n" presence "$(ports_of 1 "$n")" "${node_ports[0]}" "${defaults[@]}" "${bench_args[@]}"
-    ((baseline)) && report summary "$out/presence-single.json" "$out/presence-$n.json"
-    ((baseline)) || report summary "$out/presence-$n.json"
+    if ((baseline)); then
+        report summary "$out/presence-single.json" "$out/presence-$n.json"
+    else
+        report summary "$out/presence-$n.json"
+    fi
     ;;
 kill)
     n="${nodes:-3}"
