@@ -11,11 +11,11 @@
 #             add --publish-via alternate for consecutive events of a channel through the
 #             nodes in turn; lost / duplicated / out of order per channel, local and cross-node
 #             latency, CPU of every node and of Redis
-#   interest  for each node count of --nodes [3,4,6]: subscribers only on nodes 1..--sub-nodes
-#             [2], the rest have none; events through node 1 [--rate 10000 --publishers 16
-#             --subscribers 200 --channels 100 --duration 5]; run twice on one cluster: every node with
-#             subscribers ("with"), then only nodes 1..K ("without"); each node's CPU per event
-#             in both, Redis bytes and CPU per event
+#   interest  for each node count of --nodes [3,4,6], one cluster, two runs: one subscriber per
+#             channel on every node ("with"), then on nodes 1..--sub-nodes [2] only ("without");
+#             events through node 1 [--rate 10000 --publishers 16 --channels 100 --duration 5;
+#             --subscribers follows]; each node's CPU per event in both, Redis bytes and CPU per
+#             event
 #   broker    fanout through node 1 [3 nodes]: Redis bytes in and out and CPU per event, with the
 #             payload beside them (--payload)
 #   flat      publish as fast as the APIs accept, through every node, no window, 429/503
@@ -183,18 +183,29 @@ legacy | fanout | broker)
     fi
     ;;
 interest)
+    # One subscriber per channel on every node that has any: "with", every node has a
+    # subscriber of every channel published to; "without", nodes past --sub-nodes have none.
+    channels=100
+    for ((i = 0; i < ${#bench_args[@]}; i++)); do
+        case "${bench_args[$i]}" in
+            --subscribers | --subscribers=*) echo "cluster: interest sets --subscribers itself (one per channel per node)" >&2; exit 2 ;;
+            --channels) channels="${bench_args[$((i + 1))]}" ;;
+            --channels=*) channels="${bench_args[$i]#--channels=}" ;;
+        esac
+    done
     defaults=()
     default --rate 10000
     default --publishers 16
-    default --subscribers 200
-    default --channels 100
+    default --channels "$channels"
     default --duration 5
     files=()
     for n in $(echo "${nodes:-3,4,6}" | tr , ' '); do
         ((n > sub_nodes)) || { echo "cluster: interest needs more than --sub-nodes $sub_nodes nodes" >&2; exit 2; }
         start_nodes "$n"
-        bench "interest-$n-with" fanout "$(ports_of 1 "$n")" "${node_ports[0]}" "${defaults[@]}" "${bench_args[@]}"
-        bench "interest-$n-without" fanout "$(ports_of 1 "$sub_nodes")" "${node_ports[0]}" "${defaults[@]}" "${bench_args[@]}"
+        bench "interest-$n-with" fanout "$(ports_of 1 "$n")" "${node_ports[0]}" \
+            --subscribers $((channels * n)) "${defaults[@]}" "${bench_args[@]}"
+        bench "interest-$n-without" fanout "$(ports_of 1 "$sub_nodes")" "${node_ports[0]}" \
+            --subscribers $((channels * sub_nodes)) "${defaults[@]}" "${bench_args[@]}"
         files+=("$out/interest-$n-with.json")
         stop_cluster
     done
