@@ -9,7 +9,7 @@
 //! (`SLOWLOG`, recorded from just before the kill at `--slowlog-threshold-us`, then restored).
 
 use super::presence::{MemberLog, MemberTracker};
-use super::{collect, gate, now_us, wait_ready, Ctx};
+use super::{collect, gate, joined_per_channel, now_us, wait_ready, Ctx};
 use crate::http::Publisher;
 use crate::net::{BenchError, Target};
 use crate::report::{round, Report};
@@ -206,8 +206,6 @@ pub async fn run(ctx: &Ctx, a: &NodeKillArgs) -> Report {
         name.strip_suffix('0').unwrap_or(&name).to_string()
     };
     let (presence_prefix, public_prefix) = (prefix_of("presence-"), prefix_of(""));
-    let on =
-        |n: &[AtomicU64]| -> Vec<u64> { n.iter().map(|x| x.load(Ordering::Relaxed)).collect() };
     let cancel = CancellationToken::new();
     let killed = Arc::new(AtomicBool::new(false));
     let removed = Arc::new(AtomicU64::new(0));
@@ -351,8 +349,9 @@ pub async fn run(ctx: &Ctx, a: &NodeKillArgs) -> Report {
         &ctx.errors,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (victims, watchers) = (on(&victims_on), on(&watchers_on));
+    // Each connection counts itself on its channel just after it reports success.
+    let victims = joined_per_channel(&victims_on, v_ready.ok).await;
+    let watchers = joined_per_channel(&watchers_on, w_ready.ok).await;
     let expect = |with_victims: bool, kind: bool| -> Vec<(String, u64)> {
         (0..channels)
             .filter(|c| presence(*c) == kind)
