@@ -5,8 +5,8 @@
 //! published (heartbeats, timers), and each per-unit figure is also given net of it.
 
 use crate::procfs;
+use crate::redis_probe::{self, Conn};
 use crate::report::{round, Report};
-use crate::resp::{self, Conn};
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ pub struct RedisPoint {
 impl RedisPoint {
     /// Reads the counters from the text of `INFO` (sections stats and cpu).
     pub fn from_info(info: &str) -> Option<Self> {
-        let num = |k: &str| resp::info_field(info, k)?.parse::<f64>().ok();
+        let num = |k: &str| redis_probe::info_field(info, k)?.parse::<f64>().ok();
         Some(Self {
             cpu_s: num("used_cpu_sys")? + num("used_cpu_user")?,
             net_in: num("total_net_input_bytes")? as u64,
@@ -262,6 +262,9 @@ impl Probe {
         let own_received = conn.received;
         let result = conn.info("all").await;
         let own_sent = conn.sent;
+        if conn.broken {
+            *guard = None;
+        }
         match result.map(|text| RedisPoint::from_info(&text)) {
             Ok(Some(p)) => Ok(RedisPoint {
                 own_sent,
@@ -269,30 +272,29 @@ impl Probe {
                 ..p
             }),
             Ok(None) => Err("INFO without the expected fields".into()),
-            Err(e) => {
-                *guard = None;
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
-    /// Runs a command on the probe's Redis connection.
-    pub async fn redis_cmd(&self, args: &[&str]) -> Result<resp::Reply, String> {
+    /// Runs a command on the probe's Redis connection (a broken connection is set up again by
+    /// the next command; an error reply leaves it as it is).
+    pub async fn redis_cmd(&self, args: &[&str]) -> Result<redis::Value, String> {
         let addr = self.redis.ok_or("no --redis-addr given")?;
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
             *guard = Some(Conn::connect(addr).await?);
         }
-        let r = guard.as_mut().expect("just set").cmd(args).await;
-        if r.is_err() {
+        let conn = guard.as_mut().expect("just set");
+        let r = conn.cmd(args).await;
+        if conn.broken {
             *guard = None;
         }
         r
     }
 
-    /// The address of the probe's own Redis connection (its commands are in SLOWLOG too).
+    /// The name of the probe's own Redis connection (its commands are in SLOWLOG too).
     pub async fn own_redis_client(&self) -> Option<String> {
-        self.conn.lock().await.as_ref()?.local_addr()
+        Some(self.conn.lock().await.as_ref()?.name.clone())
     }
 
     /// The cluster's usage over `--idle-window` seconds, after [`IDLE_SETTLE`] (None when
@@ -426,5 +428,62 @@ mod tests {
         assert_eq!(plain["redis"]["net_out_bytes_per_event"], json!(10.2));
         assert_eq!(plain["redis"]["net_out_bytes_per_join"], Value::Null);
         assert_eq!(plain["nodes_cpu_s"], json!(1.02));
+    }
+
+    /// Against a real `redis-server` when one is installed: the probe's own commands (INFO,
+    /// CONFIG, SLOWLOG) come out of Redis's byte counters exactly, and its SLOWLOG entries carry
+    /// its name.
+    #[tokio::test]
+    async fn own_traffic_comes_out_of_a_real_redis() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let Ok(mut server) = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+        else {
+            eprintln!("redis-server not installed: skipped");
+            return;
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let probe = Probe::new(Vec::new(), Some(addr), 0.0);
+        let mut first = None;
+        for _ in 0..100 {
+            first = probe.point().await.redis;
+            if first.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let first = first.expect("redis-server answers");
+        probe
+            .redis_cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"])
+            .await
+            .unwrap();
+        assert!(probe.redis_cmd(&["NO-SUCH-COMMAND"]).await.is_err());
+        let before = probe.point().await.redis.unwrap();
+        let slow = probe.redis_cmd(&["SLOWLOG", "GET", "-1"]).await.unwrap();
+        let after = probe.point().await.redis.unwrap();
+        server.kill().unwrap();
+        let _ = server.wait();
+        // Nothing but the probe talked to Redis: net of its own traffic, nothing.
+        let u = redis_usage(&after, &before);
+        assert_eq!((u.net_in, u.net_out, u.commands), (0, 0, 1), "{u:?}");
+        let u = redis_usage(&after, &first);
+        assert_eq!((u.net_in, u.net_out), (0, 0), "{u:?}");
+        let own = probe.own_redis_client().await.unwrap();
+        let entries = redis_probe::slowlog_entries(&slow);
+        assert!(entries
+            .iter()
+            .any(|e| e.name == own && e.args[0] == "CONFIG"));
     }
 }

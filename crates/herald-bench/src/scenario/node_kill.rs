@@ -12,9 +12,10 @@ use super::presence::{MemberLog, MemberTracker};
 use super::{collect, gate, joined_per_channel, now_us, wait_ready, Ctx};
 use crate::http::Publisher;
 use crate::net::{BenchError, Target};
+use crate::redis_probe::{self, SlowEntry};
 use crate::report::{round, Report};
-use crate::resp::{self, SlowEntry};
 use clap::Args;
+use redis::FromRedisValue;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -93,7 +94,7 @@ pub fn mismatches(expected: &[(String, u64)], seen: &HashMap<String, u64>) -> u6
         .count() as u64
 }
 
-/// What SLOWLOG held at the end, the probe's own commands left out.
+/// What SLOWLOG held at the end, the probe's own commands (its connection's name) left out.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SlowSummary {
     pub entries: u64,
@@ -104,11 +105,11 @@ pub struct SlowSummary {
     pub by_command: BTreeMap<String, (u64, i64)>,
 }
 
-pub fn summarize_slowlog(entries: Vec<SlowEntry>, own_client: Option<&str>) -> SlowSummary {
+pub fn summarize_slowlog(entries: Vec<SlowEntry>, own_name: Option<&str>) -> SlowSummary {
     let mut s = SlowSummary::default();
     let mut kept: Vec<SlowEntry> = entries
         .into_iter()
-        .filter(|e| own_client != Some(e.client.as_str()))
+        .filter(|e| own_name != Some(e.name.as_str()))
         .collect();
     for e in &kept {
         s.entries += 1;
@@ -400,12 +401,12 @@ pub async fn run(ctx: &Ctx, a: &NodeKillArgs) -> Report {
     let mut slowlog_restore = Vec::new();
     if ctx.cluster.redis.is_some() {
         for key in ["slowlog-log-slower-than", "slowlog-max-len"] {
-            if let Ok(resp::Reply::Array(Some(kv))) =
-                ctx.cluster.redis_cmd(&["CONFIG", "GET", key]).await
+            let kv = ctx.cluster.redis_cmd(&["CONFIG", "GET", key]).await;
+            // CONFIG GET answers [name, value].
+            if let Ok((_, v)) =
+                kv.and_then(|v| <(String, String)>::from_redis_value(&v).map_err(|e| e.to_string()))
             {
-                if let Some(v) = kv.get(1).and_then(resp::Reply::text) {
-                    slowlog_restore.push((key, v));
-                }
+                slowlog_restore.push((key, v));
             }
         }
         let (thr, len) = (
@@ -510,7 +511,7 @@ pub async fn run(ctx: &Ctx, a: &NodeKillArgs) -> Report {
         match ctx.cluster.redis_cmd(&["SLOWLOG", "GET", "-1"]).await {
             Ok(reply) => {
                 slow = Some(summarize_slowlog(
-                    resp::slowlog_entries(&reply),
+                    redis_probe::slowlog_entries(&reply),
                     own.as_deref(),
                 ))
             }
@@ -657,6 +658,11 @@ mod tests {
             micros: us,
             args: vec![cmd.into(), "k".into()],
             client: client.into(),
+            name: if client.ends_with(":9") {
+                "herald-bench-9".into()
+            } else {
+                String::new()
+            },
         };
         let s = summarize_slowlog(
             vec![
@@ -665,7 +671,7 @@ mod tests {
                 e(900, "INFO", "127.0.0.1:9"),
                 e(40, "EVALSHA", "127.0.0.1:2"),
             ],
-            Some("127.0.0.1:9"),
+            Some("herald-bench-9"),
         );
         assert_eq!((s.entries, s.total_us), (3, 29_645));
         assert_eq!(s.slowest[0].micros, 29_600);
