@@ -167,7 +167,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     let mut sub_tasks = Vec::with_capacity(a.subscribers as usize);
     for i in 0..a.subscribers as usize {
         let ch = i % channels;
-        let (ctx2, g, cancel, flow, latency, names, joined, per_event, at_socket, split) = (
+        let (ctx2, g, cancel, flow, latency, names, joined, per_event, at_socket) = (
             ctx.clone(),
             g.clone(),
             cancel.clone(),
@@ -177,15 +177,19 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
             joined.clone(),
             per_event.clone(),
             at_socket.clone(),
-            local_remote.clone(),
         );
         let node = spread::node_of_subscriber(i, channels, nodes);
-        // Which events (by sequence number) enter the cluster through this subscriber's node.
-        let my_addr = ctx.target.ws_addr(node);
-        let target = ctx.target.clone();
-        let publisher = spread::publisher_of(ch, pubs);
-        let local =
-            move |seq: u64| target.api_addr(spread::api_of(via, publisher, seq, apis)) == my_addr;
+        // In a cluster only: the local and cross-node histograms, and which events (by sequence
+        // number) enter the cluster through this subscriber's node. On one node this is None
+        // and a delivery costs one test of it, nothing more.
+        let split = local_remote.as_ref().map(|lr| {
+            let (lr, target) = (lr.clone(), ctx.target.clone());
+            let (my_addr, publisher) = (target.ws_addr(node), spread::publisher_of(ch, pubs));
+            let local = move |seq: u64| {
+                target.api_addr(spread::api_of(via, publisher, seq, apis)) == my_addr
+            };
+            (lr, local)
+        });
         sub_tasks.push(tokio::spawn(async move {
             let name = names[ch].as_str();
             let at_node = (nodes > 1).then_some(node);
@@ -216,7 +220,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
                         Ok(Some(Some((seq, sent, at)))) => {
                             let us = at.saturating_sub(sent);
                             latency.record_us(i, us);
-                            if let Some(lr) = &split {
+                            if let Some((lr, local)) = &split {
                                 let h = if local(seq) { &lr.0 } else { &lr.1 };
                                 h.record_us(i, us);
                             }
