@@ -435,6 +435,7 @@ mod tests {
     /// its name.
     #[tokio::test]
     async fn own_traffic_comes_out_of_a_real_redis() {
+        use redis::FromRedisValue;
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -470,6 +471,13 @@ mod tests {
             .await
             .unwrap();
         assert!(probe.redis_cmd(&["NO-SUCH-COMMAND"]).await.is_err());
+        // CONFIG GET answers [name, value], as node-kill reads it to restore the setting.
+        let got = probe
+            .redis_cmd(&["CONFIG", "GET", "slowlog-log-slower-than"])
+            .await
+            .unwrap();
+        let got = <(String, String)>::from_redis_value(&got).unwrap();
+        assert_eq!(got.1, "0");
         let before = probe.point().await.redis.unwrap();
         let slow = probe.redis_cmd(&["SLOWLOG", "GET", "-1"]).await.unwrap();
         let after = probe.point().await.redis.unwrap();
