@@ -167,6 +167,46 @@ then
     failed=1
 fi
 
+# The cluster scenarios' plumbing (cluster.sh, --api-ports, --publish-via, the nodes' and Redis's
+# usage), at a tiny size on two nodes and a redis-server of their own, when redis-server is
+# installed: a fan-out published through both nodes' APIs, split and then alternating. Checks
+# that they run and count (deliveries local and cross-node, Redis bytes and CPU per event), not
+# the cluster layer's limits: the rates are far below where it loses or reorders events.
+if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+    for via in split alternate; do
+        echo "== cluster-$via: cluster.sh fanout --nodes 2 --publish-via $via"
+        if ! OUT="$work/cluster-$via" timeout 120 "$root/crates/herald-bench/cluster.sh" fanout --nodes 2 \
+            --publish-via "$via" "${paced[@]}" --subscribers 20 --channels 4 --rate 100 --duration 1 --drain 3 \
+            --idle-window 0.2 >"$work/cluster-$via.log" 2>&1; then
+            echo "smoke: cluster-$via FAILED" >&2
+            cat "$work/cluster-$via.log" >&2
+            failed=1
+            continue
+        fi
+        if ! python3 - "$work/cluster-$via/fanout-2.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+r = d["results"]
+c = r.get("cluster", {})
+rd = c.get("redis", {})
+per = lambda v: v.get("raw") if isinstance(v, dict) else v
+ok = (d["passed"] and r["lost"] == 0 and r["errors"] == {}
+      and r["latency_local"]["count"] > 0 and r["latency_cross_node"]["count"] > 0
+      and all(r["events_published_per_api"]) and len(c.get("nodes", {})) == 2
+      and all(n["cpu_s"] is not None for n in c["nodes"].values())
+      and per(rd.get("net_in_bytes_per_event")) and per(rd.get("net_out_bytes_per_event"))
+      and per(rd.get("cpu_us_per_event")))
+sys.exit(0 if ok else f"cluster run incomplete: {json.dumps(d)[:3000]}")
+PY
+        then
+            echo "smoke: cluster-$via reported loss or errors" >&2
+            failed=1
+        fi
+    done
+else
+    echo "smoke: redis-server not installed, the cluster runs are skipped"
+fi
+
 if ! kill -0 "$server_pid" 2>/dev/null; then
     echo "smoke: the server died during the runs" >&2
     cat "$work/server.err" >&2

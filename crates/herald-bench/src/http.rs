@@ -25,6 +25,9 @@ type Connection = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Ful
 /// client side: measured latency is the server's and the network's.
 pub struct Publisher {
     target: Arc<Target>,
+    /// The server this publisher talks to, and the Host header it sends.
+    addr: std::net::SocketAddr,
+    host: String,
     sender: Option<SendRequest<Full<Bytes>>>,
     conn: Option<Pin<Box<Connection>>>,
     /// Connections opened (1 on a healthy run).
@@ -33,17 +36,32 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(target: Arc<Target>) -> Self {
+        let (addr, host) = (target.addr, target.host.clone());
         Self {
             target,
+            addr,
+            host,
             sender: None,
             conn: None,
             connections: 0,
         }
     }
 
+    /// A publisher to HTTP API endpoint `i` of `--api-ports` (modulo their number; `--port`
+    /// when none were given).
+    pub fn via(target: Arc<Target>, i: usize) -> Self {
+        let addr = target.api_addr(i);
+        let mut p = Self::new(target);
+        if addr != p.addr {
+            p.host = addr.to_string();
+            p.addr = addr;
+        }
+        p
+    }
+
     async fn connect(&mut self) -> Result<(), BenchError> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) || self.conn.is_none() {
-            let stream = self.target.tcp().await?;
+            let stream = self.target.tcp_to(self.addr, None).await?;
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| BenchError::new("http_connect", e))?;
@@ -72,7 +90,7 @@ impl Publisher {
             &body,
         );
         let req = Request::post(format!("{path}?{query}"))
-            .header(header::HOST, self.target.host.as_str())
+            .header(header::HOST, self.host.as_str())
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| BenchError::new("http_request", e))?;
@@ -82,11 +100,26 @@ impl Publisher {
     /// A signed `GET /apps/{id}{rest}` (`rest`: `/channels`, `/channels/NAME`); the body of a
     /// 200 answer.
     pub async fn get(&mut self, rest: &str) -> Result<Bytes, BenchError> {
+        self.get_with(rest, &[]).await
+    }
+
+    /// A signed `GET /apps/{id}{rest}` with query parameters (`filter_by_prefix`, `info`; values
+    /// that need no URL encoding); the body of a 200 answer.
+    pub async fn get_with(
+        &mut self,
+        rest: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Bytes, BenchError> {
         let path = format!("/apps/{}{rest}", self.target.app_id);
-        let query =
-            sign::signed_get_query(&path, &self.target.key, &self.target.secret, unix_now());
+        let query = sign::signed_get_query_with(
+            &path,
+            &self.target.key,
+            &self.target.secret,
+            unix_now(),
+            params,
+        );
         let req = Request::get(format!("{path}?{query}"))
-            .header(header::HOST, self.target.host.as_str())
+            .header(header::HOST, self.host.as_str())
             .body(Full::new(Bytes::new()))
             .map_err(|e| BenchError::new("http_request", e))?;
         self.send(req).await
@@ -128,18 +161,34 @@ impl Publisher {
             };
             if status != StatusCode::OK {
                 return Err(BenchError::new(
-                    "http_status",
+                    status_kind(status),
                     format!("{status}: {}", String::from_utf8_lossy(&body)),
                 ));
             }
             Ok(body)
         }
         .await;
-        if matches!(&result, Err(e) if e.kind != "http_status") {
+        if matches!(&result, Err(e) if !e.kind.starts_with(STATUS_KIND)) {
             self.sender = None;
             self.conn = None;
         }
         result
+    }
+}
+
+/// The error kind of an answer other than 200 starts with this.
+pub const STATUS_KIND: &str = "http_status";
+/// The kinds of the answers that say "not now, try again": the server's backpressure.
+pub const REJECTED_429: &str = "http_status_429";
+pub const REJECTED_503: &str = "http_status_503";
+
+/// The error kind of an HTTP answer other than 200: 429 and 503 (backpressure) have kinds of
+/// their own, so a run can count them apart from failures.
+pub fn status_kind(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        429 => REJECTED_429,
+        503 => REJECTED_503,
+        _ => STATUS_KIND,
     }
 }
 
@@ -153,6 +202,14 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backpressure_answers_have_kinds_of_their_own() {
+        assert_eq!(status_kind(StatusCode::TOO_MANY_REQUESTS), REJECTED_429);
+        assert_eq!(status_kind(StatusCode::SERVICE_UNAVAILABLE), REJECTED_503);
+        assert_eq!(status_kind(StatusCode::BAD_REQUEST), STATUS_KIND);
+        assert!(REJECTED_429.starts_with(STATUS_KIND) && REJECTED_503.starts_with(STATUS_KIND));
+    }
 
     #[test]
     fn body_keeps_data_as_a_string() {

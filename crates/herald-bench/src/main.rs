@@ -2,11 +2,13 @@
 //! the server only as an outside client: WebSocket subscribers and the signed HTTP API.
 
 mod arrival;
+mod cluster;
 mod http;
 mod net;
 mod pace;
 mod procfs;
 mod progress;
+mod redis_probe;
 mod report;
 mod scenario;
 mod schedule;
@@ -50,6 +52,24 @@ struct Common {
     /// cluster), round-robin; HTTP API calls still go to --port.
     #[arg(long, global = true, value_delimiter = ',')]
     ws_ports: Vec<u16>,
+    /// Spread HTTP API publishers over these ports of the same host (several nodes of a
+    /// cluster); without it they all use --port. How a scenario spreads them: its --help.
+    #[arg(long, global = true, value_delimiter = ',')]
+    api_ports: Vec<u16>,
+    /// PIDs of a cluster's nodes (node 1 first): each node's CPU over the measured phase is
+    /// reported, in total and per unit of work, under `cluster`.
+    #[arg(long, global = true, value_delimiter = ',')]
+    node_pids: Vec<u32>,
+    /// The cluster's Redis (HOST:PORT): its CPU, bytes in and out and commands over the measured
+    /// phase, from INFO, this bench's own INFO traffic taken out, are reported under `cluster`.
+    #[arg(long, global = true, value_name = "ADDR")]
+    redis_addr: Option<std::net::SocketAddr>,
+    /// With --node-pids or --redis-addr: seconds of a quiet window (connected, nothing
+    /// published; it starts 1 s after the connect phase) measured just before the phase;
+    /// per-unit figures are then also given net of what the cluster spent at that rate anyway
+    /// (0: no window).
+    #[arg(long, global = true, default_value_t = 1.0)]
+    idle_window: f64,
     /// Write the JSON result to FILE ('-': stdout, the table then goes to stderr).
     #[arg(long, global = true, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -90,6 +110,9 @@ enum Scenario {
     Churn(scenario::churn::ChurnArgs),
     /// Join/leave storms on presence channels.
     Presence(scenario::presence::PresenceArgs),
+    /// A node of a cluster killed (SIGKILL) while it holds connections: how long until the other
+    /// nodes' API no longer counts them, member_removed at watchers, Redis's slowest commands.
+    NodeKill(scenario::node_kill::NodeKillArgs),
     /// Every load at once for a long time (churn, joins, fan-out, API reads, a hostile flood,
     /// slow readers): server memory, descriptors and CPU per unit of work per interval, drift.
     Soak(scenario::soak::SoakArgs),
@@ -113,9 +136,15 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
         .iter()
         .map(|p| std::net::SocketAddr::new(addr.ip(), *p))
         .collect();
+    let api_addrs: Vec<std::net::SocketAddr> = c
+        .api_ports
+        .iter()
+        .map(|p| std::net::SocketAddr::new(addr.ip(), *p))
+        .collect();
     let target = Arc::new(
         Target::new(addr, &c.host, &c.app_id, &c.key, &c.secret, c.source_ips)
-            .with_ws_addrs(ws_addrs),
+            .with_ws_addrs(ws_addrs)
+            .with_api_addrs(api_addrs),
     );
     let ctx = Ctx {
         target: target.clone(),
@@ -130,7 +159,20 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
             max_lag_p99_ms: c.max_lag_p99_ms,
             min_rate_pct: c.min_rate_pct,
         },
+        cluster: Arc::new(cluster::Probe::new(
+            c.node_pids.clone(),
+            c.redis_addr,
+            c.idle_window,
+        )),
     };
+    for pid in &c.node_pids {
+        if procfs::cpu_ns(*pid).is_none() {
+            return Err(format!("cannot read /proc/{pid}: is --node-pids right?"));
+        }
+    }
+    if c.redis_addr.is_some() {
+        ctx.cluster.redis_cmd(&["PING"]).await?;
+    }
     if let Some(pid) = c.server_pid {
         if procfs::sample(&pid.to_string()).is_none() {
             return Err(format!("cannot read /proc/{pid}: is --server-pid right?"));
@@ -142,6 +184,7 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
         Scenario::Trigger(a) => scenario::trigger::run(&ctx, a).await,
         Scenario::Churn(a) => scenario::churn::run(&ctx, a).await,
         Scenario::Presence(a) => scenario::presence::run(&ctx, a).await,
+        Scenario::NodeKill(a) => scenario::node_kill::run(&ctx, a).await,
         Scenario::Floor(a) => scenario::floor::run(&ctx, a).await,
         Scenario::Soak(a) => scenario::soak::run(&ctx, a).await,
         Scenario::EchoServer => return Err(scenario::floor::echo_server().await),
@@ -157,6 +200,19 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
                 c.ws_ports.clone()
             }),
         );
+        if !c.api_ports.is_empty() {
+            report
+                .target
+                .put("api_ports", serde_json::json!(c.api_ports));
+        }
+        if !c.node_pids.is_empty() {
+            report
+                .target
+                .put("node_pids", serde_json::json!(c.node_pids));
+        }
+        if let Some(a) = c.redis_addr {
+            report.target.put("redis", a.to_string());
+        }
         report.target.put("app_id", c.app_id.clone());
         report.target.put("server_pid", scenario::opt(c.server_pid));
         report.target.put("source_ips", target.source_ips());

@@ -83,6 +83,8 @@ pub struct Target {
     /// WebSocket connections go to these addresses in turn (empty: `addr`).
     ws_addrs: Vec<SocketAddr>,
     next_ws: AtomicU32,
+    /// HTTP API publishers spread over these addresses (empty: `addr`).
+    api_addrs: Vec<SocketAddr>,
 }
 
 impl Target {
@@ -116,6 +118,7 @@ impl Target {
             next_source: AtomicU32::new(0),
             ws_addrs: Vec::new(),
             next_ws: AtomicU32::new(0),
+            api_addrs: Vec::new(),
             ws_url: format!("ws://{host}:{port}/app/{key}?protocol=7&client=herald-bench&version=0.1&flash=false"),
         }
     }
@@ -126,24 +129,59 @@ impl Target {
         self
     }
 
+    /// Spreads HTTP API publishers over several servers (nodes of one cluster).
+    pub fn with_api_addrs(mut self, addrs: Vec<SocketAddr>) -> Self {
+        self.api_addrs = addrs;
+        self
+    }
+
+    /// How many WebSocket endpoints (nodes) connections are spread over (at least 1).
+    pub fn ws_nodes(&self) -> usize {
+        self.ws_addrs.len().max(1)
+    }
+
+    /// The WebSocket endpoint of node `i` (taken modulo their number).
+    pub fn ws_addr(&self, i: usize) -> SocketAddr {
+        if self.ws_addrs.is_empty() {
+            self.addr
+        } else {
+            self.ws_addrs[i % self.ws_addrs.len()]
+        }
+    }
+
+    /// How many HTTP API endpoints publishers are spread over (at least 1).
+    pub fn api_nodes(&self) -> usize {
+        self.api_addrs.len().max(1)
+    }
+
+    /// The HTTP API endpoint `i` (taken modulo their number).
+    pub fn api_addr(&self, i: usize) -> SocketAddr {
+        if self.api_addrs.is_empty() {
+            self.addr
+        } else {
+            self.api_addrs[i % self.api_addrs.len()]
+        }
+    }
+
     /// A TCP connection for a WebSocket: to the next of `ws_addrs`, or to `addr`; with
     /// `recv_buffer`, that receive buffer (a client that reads slowly fills it sooner).
     pub async fn ws_tcp(&self, recv_buffer: Option<u32>) -> Result<TcpStream, BenchError> {
-        let addr = if self.ws_addrs.is_empty() {
-            self.addr
-        } else {
-            let i = self.next_ws.fetch_add(1, Ordering::Relaxed) as usize % self.ws_addrs.len();
-            self.ws_addrs[i]
-        };
-        self.tcp_to(addr, recv_buffer).await
+        let i = self.next_ws.fetch_add(1, Ordering::Relaxed) as usize;
+        self.ws_tcp_at(i, recv_buffer).await
     }
 
-    /// A TCP connection to the server from the next source address.
-    pub async fn tcp(&self) -> Result<TcpStream, BenchError> {
-        self.tcp_to(self.addr, None).await
+    /// A TCP connection for a WebSocket to node `node` of `ws_addrs` (modulo their number).
+    pub async fn ws_tcp_at(
+        &self,
+        node: usize,
+        recv_buffer: Option<u32>,
+    ) -> Result<TcpStream, BenchError> {
+        self.tcp_to(self.ws_addr(node), recv_buffer).await
     }
 
-    async fn tcp_to(
+    /// A TCP connection to `addr` from the next source address; with `recv_buffer`, that
+    /// receive buffer.
+    pub async fn tcp_to(
         &self,
         addr: SocketAddr,
         recv_buffer: Option<u32>,
@@ -222,13 +260,29 @@ impl Client {
         Self::connect_with(target, None).await
     }
 
+    /// [`Client::connect`] to node `node` of the WebSocket endpoints (None: the next in turn).
+    pub async fn connect_at(target: &Target, node: Option<usize>) -> Result<Client, BenchError> {
+        Self::connect_on(target, node, None).await
+    }
+
     /// [`Client::connect`] with a receive buffer of `recv_buffer` bytes.
     pub async fn connect_with(
         target: &Target,
         recv_buffer: Option<u32>,
     ) -> Result<Client, BenchError> {
+        Self::connect_on(target, None, recv_buffer).await
+    }
+
+    async fn connect_on(
+        target: &Target,
+        node: Option<usize>,
+        recv_buffer: Option<u32>,
+    ) -> Result<Client, BenchError> {
         let t0 = std::time::Instant::now();
-        let tcp = target.ws_tcp(recv_buffer).await?;
+        let tcp = match node {
+            Some(n) => target.ws_tcp_at(n, recv_buffer).await?,
+            None => target.ws_tcp(recv_buffer).await?,
+        };
         let tcp_connect = t0.elapsed();
         let stream = Stamped::new(tcp);
         let (ws, _) = tokio_tungstenite::client_async_with_config(
@@ -436,8 +490,19 @@ pub async fn join(
     channel_data: Option<&str>,
     limit: Duration,
 ) -> Result<(Client, String), BenchError> {
+    join_at(target, None, channel, channel_data, limit).await
+}
+
+/// [`join`] on node `node` of the WebSocket endpoints (None: the next in turn).
+pub async fn join_at(
+    target: &Target,
+    node: Option<usize>,
+    channel: &str,
+    channel_data: Option<&str>,
+    limit: Duration,
+) -> Result<(Client, String), BenchError> {
     tokio::time::timeout(limit, async {
-        let mut c = Client::connect(target).await?;
+        let mut c = Client::connect_at(target, node).await?;
         let data = c.subscribe(target, channel, channel_data).await?;
         Ok((c, data))
     })

@@ -36,9 +36,28 @@ pub fn signed_query(
     format!("{params}&auth_signature={signature}")
 }
 
-/// The query string of a signed API request without a body (`GET`): no `body_md5`.
-pub fn signed_get_query(path: &str, key: &str, secret: &str, timestamp: u64) -> String {
-    let params = format!("auth_key={key}&auth_timestamp={timestamp}&auth_version=1.0");
+/// The query string of a signed API request without a body (`GET`, so no `body_md5`), with
+/// more query parameters if any (`filter_by_prefix`, `info`), signed as Pusher signs them:
+/// every parameter sorted by key, values as they are (they must need no URL encoding).
+pub fn signed_get_query_with(
+    path: &str,
+    key: &str,
+    secret: &str,
+    timestamp: u64,
+    extra: &[(&str, &str)],
+) -> String {
+    let (ts, mut all) = (timestamp.to_string(), extra.to_vec());
+    all.extend([
+        ("auth_key", key),
+        ("auth_timestamp", ts.as_str()),
+        ("auth_version", "1.0"),
+    ]);
+    all.sort();
+    let params = all
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
     let signature = hmac_hex(secret, &format!("GET\n{path}\n{params}"));
     format!("{params}&auth_signature={signature}")
 }
@@ -66,6 +85,21 @@ mod tests {
     const KEY: &str = "278d425bdf160c739803";
     const SECRET: &str = "7ad3773142a6692b25b8";
     const BODY: &str = r#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
+
+    #[test]
+    fn extra_get_parameters_are_signed_in_key_order() {
+        let q = signed_get_query_with(
+            "/apps/3/channels",
+            KEY,
+            SECRET,
+            1353088179,
+            &[("info", "user_count"), ("filter_by_prefix", "presence-")],
+        );
+        let params = "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0\
+                      &filter_by_prefix=presence-&info=user_count";
+        let sig = hmac_hex(SECRET, &format!("GET\n/apps/3/channels\n{params}"));
+        assert_eq!(q, format!("{params}&auth_signature={sig}"));
+    }
 
     #[test]
     fn body_md5_matches_documented_vector() {
@@ -97,7 +131,7 @@ mod tests {
     fn a_get_is_signed_without_a_body_digest() {
         // HMAC-SHA256 of "GET\n/apps/3/channels\n" and the sorted parameters, as Pusher's
         // request signing describes it (computed independently with Python's hmac module).
-        let q = signed_get_query("/apps/3/channels", KEY, SECRET, 1353088179);
+        let q = signed_get_query_with("/apps/3/channels", KEY, SECRET, 1353088179, &[]);
         assert_eq!(
             q,
             "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0\

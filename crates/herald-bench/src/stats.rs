@@ -156,10 +156,21 @@ pub struct SeqTracker {
     pub duplicates: u64,
     /// Events that arrived after an event with a higher sequence number.
     pub out_of_order: u64,
+    /// Arrivals (duplicates included) and the sequence number of the latest one.
+    pub arrivals: u64,
+    last: Option<u64>,
+    /// Arrivals with a lower sequence number than the arrival just before them: of the
+    /// `arrivals - 1` adjacent pairs, those in the wrong order.
+    pub adjacent_inversions: u64,
 }
 
 impl SeqTracker {
     pub fn record(&mut self, seq: u64) {
+        self.arrivals += 1;
+        if self.last.is_some_and(|l| seq < l) {
+            self.adjacent_inversions += 1;
+        }
+        self.last = Some(seq);
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if word >= self.seen.len() {
             self.seen.resize(word + 1, 0);
@@ -201,6 +212,38 @@ impl SeqTracker {
     }
 }
 
+/// Events numbered `0..published` that at least one of `trackers` (the subscribers of one
+/// channel) never saw: events acknowledged by the server and not delivered everywhere. 0 when
+/// there is no tracker.
+pub fn events_missed_by_any<'a>(
+    trackers: impl IntoIterator<Item = &'a SeqTracker>,
+    published: u64,
+) -> u64 {
+    let words = published.div_ceil(64) as usize;
+    let mut by_all = vec![u64::MAX; words];
+    let mut any = false;
+    for t in trackers {
+        any = true;
+        for (w, bits) in by_all.iter_mut().enumerate() {
+            *bits &= t.seen.get(w).copied().unwrap_or(0);
+        }
+    }
+    if !any {
+        return 0;
+    }
+    let full = (published / 64) as usize;
+    let mut seen: u64 = by_all
+        .iter()
+        .take(full)
+        .map(|w| u64::from(w.count_ones()))
+        .sum();
+    let rest = published % 64;
+    if rest > 0 {
+        seen += u64::from((by_all[full] & ((1u64 << rest) - 1)).count_ones());
+    }
+    published - seen
+}
+
 /// Loss, duplicates and order over many subscribers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Delivery {
@@ -210,18 +253,45 @@ pub struct Delivery {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub unexpected: u64,
+    /// Adjacent arrivals at one subscriber, and those in the wrong order (see [`SeqTracker`]).
+    pub adjacent_pairs: u64,
+    pub adjacent_inversions: u64,
 }
 
 impl Delivery {
     /// Adds one subscriber whose channel had `published` events accepted by the server.
     pub fn add(&mut self, t: &SeqTracker, published: u64) {
         let delivered = t.delivered_of(published);
-        self.expected += published;
-        self.delivered += delivered;
-        self.lost += published - delivered;
-        self.duplicates += t.duplicates;
-        self.out_of_order += t.out_of_order;
-        self.unexpected += t.unexpected(published);
+        self.merge(&Delivery {
+            expected: published,
+            delivered,
+            lost: published - delivered,
+            duplicates: t.duplicates,
+            out_of_order: t.out_of_order,
+            unexpected: t.unexpected(published),
+            adjacent_pairs: t.arrivals.saturating_sub(1),
+            adjacent_inversions: t.adjacent_inversions,
+        });
+    }
+
+    pub fn merge(&mut self, o: &Delivery) {
+        self.expected += o.expected;
+        self.delivered += o.delivered;
+        self.lost += o.lost;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.unexpected += o.unexpected;
+        self.adjacent_pairs += o.adjacent_pairs;
+        self.adjacent_inversions += o.adjacent_inversions;
+    }
+
+    /// Share of adjacent arrivals that came in the wrong order, in percent.
+    pub fn inverted_pairs_pct(&self) -> f64 {
+        if self.adjacent_pairs == 0 {
+            0.0
+        } else {
+            self.adjacent_inversions as f64 * 100.0 / self.adjacent_pairs as f64
+        }
     }
 
     pub fn loss_ratio(&self) -> f64 {
@@ -230,6 +300,73 @@ impl Delivery {
         } else {
             self.lost as f64 / self.expected as f64
         }
+    }
+}
+
+/// Loss, duplicates and order channel by channel (each channel's subscribers added up): how
+/// many channels saw any of each, not only the totals, so that loss or reordering confined to
+/// a few channels (those published through another node, say) shows as such.
+#[derive(Debug, Clone, Default)]
+pub struct PerChannel(Vec<Delivery>);
+
+/// What [`PerChannel`] says about all channels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelSummary {
+    pub channels: u64,
+    pub with_loss: u64,
+    pub with_duplicates: u64,
+    pub out_of_order: u64,
+    /// The channel with the most events out of order, and how many (None: none had any).
+    pub worst_out_of_order: Option<(usize, u64)>,
+}
+
+impl PerChannel {
+    pub fn new(channels: usize) -> Self {
+        Self(vec![Delivery::default(); channels])
+    }
+
+    /// Adds one subscriber of `channel`, which had `published` events accepted.
+    pub fn add(&mut self, channel: usize, t: &SeqTracker, published: u64) {
+        if let Some(d) = self.0.get_mut(channel) {
+            d.add(t, published);
+        }
+    }
+
+    pub fn total(&self) -> Delivery {
+        let mut all = Delivery::default();
+        self.0.iter().for_each(|d| all.merge(d));
+        all
+    }
+
+    pub fn summary(&self) -> ChannelSummary {
+        let count = |f: fn(&Delivery) -> bool| self.0.iter().filter(|d| f(d)).count() as u64;
+        let worst = self
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.out_of_order > 0)
+            .max_by_key(|(c, d)| (d.out_of_order, std::cmp::Reverse(*c)))
+            .map(|(c, d)| (c, d.out_of_order));
+        ChannelSummary {
+            channels: self.0.len() as u64,
+            with_loss: count(|d| d.lost > 0),
+            with_duplicates: count(|d| d.duplicates > 0),
+            out_of_order: count(|d| d.out_of_order > 0),
+            worst_out_of_order: worst,
+        }
+    }
+}
+
+impl ChannelSummary {
+    pub fn to_json(self) -> Value {
+        json!({
+            "channels": self.channels,
+            "with_loss": self.with_loss,
+            "with_duplicates": self.with_duplicates,
+            "out_of_order": self.out_of_order,
+            "worst_out_of_order": self.worst_out_of_order
+                .map(|(c, n)| json!({ "channel": c, "events": n })),
+        })
     }
 }
 
@@ -298,6 +435,7 @@ mod tests {
             Delivery {
                 expected: 200,
                 delivered: 200,
+                adjacent_pairs: 199,
                 ..Default::default()
             }
         );
@@ -317,6 +455,97 @@ mod tests {
         assert_eq!(d.duplicates, 2);
         assert_eq!(d.out_of_order, 2);
         assert_eq!(d.unexpected, 0);
+        // 9 arrivals, 8 adjacent pairs; lower than the one before: 2 (after 3), 6 (after 70).
+        assert_eq!((d.adjacent_pairs, d.adjacent_inversions), (8, 2));
+        assert!((d.inverted_pairs_pct() - 25.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_early_event_counts_once_out_of_order_but_may_invert_several_pairs() {
+        // Two nodes' events interleaved late: 0 2 1 4 3 -> 1 and 3 each arrive after a higher.
+        let mut t = SeqTracker::default();
+        [0, 2, 1, 4, 3].into_iter().for_each(|s| t.record(s));
+        assert_eq!((t.out_of_order, t.adjacent_inversions), (2, 2));
+        // One event held back behind many: 1 2 3 0 -> one out of order, one inverted pair.
+        let mut t = SeqTracker::default();
+        [1, 2, 3, 0].into_iter().for_each(|s| t.record(s));
+        assert_eq!((t.out_of_order, t.adjacent_inversions), (1, 1));
+        // A run that fell back: 3 4 5 0 1 2 -> three below the high mark, one inverted pair.
+        let mut t = SeqTracker::default();
+        [3, 4, 5, 0, 1, 2].into_iter().for_each(|s| t.record(s));
+        assert_eq!((t.out_of_order, t.adjacent_inversions), (3, 1));
+    }
+
+    #[test]
+    fn events_missed_by_any_subscriber() {
+        let saw = |seqs: &[u64]| {
+            let mut t = SeqTracker::default();
+            seqs.iter().for_each(|s| t.record(*s));
+            t
+        };
+        let all: Vec<u64> = (0..130).collect();
+        let (full, a, b) = (
+            saw(&all),
+            saw(&all
+                .iter()
+                .copied()
+                .filter(|s| *s != 3 && *s != 129)
+                .collect::<Vec<_>>()),
+            saw(&all
+                .iter()
+                .copied()
+                .filter(|s| *s != 3 && *s != 64)
+                .collect::<Vec<_>>()),
+        );
+        // Event 3 missed by both counts once; 64 and 129 once each.
+        assert_eq!(events_missed_by_any([&full, &a, &b], 130), 3);
+        assert_eq!(events_missed_by_any([&full], 130), 0);
+        // Sequence numbers past `published` do not count; nothing seen: every event missed.
+        assert_eq!(events_missed_by_any([&a], 100), 1);
+        assert_eq!(events_missed_by_any([&SeqTracker::default()], 70), 70);
+        assert_eq!(events_missed_by_any(std::iter::empty(), 70), 0);
+        assert_eq!(events_missed_by_any([&full], 0), 0);
+    }
+
+    #[test]
+    fn per_channel_counts_channels_not_only_events() {
+        let clean = |n: u64| {
+            let mut t = SeqTracker::default();
+            (0..n).for_each(|s| t.record(s));
+            t
+        };
+        let mut reordered = SeqTracker::default();
+        [0, 2, 1, 3, 5, 4]
+            .into_iter()
+            .for_each(|s| reordered.record(s));
+        let mut lossy = SeqTracker::default();
+        [0, 1, 1, 3].into_iter().for_each(|s| lossy.record(s));
+        let mut p = PerChannel::new(3);
+        p.add(0, &clean(6), 6);
+        p.add(0, &reordered, 6);
+        p.add(1, &clean(4), 4);
+        p.add(1, &lossy, 4);
+        p.add(2, &clean(6), 6);
+        p.add(7, &clean(6), 6); // no such channel: ignored
+        let s = p.summary();
+        assert_eq!(
+            s,
+            ChannelSummary {
+                channels: 3,
+                with_loss: 1,
+                with_duplicates: 1,
+                out_of_order: 1,
+                worst_out_of_order: Some((0, 2)),
+            }
+        );
+        let t = p.total();
+        assert_eq!((t.expected, t.delivered, t.lost), (26, 25, 1));
+        assert_eq!((t.duplicates, t.out_of_order), (1, 2));
+        assert_eq!(s.to_json()["worst_out_of_order"]["channel"], json!(0));
+        assert_eq!(
+            PerChannel::new(2).summary().to_json()["worst_out_of_order"],
+            Value::Null
+        );
     }
 
     #[test]

@@ -4,8 +4,10 @@ pub mod churn;
 pub mod fanout;
 pub mod floor;
 pub mod idle;
+pub mod node_kill;
 pub mod presence;
 pub mod soak;
+pub mod spread;
 pub mod trigger;
 
 use crate::net::{self, BenchError, Client, ErrorLog, Target};
@@ -32,6 +34,8 @@ pub struct Ctx {
     pub run_id: String,
     /// What a paced run must keep to its schedule.
     pub pacing: crate::schedule::Limits,
+    /// A cluster's nodes and broker, observed over measured phases (may observe nothing).
+    pub cluster: Arc<crate::cluster::Probe>,
 }
 
 impl Ctx {
@@ -109,9 +113,27 @@ impl Gate {
         channel: &str,
         channel_data: Option<&str>,
     ) -> Result<(Client, String), BenchError> {
+        self.join_at(ctx, None, channel, channel_data).await
+    }
+
+    /// [`Gate::join`] on node `node` of the WebSocket endpoints (None: the next in turn).
+    pub async fn join_at(
+        &self,
+        ctx: &Ctx,
+        node: Option<usize>,
+        channel: &str,
+        channel_data: Option<&str>,
+    ) -> Result<(Client, String), BenchError> {
         let _permit = self.permits.acquire().await.expect("never closed");
         let t0 = self.attempt();
-        let r = net::join(&ctx.target, channel, channel_data, ctx.connect_timeout).await;
+        let r = net::join_at(
+            &ctx.target,
+            node,
+            channel,
+            channel_data,
+            ctx.connect_timeout,
+        )
+        .await;
         let _ = self
             .tx
             .send(r.as_ref().map(|_| t0.elapsed()).map_err(Clone::clone));
@@ -306,6 +328,13 @@ pub fn put_machine(r: &mut crate::report::Report, later: &Point, earlier: &Point
     let ours = later.server_cpu_since(earlier).unwrap_or(0.0)
         + later.client_cpu_since(earlier).unwrap_or(0.0);
     r.result("other_cpu_s", round((busy_s - ours).max(0.0), 2));
+}
+
+/// Busy CPU seconds of the whole machine between two points, and this bench's own: what
+/// `cluster::Probe::put` needs to tell how much went to anything but the cluster and the bench.
+pub fn machine_and_own(later: &Point, earlier: &Point) -> Option<(f64, f64)> {
+    let (busy, _) = later.machine_busy_since(earlier)?;
+    Some((busy, later.client_cpu_since(earlier).unwrap_or(0.0)))
 }
 
 /// Own CPU seconds between two points, rounded.

@@ -2,6 +2,12 @@
 //! W workers join with a fresh user id (channel_data signed as an auth endpoint would) and
 //! leave again, by disconnecting or unsubscribing. Every watcher must see each join as one
 //! `member_added` followed by one `member_removed`.
+//!
+//! Against a cluster (`--ws-ports`): watcher m of channel c sits on node (c + m) mod N and a
+//! worker's n-th join goes to node (worker + n) mod N, so with N watchers per channel every
+//! join is seen from every node; the nodes' and Redis's usage per join is reported under
+//! `cluster`. `--rate` paces the joins (all workers on one schedule) and the rate reached is
+//! reported beside it.
 
 use super::{client_cpu_s, collect, cpu_s, gate, now_us, opt, ticker, us_per, wait_ready, Ctx};
 use crate::net::{BenchError, Client};
@@ -44,6 +50,10 @@ pub struct PresenceArgs {
     /// Seconds to wait for the last member events after the storm.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
+    /// Joins per second over all workers (0: each worker as fast as it can). A rate the
+    /// workers cannot keep is not a failure: the rate reached is reported.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +142,11 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
     r.param("concurrency", a.concurrency);
     r.param("leave", format!("{:?}", a.leave).to_lowercase());
     r.param("duration_s", a.duration);
+    r.param("rate_per_s", super::rate_param(a.rate));
+    let nodes = ctx.target.ws_nodes();
+    if nodes > 1 {
+        r.param("ws_nodes", nodes as u64);
+    }
 
     let names: Arc<Vec<String>> = Arc::new(
         (0..channels)
@@ -162,9 +177,10 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
             );
             let data = serde_json::json!({ "user_id": format!("watch-{c}-{m}"), "user_info": {} })
                 .to_string();
+            let node = (nodes > 1).then_some((c + m as usize) % nodes);
             watcher_tasks.push(tokio::spawn(async move {
                 let name = names[c].as_str();
-                let (mut client, _) = g.join(&ctx2, name, Some(&data)).await.ok()?;
+                let (mut client, _) = g.join_at(&ctx2, node, name, Some(&data)).await.ok()?;
                 watchers_on[c].fetch_add(1, Ordering::Relaxed);
                 let mut tracker = MemberTracker::default();
                 let mut dropped = false;
@@ -225,12 +241,23 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
     .await;
 
     // The storm.
+    let idle = ctx.cluster.idle().await;
     let before = ctx.probe.point();
+    let cluster_before = ctx.cluster.point().await;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(a.duration);
+    let workers_n = a.concurrency.max(1);
+    let schedule = (a.rate > 0.0).then(|| {
+        crate::schedule::Schedule::new(
+            start,
+            a.rate,
+            workers_n,
+            Duration::from_secs_f64(a.duration),
+        )
+    });
     let join_latency = Arc::new(Mutex::new(Latency::new()));
     let mut workers = Vec::new();
-    for w in 0..a.concurrency.max(1) {
+    for w in 0..workers_n {
         let (ctx2, names, counters, joins_on, join_latency) = (
             ctx.clone(),
             names.clone(),
@@ -244,16 +271,27 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
             let name = names[c].as_str();
             let mut held: Option<Client> = None;
             let mut n = 0u64;
-            while Instant::now() < deadline
-                && counters.attempts.fetch_add(1, Ordering::Relaxed) < max
-            {
+            loop {
+                // At a rate, this worker's next slot (a worker that fell behind goes at once).
+                if let Some(s) = &schedule {
+                    let Some(at) = s.slot(w, n) else {
+                        break;
+                    };
+                    crate::pace::sleep_until(at).await;
+                }
+                if Instant::now() >= deadline
+                    || counters.attempts.fetch_add(1, Ordering::Relaxed) >= max
+                {
+                    break;
+                }
                 n += 1;
                 let user = format!("u-{w}-{n}");
                 let t0 = Instant::now();
                 let outcome = tokio::time::timeout(ctx2.connect_timeout, async {
+                    let node = (nodes > 1).then_some((w as usize + n as usize) % nodes);
                     let mut client = match held.take() {
                         Some(c) => c,
-                        None => Client::connect(&ctx2.target).await?,
+                        None => Client::connect_at(&ctx2.target, node).await?,
                     };
                     let data =
                         serde_json::json!({ "user_id": user, "user_info": { "t": now_us() } })
@@ -333,6 +371,7 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let after = ctx.probe.point();
+    let cluster_after = ctx.cluster.point().await;
     cancel.cancel();
     let (outs, stuck_watchers) = collect(watcher_tasks, Duration::from_secs(30)).await;
 
@@ -358,6 +397,12 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
     r.result("joins_failed", failed);
     r.result("seconds", round(elapsed, 3));
     r.result("joins_per_s", round(joins as f64 / elapsed, 1));
+    if a.rate > 0.0 {
+        r.result(
+            "rate_reached_pct",
+            round(joins as f64 / elapsed / a.rate * 100.0, 1),
+        );
+    }
     r.result(
         "join_latency",
         join_latency
@@ -385,6 +430,14 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs) -> Report {
     r.result("server_rss_kb", opt(after.server_rss_kb()));
     r.result("client_cpu_s", opt(client_cpu_s(&after, &before)));
     super::put_machine(&mut r, &after, &before);
+    ctx.cluster.put(
+        &mut r,
+        &cluster_after,
+        &cluster_before,
+        idle.as_ref(),
+        &[("join", joins)],
+        super::machine_and_own(&after, &before),
+    );
     if joins == 0 {
         r.failures.push("no join succeeded".into());
     }
