@@ -3,17 +3,21 @@
 //! [`Engine`] is a cheap `Clone` handle with verbs (`connect`, `subscribe`, `publish`, …). State is
 //! kept per app and sharded by channel name, so publishing on one channel does not contend with
 //! subscribing on another. No lock is held across an `.await` (the engine never awaits).
-//! What varies sits behind small traits: [`AppStore`] (where apps come from), [`ClusterAdapter`]
-//! (other nodes) and [`LifecycleSink`] (who hears about state changes: webhooks, metrics, console).
+//! What varies sits behind small traits: [`AppStore`] (where apps come from), [`Broker`] and
+//! [`Store`] (other nodes) and [`LifecycleSink`] (who hears about state changes: webhooks, metrics, console).
 
 mod app;
 mod cluster;
 mod conn;
 mod engine;
 mod lifecycle;
+pub mod memory;
 
 pub use app::{App, AppStore, StaticAppStore, WebhookFilter, WebhookTarget, WEBHOOK_EVENT_TYPES};
-pub use cluster::{ClusterAdapter, ClusterNote, LocalAdapter};
+pub use cluster::{
+    BadEnvelope, Broker, CachedEvent, Cluster, ClusterNote, Envelope, LocalBroker, PublishError,
+    Reading, Ready, Receipt, Sent, Store, Topic, Transition,
+};
 pub use conn::{
     clock_ms, Conn, Frame, Pending, Sink, DIRECT_WRITE_MAX_FANOUT, OUTBOX_MAX_BYTES,
     OUTBOX_MAX_FRAMES,

@@ -1,7 +1,7 @@
 //! The app store is the one source of app settings: open connections follow a reload, and the
 //! connections of a disabled or removed app are closed.
 
-use herald_core::{App, Engine, EngineConfig, LocalAdapter, StaticAppStore};
+use herald_core::{App, Cluster, Engine, EngineConfig, StaticAppStore};
 use herald_protocol::codes;
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ fn setup(apps: Vec<App>) -> (Engine, Arc<StaticAppStore>) {
     let store = Arc::new(StaticAppStore::new(apps).unwrap());
     let engine = Engine::new(
         store.clone(),
-        Arc::new(LocalAdapter::new()),
+        Cluster::local(),
         vec![],
         EngineConfig::default(),
     );

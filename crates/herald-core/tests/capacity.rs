@@ -4,13 +4,13 @@
 mod common;
 
 use common::{app, ch, drain, member, Recorder};
-use herald_core::{App, Engine, EngineConfig, LocalAdapter, StaticAppStore, SubscribeError};
+use herald_core::{App, Cluster, Engine, EngineConfig, StaticAppStore, SubscribeError};
 use std::sync::Arc;
 
 fn capped(apps: Vec<App>, max: usize) -> Engine {
     Engine::new(
         Arc::new(StaticAppStore::new(apps).unwrap()),
-        Arc::new(LocalAdapter::new()),
+        Cluster::local(),
         vec![Arc::new(Recorder::default())],
         EngineConfig {
             max_subscriptions: max,

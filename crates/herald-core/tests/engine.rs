@@ -36,7 +36,8 @@ fn subscribe_once_and_deliver_with_exclusion() {
         "{}",
         Some(a.socket_id),
         Duration::from_secs(60),
-    );
+    )
+    .unwrap();
     assert!(drain(&a).is_empty(), "the excluded socket gets nothing");
     assert_eq!(
         drain(&b),
@@ -119,8 +120,10 @@ fn cache_channels_replay_the_last_event_or_report_a_miss() {
         r#"{"event":"pusher:cache_miss","channel":"cache-empty"}"#
     );
     let price = ch("cache-price");
-    e.publish("app-id", &price, "tick", "1", None, Duration::from_secs(60));
-    e.publish("app-id", &price, "tick", "2", None, Duration::from_secs(60));
+    e.publish("app-id", &price, "tick", "1", None, Duration::from_secs(60))
+        .unwrap();
+    e.publish("app-id", &price, "tick", "2", None, Duration::from_secs(60))
+        .unwrap();
     e.subscribe(&a, &price, None).unwrap();
     assert_eq!(
         drain(&a)[1],
@@ -131,7 +134,8 @@ fn cache_channels_replay_the_last_event_or_report_a_miss() {
         Some("2".into())
     );
     let gone = ch("cache-gone");
-    e.publish("app-id", &gone, "tick", "1", None, Duration::ZERO);
+    e.publish("app-id", &gone, "tick", "1", None, Duration::ZERO)
+        .unwrap();
     e.subscribe(&a, &gone, None).unwrap();
     assert!(
         drain(&a)[1].contains("cache_miss"),
@@ -145,7 +149,8 @@ fn an_absurd_cache_ttl_keeps_the_event_instead_of_overflowing_the_clock() {
     let (e, _) = engine(&app());
     let a = e.connect(app()).unwrap();
     let far = ch("cache-far");
-    e.publish("app-id", &far, "tick", "1", None, Duration::MAX);
+    e.publish("app-id", &far, "tick", "1", None, Duration::MAX)
+        .unwrap();
     let remote = ch("cache-remote");
     let frame = herald_protocol::encode::channel_event("tick", "cache-remote", "2");
     e.deliver_local(
@@ -209,7 +214,8 @@ fn small_channels_write_directly_large_ones_queue() {
             c.attach(sink.clone());
             conns.push((c, sink));
         }
-        e.publish("app-id", &room, "ev", "{}", None, Duration::from_secs(60));
+        e.publish("app-id", &room, "ev", "{}", None, Duration::from_secs(60))
+            .unwrap();
         for (c, sink) in &conns {
             let queued = drain(c);
             if direct {

@@ -2,8 +2,8 @@
 //! call the same [`Executor`] and get typed replies, which the HTTP edge serializes. With a
 //! cluster, counts and rosters come from the cluster's shared state instead of this node's.
 
-use crate::cluster::ClusterReads;
-use herald_core::{App, ChannelStats, Engine};
+use crate::cluster::Store;
+use herald_core::{App, ChannelStats, Engine, Receipt};
 use herald_protocol::api::{self, ApiError, Info, Trigger};
 use herald_protocol::channel::{self, ChannelKind};
 use herald_protocol::{sign, ChannelName};
@@ -82,11 +82,11 @@ pub struct Users {
 #[derive(Debug, Clone)]
 pub struct Executor {
     engine: Engine,
-    cluster: Option<Arc<dyn ClusterReads>>,
+    cluster: Option<Arc<dyn Store>>,
 }
 
 impl Executor {
-    pub fn new(engine: Engine, cluster: Option<Arc<dyn ClusterReads>>) -> Self {
+    pub fn new(engine: Engine, cluster: Option<Arc<dyn Store>>) -> Self {
         Self { engine, cluster }
     }
 
@@ -107,6 +107,12 @@ impl Executor {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster read failed; answering with this node's counts")
+                }
+            }
+            // A node without a subscriber of the channel holds no copy of its cached event.
+            if ch.is_cache() && s.cache.is_none() {
+                if let Ok(Some(e)) = c.cached(&app.id, ch.as_str()).await {
+                    s.cache = Some((e.data, e.ttl.as_secs()));
                 }
             }
         }
@@ -181,12 +187,39 @@ impl Executor {
         Ok(())
     }
 
-    fn publish(&self, app: &App, t: &Trigger) {
+    /// Publishes to each channel of `t`, handing the cluster's receipts to `receipts`; a channel
+    /// the cluster refused stops here with 503 (earlier channels of the same call were sent: a
+    /// retry may deliver those twice, never none).
+    fn publish(&self, app: &App, t: &Trigger, receipts: &mut Vec<Receipt>) -> Result<(), ApiError> {
         let ttl = Duration::from_secs(app.limits.cache_ttl);
         for ch in &t.channels {
-            self.engine
-                .publish(&app.id, ch, &t.name, &t.data, t.socket_id, ttl);
+            match self
+                .engine
+                .publish(&app.id, ch, &t.name, &t.data, t.socket_id, ttl)
+            {
+                Ok(Some(r)) => receipts.push(r),
+                Ok(None) => {}
+                Err(e) => return Err(ApiError::new(503, e.to_string())),
+            }
         }
+        Ok(())
+    }
+
+    /// Waits until the cluster's broker has every message: the API answers 200 only then.
+    async fn accepted(receipts: Vec<Receipt>) -> Result<(), ApiError> {
+        for r in receipts {
+            match r.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(ApiError::new(503, e.to_string())),
+                Err(_) => {
+                    return Err(ApiError::new(
+                        503,
+                        "the cluster's broker stopped before taking the event; retry",
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The attributes of `info` that apply to `channel`.
@@ -201,7 +234,9 @@ impl Executor {
     pub async fn trigger(&self, app: &App, body: &[u8]) -> Result<Triggered, ApiError> {
         let t = api::parse_trigger(body, &app.limits)?;
         Self::check_info(app, t.info)?;
-        self.publish(app, &t);
+        let mut receipts = Vec::new();
+        self.publish(app, &t, &mut receipts)?;
+        Self::accepted(receipts).await?;
         let Some(info) = t.info.filter(Info::any) else {
             return Ok(Triggered::default());
         };
@@ -221,9 +256,11 @@ impl Executor {
         for t in &batch {
             Self::check_info(app, t.info)?;
         }
+        let mut receipts = Vec::new();
         for t in &batch {
-            self.publish(app, t);
+            self.publish(app, t, &mut receipts)?;
         }
+        Self::accepted(receipts).await?;
         if !batch.iter().any(|t| t.info.is_some()) {
             return Ok(BatchTriggered::default());
         }
@@ -241,7 +278,7 @@ impl Executor {
     }
 
     /// Deprecated `POST /channels/{c}/events`: name (and socket_id) from the query, body is data.
-    pub fn trigger_raw(
+    pub async fn trigger_raw(
         &self,
         app: &App,
         channel: &str,
@@ -258,7 +295,9 @@ impl Executor {
             data,
             &app.limits,
         )?;
-        self.publish(app, &t);
+        let mut receipts = Vec::new();
+        self.publish(app, &t, &mut receipts)?;
+        Self::accepted(receipts).await?;
         Ok(Empty {})
     }
 

@@ -2,7 +2,7 @@
 //! handle it needs ([`Node`]), then runs the node: listeners, background sweeps, SIGHUP reload,
 //! and the graceful drain on shutdown.
 
-use crate::cluster::ClusterReads;
+use crate::cluster::Store;
 use crate::config::{Adapter, Config};
 use crate::drain::Drain;
 use crate::executor::Executor;
@@ -16,7 +16,7 @@ use crate::transport::backlog::{self, ListenQueue};
 use crate::transport::listener::{self, Port};
 use crate::transport::socket;
 use axum::Router;
-use herald_core::{ClusterAdapter, Engine, EngineConfig, LocalAdapter};
+use herald_core::{Cluster, Engine, EngineConfig};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,12 +164,12 @@ fn build_engine(
     store: &OpenedStore,
     sinks: Vec<Arc<dyn herald_core::LifecycleSink>>,
     metrics: &Arc<Metrics>,
-) -> Result<(Engine, Option<Arc<dyn ClusterReads>>), String> {
+) -> Result<(Engine, Option<Arc<dyn Store>>), String> {
     let _ = metrics;
-    let engine_with = |adapter: Arc<dyn ClusterAdapter>| {
+    let engine_with = |cluster: Cluster| {
         Engine::new(
             store.store.clone(),
-            adapter,
+            cluster,
             sinks.clone(),
             EngineConfig {
                 max_subscriptions: usize::try_from(config.server.max_subscriptions)
@@ -179,15 +179,17 @@ fn build_engine(
         )
     };
     match config.adapter {
-        Adapter::Local => Ok((engine_with(Arc::new(LocalAdapter::new())), None)),
+        Adapter::Local => Ok((engine_with(Cluster::local()), None)),
         #[cfg(feature = "redis")]
         Adapter::Redis => {
             let (adapter, rx) = crate::cluster::redis::RedisAdapter::new(
                 &config.redis.url,
                 &config.redis.prefix,
+                config.cluster.on_outage,
                 metrics.clone(),
             )?;
-            let engine = engine_with(Arc::new(adapter.clone()));
+            let shared = Arc::new(adapter.clone());
+            let engine = engine_with(Cluster::joined(shared.clone(), shared));
             adapter.start(engine.clone(), rx);
             Ok((engine, Some(Arc::new(adapter))))
         }

@@ -54,9 +54,9 @@ after(() => {
  * after the test; with `hooks`, every node sends the default app's webhooks to one
  * receiver (c.recv).
  */
-async function setup(t, { hooks = false, redisServer = redis } = {}) {
+async function setup(t, { hooks = false, redisServer = redis, extraEnv = {} } = {}) {
   let recv = null;
-  const env = {};
+  const env = { ...extraEnv };
   if (hooks) {
     recv = new WebhookReceiver();
     await recv.start();
@@ -457,7 +457,7 @@ test('CLUSTER-API-2 cache channel: an event published on n4 is replayed to a lat
   await cl.waitMsg(early, (m) => m.event === 'pusher:cache_miss' && m.channel === ch, 5000, 'cache_miss for the first subscriber');
   await c.api(3).trigger(ch, 'cached', { v: 1 });
   await cl.waitEvent(early, 'cached', ch, 5000);
-  // every node has stored it once the relayed publish arrived (cache info is the node's own)
+  // every node answers with it: the cluster's store keeps it for nodes without a subscriber
   await h.waitFor(
     async () => {
       const all = await Promise.all(c.nodes.map((n) => cl.apiGet(n, `/channels/${ch}`, { info: 'cache' })));
@@ -591,10 +591,10 @@ test('CLUSTER-FAULT-1 kill -9 of n2: member_removed to the others, counts drop, 
 
 // ------------------------------------------------------------ 6. Redis outage
 
-test('CLUSTER-FAULT-2 Redis killed and restarted: local delivery and /readyz 503 while down, then cross-node delivery and full state again', T_FAULT, async (t) => {
+test('CLUSTER-FAULT-2 cluster.on_outage=local: Redis killed and restarted: local delivery and /readyz 200 while down, then cross-node delivery and full state again', T_FAULT, async (t) => {
   const r2 = await cl.startRedis();
   t.after(() => r2.stop());
-  const c = await setup(t, { hooks: true, redisServer: r2 });
+  const c = await setup(t, { hooks: true, redisServer: r2, extraEnv: { HERALD_CLUSTER_ON_OUTAGE: 'local' } });
   const recv = c.recv;
   const tag = h.uid('f2');
   const pub = `pub-${tag}`;
@@ -630,7 +630,8 @@ test('CLUSTER-FAULT-2 Redis killed and restarted: local delivery and /readyz 503
 
   // ---- Redis goes away
   await r2.kill();
-  await cl.waitReadyz(c.nodes, 503, 5000, '/readyz 503 on every node while Redis is down');
+  await h.waitFor(() => c.nodes.every((n) => /lost Redis/.test(n.output())), 5000, 'every node saw Redis go');
+  assert.deepEqual(await Promise.all(c.nodes.map(cl.readyz)), [200, 200, 200, 200], '/readyz stays 200 with on_outage=local');
   await c.api(0).trigger(pub, 'during-1', { n: 1 });
   await c.api(0).trigger(pub, 'during-2', { n: 2 });
   for (const x of [x1, x1b]) {
@@ -646,19 +647,21 @@ test('CLUSTER-FAULT-2 Redis killed and restarted: local delivery and /readyz 503
   // ---- Redis is back (empty) on the same port
   await r2.restart();
   const t0 = Date.now();
-  await cl.waitReadyz(c.nodes, 200, FAULT_MS, '/readyz 200 on every node after Redis came back').catch((e) => {
+  // (readiness stayed up throughout: each node's log says when it is connected again)
+  const reconnected = (n) => (n.output().match(/connected to Redis/g) || []).length >= 2;
+  await h.waitFor(() => c.nodes.every(reconnected), FAULT_MS, 'every node connected to Redis again').catch((e) => {
     throw new Error(`${e.message}\nnode logs:\n${c.logs((l) => /WARN|ERROR|Redis|share/.test(l))}`);
   });
   const readyIn = Date.now() - t0;
 
   // 1. the first event published on n4 (which published nothing during the outage) once
-  //    every node answers /readyz 200 again
+  //    every node is connected again
   await c.api(3).trigger(pub, 'after-1', { n: 3 });
   const missed = [];
   await Promise.all(Object.entries(xs).map(([k, x]) => cl.waitEvent(x, 'after-1', pub, 3000).catch(() => missed.push(k))));
   missed.sort();
   if (missed.length) {
-    problems.push(`the first event published on n4 after Redis came back (every node had answered /readyz 200, ${readyIn} ms after the restart) never reached ${missed.join(', ')} (waited 3 s)`);
+    problems.push(`the first event published on n4 after Redis came back (every node connected again ${readyIn} ms after the restart) never reached ${missed.join(', ')} (waited 3 s)`);
   }
 
   // 2. cross-node delivery works again within ~10 s of the restart: a new event from n4
@@ -722,9 +725,39 @@ test('CLUSTER-FAULT-2 Redis killed and restarted: local delivery and /readyz 503
   assert.deepEqual(
     problems,
     [],
-    `after the Redis restart (all /readyz 200 after ${readyIn} ms, cross-node delivery after ${deliveredIn} ms with ${k} probe(s), full state after ${stateIn} ms):\n` +
+    `after the Redis restart (all connected again after ${readyIn} ms, cross-node delivery after ${deliveredIn} ms with ${k} probe(s), full state after ${stateIn} ms):\n` +
       `${problems.join('\n')}\nnode logs:\n${c.logs((l) => /WARN|ERROR|Redis|share/.test(l))}`,
   );
+});
+
+test('CLUSTER-FAULT-3 default cluster.on_outage=reject: while Redis is down publishes answer 503 and reach nobody, /readyz 503; after the restart 200 and delivered everywhere', T_FAULT, async (t) => {
+  const r3 = await cl.startRedis();
+  t.after(() => r3.stop());
+  const c = await setup(t, { redisServer: r3 });
+  const pub = h.uid('f3');
+  const x1 = await js(c, 0);
+  const x2 = await js(c, 1);
+  for (const x of [x1, x2]) await h.subscribeOk(x, pub);
+  await r3.kill();
+  await cl.waitReadyz(c.nodes, 503, 5000, '/readyz 503 on every node while Redis is down');
+  const err = await c
+    .api(0)
+    .trigger(pub, 'during', { n: 1 })
+    .then(() => null, (e) => e);
+  assert.ok(err, 'the publish during the outage was answered 200');
+  assert.equal(err.status, 503, `status ${err.status}: ${err.body}`);
+  assert.match(String(err.body), /retry/i, 'the 503 says the publish may be retried');
+  await r3.restart();
+  await cl.waitReadyz(c.nodes, 200, FAULT_MS, '/readyz 200 on every node after Redis came back');
+  await h.waitFor(
+    async () => {
+      await c.api(0).trigger(pub, 'after', {});
+      return [x1, x2].every((x) => cl.count(x, 'after', pub) > 0);
+    },
+    FAULT_MS,
+    'an event published on n1 reaches n1 and n2 again',
+  );
+  for (const x of [x1, x2]) assert.equal(cl.count(x, 'during', pub), 0, `the refused event was delivered: ${cl.describe(x)}`);
 });
 
 // ------------------------------------------------------------ 7. single node

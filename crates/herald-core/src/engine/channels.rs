@@ -1,7 +1,9 @@
 //! Channels: subscriptions, publishing, client events, counts and the channel queries.
 
 use super::{AppState, Cached, Channel, CountThrottle, Engine, Held, Sub};
-use crate::cluster::ClusterNote;
+use crate::cluster::{
+    CachedEvent, ClusterNote, Envelope, PublishError, Receipt, Sent, Topic, Transition,
+};
 use crate::conn::{Conn, Frame};
 use crate::lifecycle::LifecycleEvent;
 use herald_protocol::presence::MemberData;
@@ -14,8 +16,8 @@ use tokio::time::Instant;
 
 /// Channels above this many subscribers get at most one subscription count per window, frame and
 /// report together (Pusher's rule).
-const COUNT_THROTTLE_ABOVE: usize = 100;
-const COUNT_THROTTLE_WINDOW: Duration = Duration::from_secs(5);
+pub(super) const COUNT_THROTTLE_ABOVE: usize = 100;
+pub(super) const COUNT_THROTTLE_WINDOW: Duration = Duration::from_secs(5);
 /// Smaller channels get at most one count frame per this interval: every subscriber is sent each
 /// frame, so one client churning subscriptions would otherwise make N subscribers receive a
 /// frame per change. One keep-alive sweep at the default timeouts, so a held-back frame goes out
@@ -98,17 +100,19 @@ impl Engine {
         channel: &ChannelName,
         member: Option<MemberData>,
     ) -> Result<Subscribed, SubscribeError> {
-        self.subscribe_with(conn, channel, member, &[])
+        self.subscribe_with(conn, channel, member, &[], None)
     }
 
     /// As [`Engine::subscribe`]; `remote_members` (user id, raw user_info) are members present on
-    /// other nodes, merged into the presence snapshot.
+    /// other nodes, merged into the presence snapshot; `stored` is a cache channel's event as the
+    /// cluster's store keeps it, used when this node holds none.
     pub fn subscribe_with(
         &self,
         conn: &Arc<Conn>,
         channel: &ChannelName,
         member: Option<MemberData>,
         remote_members: &[(String, String)],
+        stored: Option<CachedEvent>,
     ) -> Result<Subscribed, SubscribeError> {
         // A place is taken before any state is touched, and given back on every refusal below.
         let max = self.inner.config.max_subscriptions;
@@ -120,7 +124,7 @@ impl Engine {
                 max,
             });
         }
-        let clustered = self.inner.adapter.clustered();
+        let clustered = self.clustered();
         let mut notes: Vec<ClusterNote> = Vec::new();
         let st = self.state_of(conn);
         let now = Instant::now();
@@ -159,6 +163,10 @@ impl Engine {
             },
         );
         let occupied = ch.subs.len() == 1;
+        if occupied && clustered {
+            // Under the lock, so the broker sees this channel's interest changes in order.
+            self.broker().subscribe(Topic::channel(&st.id, channel));
+        }
 
         let succeeded: Frame = if channel.is_presence() {
             ch.presence_succeeded(remote_members)
@@ -168,6 +176,9 @@ impl Engine {
         conn.send(&succeeded);
         let mut cache_miss = false;
         if channel.is_cache() {
+            if let (None, Some(c)) = (ch.live_cache(now), stored) {
+                ch.cache = Some(Cached::new(c.frame, &c.data, c.ttl));
+            }
             match ch.live_cache(now) {
                 Some(c) => {
                     conn.send(&c.frame);
@@ -190,10 +201,10 @@ impl Engine {
         } else {
             self.after_count_change(&st, ch)
         };
-        // Under the lock: notes of one channel must reach the adapter in the order the counts
-        // changed, or a stale count would win (the adapter keeps the latest per channel).
+        // Under the lock: notes of one channel must reach the store in the order the counts
+        // changed, or a stale count would win (the store keeps the latest per channel).
         for n in notes {
-            self.inner.adapter.note(n);
+            self.note(n);
         }
         drop(shard);
 
@@ -206,16 +217,19 @@ impl Engine {
                 socket_id: conn.socket_id,
             });
             if occupied && !clustered {
-                self.emit(|| LifecycleEvent::ChannelOccupied {
+                self.emit_transition(|| Transition::Occupied {
                     app: app.clone(),
-                    channel: name.clone(),
+                    channel: channel.clone(),
                 });
             }
             if let Some(uid) = added_member {
-                self.emit(|| LifecycleEvent::MemberAdded {
+                // The frame went out under the lock (no subscriber may see it twice).
+                self.emit_transition(|| Transition::MemberAdded {
                     app: app.clone(),
-                    channel: name.clone(),
+                    channel: channel.clone(),
                     user_id: uid,
+                    info: Arc::from(""),
+                    except: None,
                 });
             }
             // After the occupied event, so webhooks report the channel before its count.
@@ -242,7 +256,7 @@ impl Engine {
             return;
         };
         self.inner.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        let clustered = self.inner.adapter.clustered();
+        let clustered = self.clustered();
         let mut notes: Vec<ClusterNote> = Vec::new();
         let removed_member = sub
             .user_id
@@ -260,13 +274,16 @@ impl Engine {
         } else if !vacated {
             count_sent = self.after_count_change(&st, ch);
         }
+        if clustered && ch.subs.is_empty() {
+            self.broker().unsubscribe(Topic::channel(&st.id, channel));
+        }
         if ch.is_dead(now) {
             shard.remove(channel.as_str());
         }
-        // Under the lock: notes of one channel must reach the adapter in the order the counts
-        // changed, or a stale count would win (the adapter keeps the latest per channel).
+        // Under the lock: notes of one channel must reach the store in the order the counts
+        // changed, or a stale count would win (the store keeps the latest per channel).
         for n in notes {
-            self.inner.adapter.note(n);
+            self.note(n);
         }
         drop(shard);
         if !channel.is_internal() {
@@ -278,16 +295,16 @@ impl Engine {
                 socket_id: conn.socket_id,
             });
             if let Some(uid) = removed_member {
-                self.emit(|| LifecycleEvent::MemberRemoved {
+                self.emit_transition(|| Transition::MemberRemoved {
                     app: app.clone(),
-                    channel: name.clone(),
+                    channel: channel.clone(),
                     user_id: uid,
                 });
             }
             if vacated {
-                self.emit(|| LifecycleEvent::ChannelVacated {
+                self.emit_transition(|| Transition::Vacated {
                     app: app.clone(),
-                    channel: name.clone(),
+                    channel: channel.clone(),
                 });
             }
             self.emit_count(&st, channel, count_sent);
@@ -363,7 +380,7 @@ impl Engine {
         );
     }
 
-    /// Sends a cluster-wide subscription count (decided and reported by a clustered adapter) to
+    /// Sends a cluster-wide subscription count (decided and reported by the store's node) to
     /// this node's subscribers of `channel`, coalesced like a local change: the frame goes out at
     /// once unless one went out less than `COUNT_COALESCE_WINDOW` ago, and then the latest count
     /// delivered goes out at the window's end ([`Engine::tick`]). So a burst of changes decided
@@ -435,10 +452,17 @@ impl Engine {
                 self.emit_count(&st, &name, reported);
             }
         }
+        if self.clustered() {
+            for st in self.all_states() {
+                self.tick_cluster_counts(&st.id, now);
+            }
+        }
     }
 
     /// Publishes an HTTP API event to one channel: encoded once, stored when it is a cache
-    /// channel, queued to every subscriber but `except`, handed to the cluster adapter.
+    /// channel, queued to every subscriber but `except`. Clustered, it goes through the broker
+    /// (this node's subscribers get it when it comes back, in the cluster's order) and the
+    /// receipt says when the broker accepted it; refused when the broker cannot take it.
     pub fn publish(
         &self,
         app_id: &str,
@@ -447,25 +471,28 @@ impl Engine {
         data: &str,
         except: Option<SocketId>,
         cache_ttl: Duration,
-    ) {
+    ) -> Result<Option<Receipt>, PublishError> {
         let st = self.state(app_id);
         let frame: Frame = encode::channel_event(event, channel.as_str(), data).into();
-        {
-            let mut shard = st.shard(channel.as_str()).lock();
-            if channel.is_cache() {
-                let ch = shard
-                    .entry(channel.arc().clone())
-                    .or_insert_with(|| Channel::new(channel.clone()));
-                ch.cache = Some(Cached::new(frame.clone(), data, cache_ttl));
-            }
-            if let Some(ch) = shard.get(channel.as_str()) {
-                ch.broadcast(&frame, except);
+        let mut receipt = None;
+        if self.clustered() {
+            let cache = channel.is_cache().then(|| (Arc::from(data), cache_ttl));
+            let sent = self.broker().publish(
+                Topic::channel(&st.id, channel),
+                Envelope::Event {
+                    frame: frame.clone(),
+                    except,
+                    cache,
+                },
+            )?;
+            if let Sent::Queued(r) = sent {
+                receipt = Some(r);
             }
         }
-        let cache = channel.is_cache().then_some((data, cache_ttl));
-        self.inner
-            .adapter
-            .publish_remote(app_id, channel.as_str(), &frame, except, cache);
+        if receipt.is_none() {
+            let cache = channel.is_cache().then_some((data, cache_ttl));
+            self.deliver_local(&st.id, channel, &frame, except, cache);
+        }
         self.emit(|| LifecycleEvent::ApiPublish {
             app: st.id.clone(),
             channel: channel.arc().clone(),
@@ -473,6 +500,7 @@ impl Engine {
             data: Arc::from(data),
             except,
         });
+        Ok(receipt)
     }
 
     /// Relays an accepted client event to every other subscriber of `channel`.
@@ -486,15 +514,14 @@ impl Engine {
     ) {
         let st = self.state_of(conn);
         let frame: Frame = encode::client_event(event, channel.as_str(), data, user_id).into();
-        if let Some(ch) = st.shard(channel.as_str()).lock().get(channel.as_str()) {
-            ch.broadcast(&frame, Some(conn.socket_id));
-        }
-        self.inner.adapter.publish_remote(
-            &st.id,
-            channel.as_str(),
-            &frame,
-            Some(conn.socket_id),
-            None,
+        // Clustered, a refusal is the broker's to count and log: the client has no answer to get.
+        self.send_to(
+            Topic::channel(&st.id, channel),
+            Envelope::Event {
+                frame,
+                except: Some(conn.socket_id),
+                cache: None,
+            },
         );
         self.emit(|| {
             // Webhooks carry data as a string: a JSON string's content, else the compact JSON.

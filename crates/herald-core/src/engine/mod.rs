@@ -2,8 +2,8 @@
 //!
 //! This file holds the state (apps, channel shards, users) and the connection registry; the verbs
 //! live beside it, one file per concern, each with its own `impl Engine`: `channels` (subscribe,
-//! publish, counts), `presence` (members), `users` (sign-in, watchlists) and `cluster` (what a
-//! clustered adapter calls on its inbound side).
+//! publish, counts), `presence` (members), `users` (sign-in, watchlists) and `cluster` (what
+//! comes from other nodes, and the one function that applies a transition).
 
 mod channels;
 mod cluster;
@@ -13,7 +13,7 @@ mod users;
 pub use channels::{ChannelStats, SubscribeError, Subscribed, COUNT_COALESCE_WINDOW};
 
 use crate::app::{App, AppStore};
-use crate::cluster::ClusterAdapter;
+use crate::cluster::{Broker, Cluster};
 use crate::conn::{Conn, Frame};
 use crate::lifecycle::{LifecycleEvent, LifecycleSink};
 use herald_protocol::{codes, ChannelName, CloseCode, SocketId};
@@ -84,7 +84,7 @@ struct CountThrottle {
     /// The last `SubscriptionCount` lifecycle event (what webhooks report).
     last_report: Option<Instant>,
     held: Held,
-    /// The cluster-wide count a clustered adapter last delivered (`Engine::deliver_count`); the
+    /// The cluster-wide count the store last delivered (`Engine::deliver_count`); the
     /// frames carry it instead of this node's own subscriber count.
     cluster: Option<usize>,
 }
@@ -163,6 +163,16 @@ struct AppState {
     /// Channels holding back a subscription count, with when it is due; [`Engine::tick`] sends
     /// it. Locked after a channel shard, never before.
     counts_due: Mutex<Vec<(Instant, ChannelName)>>,
+    /// Clustered: the big channels whose cluster-wide count this node decided lately, for the
+    /// throttle (`cluster.rs`).
+    cluster_counts: Mutex<HashMap<Arc<str>, ClusterCount>>,
+}
+
+/// The throttle of a big channel's cluster-wide count on the node that decides it.
+struct ClusterCount {
+    name: ChannelName,
+    last: Instant,
+    pending: Option<usize>,
 }
 
 impl AppState {
@@ -182,7 +192,7 @@ impl AppState {
 
 struct Inner {
     apps: Arc<dyn AppStore>,
-    adapter: Arc<dyn ClusterAdapter>,
+    cluster: Cluster,
     sinks: Vec<Arc<dyn LifecycleSink>>,
     config: EngineConfig,
     states: RwLock<HashMap<Arc<str>, Arc<AppState>>>,
@@ -206,14 +216,14 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     pub fn new(
         apps: Arc<dyn AppStore>,
-        adapter: Arc<dyn ClusterAdapter>,
+        cluster: Cluster,
         sinks: Vec<Arc<dyn LifecycleSink>>,
         config: EngineConfig,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 apps,
-                adapter,
+                cluster,
                 sinks,
                 config,
                 states: RwLock::new(HashMap::new()),
@@ -225,6 +235,19 @@ impl Engine {
 
     pub fn apps(&self) -> &Arc<dyn AppStore> {
         &self.inner.apps
+    }
+
+    /// What this engine is joined to.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
+    fn broker(&self) -> &dyn Broker {
+        &*self.inner.cluster.broker
+    }
+
+    fn clustered(&self) -> bool {
+        self.inner.cluster.broker.clustered()
     }
 
     fn emit(&self, make: impl FnOnce() -> LifecycleEvent) {
@@ -257,6 +280,7 @@ impl Engine {
                     connections: AtomicU64::new(0),
                     users: Mutex::new(Users::default()),
                     counts_due: Mutex::new(Vec::new()),
+                    cluster_counts: Mutex::new(HashMap::new()),
                 })
             })
             .clone()
@@ -277,7 +301,7 @@ impl Engine {
             return Err(codes::OVER_QUOTA);
         }
         let id = SocketId::new(
-            self.inner.adapter.node_id(),
+            self.broker().node_id(),
             self.inner.seq.fetch_add(1, Ordering::Relaxed),
         );
         let conn = Conn::new(id, app);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 impl Channel {
     /// Counts `conn` as a connection of member `m`. A user new to the channel is announced to the
-    /// subscribers on a single node; clustered, the adapter decides from the note. Returns the
+    /// subscribers on a single node; clustered, the store decides from the note. Returns the
     /// user id and whether this node announced it; a new user is refused when the channel is full
     /// (counting `remote_members`, the members on other nodes).
     pub(super) fn join(
@@ -56,7 +56,7 @@ impl Channel {
         }
         let mut announced = false;
         if clustered {
-            // The adapter decides whether the user is new to the cluster.
+            // The store decides whether the user is new to the cluster.
             notes.push(ClusterNote::MemberCount {
                 app: app.clone(),
                 channel: self.name.clone(),
@@ -81,7 +81,7 @@ impl Channel {
     }
 
     /// Counts one connection of `uid` less (`conn` is already unsubscribed). Returns the user id
-    /// when the user left and this node announced it (clustered, the adapter decides).
+    /// when the user left and this node announced it (clustered, the store decides).
     pub(super) fn leave(
         &mut self,
         app: &Arc<str>,

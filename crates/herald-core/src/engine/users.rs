@@ -1,7 +1,7 @@
 //! Users: sign-in, sign-out, watchlists and terminating a user's connections.
 
 use super::{Engine, Users};
-use crate::cluster::ClusterNote;
+use crate::cluster::{ClusterNote, Envelope, Sent, Topic};
 use crate::conn::{Conn, Frame};
 use herald_protocol::{codes, encode, SocketId};
 use std::sync::Arc;
@@ -29,17 +29,26 @@ impl Engine {
         let came_online = conns.is_empty();
         conns.push(conn.clone());
         let count = conns.len();
+        let clustered = self.clustered();
         for w in watchlist {
-            *users
-                .watchers
-                .entry(Arc::from(w.as_str()))
-                .or_default()
-                .entry(uid.clone())
-                .or_default() += 1;
+            let by = users.watchers.entry(Arc::from(w.as_str())).or_default();
+            if clustered && by.is_empty() {
+                // Under the users lock, so the broker sees interest changes in order.
+                self.broker().subscribe(Topic::Watchers {
+                    app: st.id.clone(),
+                    user: Arc::from(w.as_str()),
+                });
+            }
+            *by.entry(uid.clone()).or_default() += 1;
         }
-        let clustered = self.inner.adapter.clustered();
+        if clustered && count == 1 {
+            self.broker().subscribe(Topic::User {
+                app: st.id.clone(),
+                user: uid.clone(),
+            });
+        }
         if clustered {
-            self.inner.adapter.note(ClusterNote::UserCount {
+            self.note(ClusterNote::UserCount {
                 app: st.id.clone(),
                 user_id: uid.clone(),
                 count,
@@ -77,9 +86,15 @@ impl Engine {
                 went_offline = true;
             }
         }
-        let clustered = self.inner.adapter.clustered();
+        let clustered = self.clustered();
+        if clustered && went_offline {
+            self.broker().unsubscribe(Topic::User {
+                app: st.id.clone(),
+                user: Arc::from(user_id),
+            });
+        }
         if clustered {
-            self.inner.adapter.note(ClusterNote::UserCount {
+            self.note(ClusterNote::UserCount {
                 app: st.id.clone(),
                 user_id: Arc::from(user_id),
                 count: left,
@@ -95,6 +110,12 @@ impl Engine {
                 }
                 if by.is_empty() {
                     users.watchers.remove(w.as_str());
+                    if clustered {
+                        self.broker().unsubscribe(Topic::Watchers {
+                            app: st.id.clone(),
+                            user: Arc::from(w.as_str()),
+                        });
+                    }
                 }
             }
         }
@@ -104,9 +125,19 @@ impl Engine {
         }
     }
 
-    /// Closes every connection signed in as `user_id` with 4009, on every node.
+    /// Closes every connection signed in as `user_id` with 4009, on every node. Returns how many
+    /// this node closed at once (clustered, its own come back through the broker: 0).
     pub fn terminate_user(&self, app_id: &str, user_id: &str) -> usize {
-        self.inner.adapter.terminate_remote(app_id, user_id);
+        if self.clustered() {
+            let topic = Topic::User {
+                app: Arc::from(app_id),
+                user: Arc::from(user_id),
+            };
+            // A refusal is the broker's to count and log; this node's connections still close.
+            if let Ok(Sent::Queued(_)) = self.broker().publish(topic, Envelope::Terminate) {
+                return 0;
+            }
+        }
         self.terminate_user_local(app_id, user_id)
     }
 

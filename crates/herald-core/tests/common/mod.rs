@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use herald_core::{App, Conn, Engine, EngineConfig, LifecycleEvent, LifecycleSink};
-use herald_core::{LocalAdapter, StaticAppStore};
+use herald_core::{Cluster, StaticAppStore};
 use herald_protocol::presence::{parse_channel_data, MemberData, PresenceLimits};
 use herald_protocol::ChannelName;
 use parking_lot::Mutex;
@@ -68,7 +68,7 @@ pub fn engine(app: &App) -> (Engine, Arc<Recorder>) {
     let rec = Arc::new(Recorder::default());
     let e = Engine::new(
         Arc::new(StaticAppStore::new(vec![app.clone()]).unwrap()),
-        Arc::new(LocalAdapter::new()),
+        Cluster::local(),
         vec![rec.clone()],
         EngineConfig::default(),
     );

@@ -29,7 +29,7 @@ const DEFAULT_APP: &str = "HERALD_DEFAULT_APP_";
 
 /// Sections that `HERALD_<SECTION>_<KEY>` may address.
 pub(super) const SECTIONS: &[&str] = &[
-    "server", "webhooks", "console", "store", "metrics", "tls", "redis",
+    "server", "webhooks", "console", "store", "metrics", "tls", "redis", "cluster",
 ];
 
 /// Where a variable's value goes: a key of the configuration, or of the default app.

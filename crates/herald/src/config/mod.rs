@@ -34,6 +34,40 @@ impl TryFrom<String> for Adapter {
     }
 }
 
+/// What a clustered node does with publishes while the broker is unreachable
+/// (`cluster.on_outage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum OnOutage {
+    /// Refuse them with 503 (retryable): the API never says 200 for an event other nodes miss.
+    /// Readiness goes down with the broker.
+    #[default]
+    Reject,
+    /// Deliver them to this node's subscribers only, counted in `herald_cluster_dropped_total`
+    /// and logged; readiness stays up.
+    Local,
+}
+
+impl TryFrom<String> for OnOutage {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        match v.as_str() {
+            "reject" => Ok(OnOutage::Reject),
+            "local" => Ok(OnOutage::Local),
+            _ => Err(format!(
+                "cluster.on_outage `{v}` must be \"reject\" or \"local\""
+            )),
+        }
+    }
+}
+
+/// How clustered nodes behave (`[cluster]`, `HERALD_CLUSTER_*`), whatever the engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub on_outage: OnOutage,
+}
+
 /// Where apps come from (`store.kind`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
@@ -291,6 +325,8 @@ pub struct Config {
     #[serde(default)]
     pub redis: RedisConfig,
     #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
     pub webhooks: WebhookSettings,
@@ -312,6 +348,7 @@ impl Default for Config {
         Self {
             adapter: Adapter::Local,
             redis: RedisConfig::default(),
+            cluster: ClusterConfig::default(),
             server: ServerConfig::default(),
             webhooks: WebhookSettings::default(),
             console: ConsoleConfig::default(),

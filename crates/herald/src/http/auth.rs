@@ -154,7 +154,7 @@ pub fn check_body(pairs: &sign::QueryPairs, body: &[u8]) -> Result<(), ApiError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_core::{EngineConfig, LocalAdapter, StaticAppStore};
+    use herald_core::{Cluster, EngineConfig, StaticAppStore};
     use herald_protocol::sign;
 
     fn engine() -> Engine {
@@ -168,7 +168,7 @@ mod tests {
         off.enabled = false;
         Engine::new(
             Arc::new(StaticAppStore::new(vec![app, off]).unwrap()),
-            Arc::new(LocalAdapter::new()),
+            Cluster::local(),
             vec![],
             EngineConfig::default(),
         )

@@ -22,7 +22,10 @@ pub async fn raw_events(
     Path((_, name)): Path<(String, String)>,
     r: Signed,
 ) -> Response {
-    let result = s.executor.trigger_raw(&r.app, &name, &r.query, &r.body);
+    let result = s
+        .executor
+        .trigger_raw(&r.app, &name, &r.query, &r.body)
+        .await;
     r.answer(StatusCode::ACCEPTED, result)
 }
 

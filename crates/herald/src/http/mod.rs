@@ -7,7 +7,7 @@ pub mod auth;
 pub mod deprecated;
 pub mod error;
 
-use crate::cluster::ClusterReads;
+use crate::cluster::Store;
 use crate::drain::Drain;
 use crate::executor::Executor;
 use crate::rate::TokenBucket;
@@ -37,7 +37,7 @@ pub struct ApiState {
     /// For WebSocket upgrades that reach the router.
     pub session: Arc<session::Ctx>,
     /// Readiness follows the cluster's connection when nodes are joined.
-    pub cluster: Option<Arc<dyn ClusterReads>>,
+    pub cluster: Option<Arc<dyn Store>>,
     /// Connections arrive over TLS (the server terminates it).
     pub tls: bool,
     pub max_request_body_bytes: usize,
@@ -63,7 +63,7 @@ impl ApiState {
         metrics: Arc<Metrics>,
         drain: Arc<Drain>,
         session: Arc<session::Ctx>,
-        cluster: Option<Arc<dyn ClusterReads>>,
+        cluster: Option<Arc<dyn Store>>,
         tls: bool,
         max_request_body_bytes: usize,
         path_prefix: String,
@@ -236,10 +236,10 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): AppState) -> Response {
     if s.drain.draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    } else if s.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+    } else if s.cluster.as_ref().is_some_and(|c| !c.ready()) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "cluster adapter not connected\n",
+            "cluster broker not connected (cluster.on_outage = \"reject\")\n",
         )
             .into_response()
     } else {

@@ -6,11 +6,11 @@
 #[cfg(test)]
 mod tests;
 
-use crate::cluster::ClusterReads;
+use crate::cluster::Store;
 use crate::drain::Drain;
 use crate::rate::TokenBucket;
 use crate::sinks::metrics::Metrics;
-use herald_core::{Conn, Engine, Frame};
+use herald_core::{Broker, Conn, Engine, Frame, Topic};
 use herald_protocol::frame::{self, ClientMessage, Subscribe};
 use herald_protocol::presence::{self, MemberData};
 use herald_protocol::sign::{self, AuthError};
@@ -31,7 +31,7 @@ pub struct Ctx {
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
     /// Cluster-wide rosters and online users, when nodes are joined.
-    pub cluster: Option<Arc<dyn ClusterReads>>,
+    pub cluster: Option<Arc<dyn Store>>,
     pub drain: Arc<Drain>,
     /// Seconds of silence before a probe; announced in the handshake.
     pub activity_timeout: u64,
@@ -337,6 +337,21 @@ impl Session {
             }
         }
         let user_id = member.as_ref().map(|m| m.user_id.clone());
+        // Clustered: the broker must carry this channel to this node before the client hears
+        // `subscription_succeeded`, or an event published right after it could miss this node.
+        // The hold taken here is given back once the engine holds its own.
+        let mut _hold = None;
+        if self.ctx.cluster.is_some() {
+            let broker = self.ctx.engine.cluster().broker.clone();
+            let topic = Topic::channel(&Arc::from(app.id.as_str()), &ch);
+            let ready = broker.subscribe(topic.clone());
+            _hold = Some(Hold { broker, topic });
+            if let Some(r) = ready {
+                if !matches!(tokio::time::timeout(CLUSTER_READ, r).await, Ok(Ok(()))) {
+                    tracing::warn!(channel = %ch, "the cluster's broker did not confirm the subscription in time; subscribing anyway");
+                }
+            }
+        }
         let remote = match (&self.ctx.cluster, ch.is_presence()) {
             (Some(c), true) => tokio::time::timeout(CLUSTER_READ, c.members(&app.id, ch.as_str()))
                 .await
@@ -345,11 +360,20 @@ impl Session {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        match self
+        let stored = match (&self.ctx.cluster, ch.is_cache()) {
+            (Some(c), true) => tokio::time::timeout(CLUSTER_READ, c.cached(&app.id, ch.as_str()))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten(),
+            _ => None,
+        };
+        let result = self
             .ctx
             .engine
-            .subscribe_with(&self.conn, &ch, member, &remote)
-        {
+            .subscribe_with(&self.conn, &ch, member, &remote, stored);
+        drop(_hold);
+        match result {
             Ok(_) => {
                 if ch.needs_auth() {
                     self.conn.set_authorized();
@@ -543,4 +567,17 @@ fn warn_at_capacity(max: usize) {
 fn subscription_burst(app: &herald_core::App) -> u32 {
     let per_conn = u32::try_from(app.limits.max_channels_per_connection).unwrap_or(u32::MAX);
     per_conn.max(app.limits.subscription_rate)
+}
+
+/// A session's hold on a broker topic, given back when dropped (also when the session ends while
+/// it waits).
+struct Hold {
+    broker: Arc<dyn Broker>,
+    topic: Topic,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.broker.unsubscribe(self.topic.clone());
+    }
 }

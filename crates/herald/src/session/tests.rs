@@ -4,7 +4,7 @@
 use super::{admit, ConnectParams, Ctx, Session};
 use crate::drain::Drain;
 use crate::sinks::metrics::Metrics;
-use herald_core::{App, Conn, Engine, EngineConfig, LocalAdapter, StaticAppStore};
+use herald_core::{App, Cluster, Conn, Engine, EngineConfig, StaticAppStore};
 use herald_protocol::codes;
 use herald_protocol::sign::{channel_string, hmac_hex, signin_string};
 use herald_protocol::ChannelName;
@@ -29,7 +29,7 @@ fn ctx_with(apps: Vec<App>) -> Arc<Ctx> {
 fn ctx_with_config(apps: Vec<App>, config: EngineConfig) -> Arc<Ctx> {
     let engine = Engine::new(
         Arc::new(StaticAppStore::new(apps).unwrap()),
-        Arc::new(LocalAdapter::new()),
+        Cluster::local(),
         vec![],
         config,
     );

@@ -28,6 +28,9 @@ pub struct Metrics {
     accept_failures: IntCounterVec,
     refused: IntCounterVec,
     adapter_up: IntGauge,
+    cluster_up: IntGauge,
+    cluster_dropped: IntCounterVec,
+    cluster_garbage: IntCounter,
     listen_queue_length: IntGauge,
     listen_backlog: IntGauge,
     listen_overflows: IntCounter,
@@ -78,6 +81,21 @@ impl Metrics {
         r.register(Box::new(adapter_up.clone()))
             .expect("metric names are unique");
         adapter_up.set(1);
+        let cluster_up = IntGauge::new(
+            "herald_cluster_up",
+            "1 while the cluster's broker is reachable (always 1 for a single node)",
+        )
+        .expect("metric names are valid");
+        r.register(Box::new(cluster_up.clone()))
+            .expect("metric names are unique");
+        cluster_up.set(1);
+        let cluster_garbage = IntCounter::new(
+            "herald_cluster_unreadable_total",
+            "Messages on the broker's channels that were not Herald's (or not readable)",
+        )
+        .expect("metric names are valid");
+        r.register(Box::new(cluster_garbage.clone()))
+            .expect("metric names are unique");
         let int_gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("metric names are valid");
             r.register(Box::new(g.clone()))
@@ -180,6 +198,14 @@ impl Metrics {
                 &["port", "reason"],
             ),
             adapter_up,
+            cluster_up,
+            cluster_dropped: counter(
+                &r,
+                "herald_cluster_dropped_total",
+                "Messages that did not reach every interested node, by reason: `unreachable` (the broker refused or was down after the message was accepted), `local_only` (delivered to this node only during an outage), `gap` (this node's subscriptions were lost and renewed: messages meanwhile were missed), `busy` (refused: queue full)",
+                &["reason"],
+            ),
+            cluster_garbage,
             listen_queue_length,
             listen_backlog,
             listen_overflows,
@@ -197,9 +223,20 @@ impl Metrics {
         self.refused.with_label_values(&[port, reason]).inc();
     }
 
-    /// Reports the cluster adapter's connection state.
+    /// Reports the cluster broker's connection state.
     pub fn set_adapter_up(&self, up: bool) {
         self.adapter_up.set(i64::from(up));
+        self.cluster_up.set(i64::from(up));
+    }
+
+    /// Counts `n` messages that did not reach every interested node.
+    pub fn cluster_dropped(&self, reason: &str, n: u64) {
+        self.cluster_dropped.with_label_values(&[reason]).inc_by(n);
+    }
+
+    /// Counts a message on the broker that could not be read.
+    pub fn cluster_garbage(&self) {
+        self.cluster_garbage.inc();
     }
 
     pub fn conn_counters(&self, app: &str) -> Arc<ConnCounters> {

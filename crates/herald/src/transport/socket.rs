@@ -575,7 +575,7 @@ impl Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_core::{App, EngineConfig, LocalAdapter, StaticAppStore};
+    use herald_core::{App, Cluster, EngineConfig, StaticAppStore};
     use tokio::io::{AsyncReadExt, DuplexStream};
     use tokio::time::Instant;
 
@@ -593,7 +593,7 @@ mod tests {
     fn conn() -> Arc<Conn> {
         let engine = Engine::new(
             Arc::new(StaticAppStore::new(vec![App::default_app()]).unwrap()),
-            Arc::new(LocalAdapter::new()),
+            Cluster::local(),
             vec![],
             EngineConfig::default(),
         );
@@ -711,7 +711,7 @@ mod tests {
         // (not each ping), and the event queued meanwhile goes out too.
         let engine = Engine::new(
             Arc::new(StaticAppStore::new(vec![App::default_app()]).unwrap()),
-            Arc::new(LocalAdapter::new()),
+            Cluster::local(),
             vec![],
             EngineConfig::default(),
         );

@@ -134,33 +134,41 @@ impl RedisAdapter {
         Ok(())
     }
 
+    /// Applies one transition line of the reap script.
     pub(super) fn reaped(&self, line: &str) {
         let parts: Vec<&str> = line.split('\n').collect();
         let app: Arc<str> = Arc::from(*parts.get(1).unwrap_or(&""));
         let channel = parts
             .get(2)
             .and_then(|c| ChannelName::parse(c, usize::MAX).ok());
-        match (parts.first().copied(), channel) {
-            (Some("v"), Some(ch)) => self.engine().emit_event(LifecycleEvent::ChannelVacated {
-                app,
-                channel: ch.arc().clone(),
-            }),
-            (Some("c"), Some(ch)) => {
-                if let Some(n) = parts.get(3).and_then(|n| n.parse().ok()) {
-                    self.subscription_count(&app, &ch, n);
-                }
-            }
-            (Some("m"), Some(ch)) => {
-                if let Some(user) = parts.get(3) {
-                    self.member_gone(&app, &ch, &Arc::from(*user));
-                }
-            }
-            (Some("o"), _) => {
-                if let Some(user) = parts.get(2) {
-                    self.online_changed(&app, &Arc::from(*user), false);
-                }
-            }
-            _ => {}
-        }
+        let t = match (parts.first().copied(), channel) {
+            (Some("v"), Some(channel)) => Transition::Vacated { app, channel },
+            (Some("c"), Some(channel)) => match parts.get(3).and_then(|n| n.parse().ok()) {
+                Some(count) => Transition::Count {
+                    app,
+                    channel,
+                    count,
+                },
+                None => return,
+            },
+            (Some("m"), Some(channel)) => match parts.get(3) {
+                Some(user) => Transition::MemberRemoved {
+                    app,
+                    channel,
+                    user_id: Arc::from(*user),
+                },
+                None => return,
+            },
+            (Some("o"), _) => match parts.get(2) {
+                Some(user) => Transition::Online {
+                    app,
+                    user_id: Arc::from(*user),
+                    online: false,
+                },
+                None => return,
+            },
+            _ => return,
+        };
+        self.engine().apply(t);
     }
 }

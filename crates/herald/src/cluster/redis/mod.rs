@@ -1,25 +1,28 @@
-//! Scale-out through Redis: the `ClusterAdapter` that makes many Herald nodes one server.
+//! Scale-out through Redis: the broker and the store that make many Herald nodes one server.
 //!
-//! * Delivery: every publish (HTTP API, client event, server-to-user) is delivered locally first,
-//!   then sent on one pub/sub channel; other nodes deliver it to their own subscribers, honouring
-//!   the excluded socket id. A node ignores its own messages, so each subscriber gets it once.
-//! * Truth: each node writes its own share of every count (subscribers per channel, connections
-//!   per presence user, signed-in connections per user) next to a cluster total. One Lua script per
-//!   change updates both atomically and returns the total before and after, so exactly one node
-//!   sees each transition (occupied/vacated, member added/removed, online/offline) and reports it.
-//!   API reads come from those totals: no node waits for another.
-//! * Faults: nodes heartbeat into keys that expire; any node that finds a peer's heartbeat gone
-//!   removes that peer's share in one script and reports the transitions it causes. After a Redis
-//!   outage or restart, a node notices its `alive` marker is gone and rewrites its whole share.
-//!   Events published while Redis is unreachable reach local subscribers only (documented).
+//! * Broker (`broker.rs`): one pub/sub channel per topic, subscribed only by nodes with an
+//!   interest in it; every clustered message goes through Redis, so every node sees a channel's
+//!   messages in the one order Redis accepted them; publishes are acknowledged or refused.
+//! * Store (`share.rs`): each node writes its own share of every count (subscribers per channel,
+//!   connections per presence user, signed-in connections per user) next to a cluster total. One
+//!   Lua script per change updates both atomically and returns the total before and after, so
+//!   exactly one node sees each transition and hands it to its engine's `apply`. API reads come
+//!   from those totals: no node waits for another.
+//! * Faults (`liveness.rs`): nodes heartbeat into keys that expire; any node that finds a peer's
+//!   heartbeat gone removes that peer's share in one script and applies the transitions it
+//!   causes. After a Redis outage or restart, a node notices its `alive` marker is gone and
+//!   rewrites its whole share. During an outage, publishes are refused (503) or delivered on
+//!   this node only, as `cluster.on_outage` says.
 
-use super::{ClusterReads, Reading};
+use crate::config::OnOutage;
 use crate::sinks::metrics::Metrics;
-use herald_core::{ClusterAdapter, ClusterNote, Engine, Frame, LifecycleEvent};
-use herald_protocol::{encode, ChannelName, SocketId};
+use herald_core::{
+    Broker, CachedEvent, ClusterNote, Engine, Envelope, PublishError, Reading, Ready, Sent, Store,
+    Topic, Transition,
+};
+use herald_protocol::ChannelName;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -31,18 +34,12 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 const HEARTBEAT_TTL_MS: u64 = 6000;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(500);
-/// Outgoing pub/sub messages held while Redis is slow; beyond that they are dropped and counted.
-const BUS_QUEUE: usize = 100_000;
-/// A message for other nodes older than this is dropped instead of sent: events published while
-/// Redis was unreachable reach local subscribers only, never other nodes late.
-const BUS_FRESH: Duration = Duration::from_millis(500);
 
-mod bus;
+mod broker;
 mod liveness;
 mod share;
 
-use bus::*;
-use share::*;
+use broker::*;
 
 struct Inner {
     node_id: u32,
@@ -51,8 +48,15 @@ struct Inner {
     engine: OnceLock<Engine>,
     metrics: Arc<Metrics>,
     notes: mpsc::UnboundedSender<(ClusterNote, bool)>,
-    bus: mpsc::Sender<(String, tokio::time::Instant)>,
+    outgoing: mpsc::Sender<Outgoing>,
+    interests: parking_lot::Mutex<Interests>,
+    interest_changed: tokio::sync::Notify,
+    on_outage: OnOutage,
+    last_drop_warning: parking_lot::Mutex<Option<tokio::time::Instant>>,
     up: AtomicBool,
+    /// The pub/sub connection is subscribed to every held topic: up needs it too, or a node
+    /// would call itself connected while missing every other node's messages.
+    carried: AtomicBool,
     /// The URL for log lines, password hidden.
     shown_url: String,
     /// Whether Redis was ever reached, and whether a failure to reach it was logged since:
@@ -60,9 +64,6 @@ struct Inner {
     /// (later outages are the `lost Redis` line).
     ever_up: AtomicBool,
     failure_logged: AtomicBool,
-    /// Subscription counts of big channels: when one was last sent, and the value waiting for the
-    /// end of the window (if any).
-    counts: parking_lot::Mutex<HashMap<CountKey, (tokio::time::Instant, Option<usize>)>>,
     /// See [`RedisAdapter::read_conn`].
     reads: parking_lot::Mutex<Option<MultiplexedConnection>>,
 }
@@ -92,6 +93,7 @@ impl RedisAdapter {
     pub fn new(
         url: &str,
         prefix: &str,
+        on_outage: OnOutage,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Receivers), String> {
         let client = redis::Client::open(url).map_err(|e| {
@@ -101,7 +103,7 @@ impl RedisAdapter {
             )
         })?;
         let (notes, notes_rx) = mpsc::unbounded_channel();
-        let (bus, bus_rx) = mpsc::channel(BUS_QUEUE);
+        let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
         metrics.set_adapter_up(false);
         let inner = Inner {
             node_id: rand::random_range(1..1_000_000_000),
@@ -110,12 +112,16 @@ impl RedisAdapter {
             engine: OnceLock::new(),
             metrics,
             notes,
-            bus,
+            outgoing,
+            interests: parking_lot::Mutex::new(Interests::default()),
+            interest_changed: tokio::sync::Notify::new(),
+            on_outage,
+            last_drop_warning: parking_lot::Mutex::new(None),
             up: AtomicBool::new(false),
+            carried: AtomicBool::new(false),
             shown_url: crate::redact::redact_url(url),
             ever_up: AtomicBool::new(false),
             failure_logged: AtomicBool::new(false),
-            counts: parking_lot::Mutex::new(HashMap::new()),
             reads: parking_lot::Mutex::new(None),
         };
         Ok((
@@ -124,7 +130,7 @@ impl RedisAdapter {
             },
             Receivers {
                 notes: notes_rx,
-                bus: bus_rx,
+                outgoing: outgoing_rx,
             },
         ))
     }
@@ -134,6 +140,7 @@ impl RedisAdapter {
     }
 
     fn set_up(&self, up: bool) {
+        let up = up && self.inner.carried.load(Ordering::Relaxed);
         if self.inner.up.swap(up, Ordering::Relaxed) != up {
             self.inner.metrics.set_adapter_up(up);
             if up {
@@ -141,10 +148,11 @@ impl RedisAdapter {
                 self.inner.failure_logged.store(false, Ordering::Relaxed);
                 tracing::info!(node = self.inner.node_id, url = %self.inner.shown_url, "connected to Redis");
             } else {
-                tracing::warn!(
-                    node = self.inner.node_id,
-                    "lost Redis: serving local clients only until it is back"
-                );
+                let what = match self.inner.on_outage {
+                    OnOutage::Reject => "publishes are refused with 503 until it is back",
+                    OnOutage::Local => "publishes reach this node's clients only until it is back",
+                };
+                tracing::warn!(node = self.inner.node_id, "lost Redis: {what}");
             }
         }
     }
@@ -169,8 +177,8 @@ impl RedisAdapter {
     pub fn start(&self, engine: Engine, rx: Receivers) {
         let _ = self.inner.engine.set(engine);
         tokio::spawn(self.clone().write_notes(rx.notes));
-        tokio::spawn(self.clone().send_bus(rx.bus));
-        tokio::spawn(self.clone().receive_bus());
+        tokio::spawn(self.clone().publisher(rx.outgoing));
+        tokio::spawn(self.clone().subscriber());
         tokio::spawn(self.clone().heartbeat());
     }
 
@@ -191,6 +199,14 @@ impl RedisAdapter {
                 }
             }
         }
+    }
+
+    /// One attempt at a command connection.
+    async fn connect_once(&self) -> redis::RedisResult<MultiplexedConnection> {
+        self.inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config())
+            .await
     }
 
     /// Logs a failure to reach Redis once where an operator must see it: at error when Redis
@@ -313,10 +329,10 @@ enum Query<'a> {
 #[derive(Debug)]
 pub struct Receivers {
     notes: mpsc::UnboundedReceiver<(ClusterNote, bool)>,
-    bus: mpsc::Receiver<(String, tokio::time::Instant)>,
+    outgoing: mpsc::Receiver<Outgoing>,
 }
 
-impl ClusterAdapter for RedisAdapter {
+impl Broker for RedisAdapter {
     fn node_id(&self) -> u32 {
         self.inner.node_id
     }
@@ -325,37 +341,27 @@ impl ClusterAdapter for RedisAdapter {
         true
     }
 
-    fn note(&self, note: ClusterNote) {
-        let _ = self.inner.notes.send((note, false));
+    fn subscribe(&self, topic: Topic) -> Option<Ready> {
+        self.hold(topic)
     }
 
-    fn publish_remote(
-        &self,
-        app_id: &str,
-        channel: &str,
-        frame: &Frame,
-        except: Option<SocketId>,
-        cache: Option<(&str, Duration)>,
-    ) {
-        self.send(Bus::Publish {
-            a: app_id.to_owned(),
-            c: channel.to_owned(),
-            f: String::from_utf8_lossy(frame.json()).into_owned(),
-            x: except.map(|s| s.to_string()),
-            d: cache.map(|(d, _)| d.to_owned()),
-            ttl: cache.map(|(_, t)| t.as_millis() as u64),
-        });
+    fn unsubscribe(&self, topic: Topic) {
+        self.release(topic);
     }
 
-    fn terminate_remote(&self, app_id: &str, user_id: &str) {
-        self.send(Bus::Terminate {
-            a: app_id.to_owned(),
-            u: user_id.to_owned(),
-        });
+    fn publish(&self, topic: Topic, envelope: Envelope) -> Result<Sent, PublishError> {
+        self.send(topic, envelope)
     }
 }
 
-impl ClusterReads for RedisAdapter {
+impl Store for RedisAdapter {
+    fn note(&self, note: ClusterNote) {
+        let _ = self.inner.notes.send((note, false));
+    }
+    fn ready(&self) -> bool {
+        self.up() || self.inner.on_outage == OnOutage::Local
+    }
+
     fn is_up(&self) -> bool {
         self.up()
     }
@@ -389,6 +395,35 @@ impl ClusterReads for RedisAdapter {
             RedisAdapter::online(self, app, users)
                 .await
                 .map_err(|e| e.to_string())
+        })
+    }
+    fn cached<'a>(&'a self, app: &'a str, channel: &'a str) -> Reading<'a, Option<CachedEvent>> {
+        Box::pin(async move {
+            let (bytes, ttl_ms): (Option<Vec<u8>>, i64) = self
+                .read(Query::Pipe(
+                    redis::pipe()
+                        .cmd("GET")
+                        .arg(self.cache_key(app, channel))
+                        .cmd("PTTL")
+                        .arg(self.cache_key(app, channel)),
+                ))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (Some(bytes), Ok(ms)) = (bytes, u64::try_from(ttl_ms)) else {
+                return Ok(None);
+            };
+            match Envelope::decode(&bytes) {
+                Ok(Envelope::Event {
+                    frame,
+                    cache: Some((data, _)),
+                    ..
+                }) => Ok(Some(CachedEvent {
+                    frame,
+                    data,
+                    ttl: Duration::from_millis(ms),
+                })),
+                _ => Ok(None),
+            }
         })
     }
 }

@@ -1,5 +1,5 @@
 //! Each node's share of the cluster's counts, written next to the totals; one Lua script per
-//! change reports every transition exactly once.
+//! change decides every transition exactly once.
 
 use super::*;
 
@@ -28,13 +28,6 @@ pub(super) enum NoteKey {
     Member(Arc<str>, Arc<str>, Arc<str>),
     User(Arc<str>, Arc<str>),
 }
-
-/// (app id, channel name).
-pub(super) type CountKey = (Arc<str>, Arc<str>);
-
-/// Channels above this many subscribers get at most one subscription count per window.
-pub(super) const COUNT_THROTTLE_ABOVE: usize = 100;
-pub(super) const COUNT_THROTTLE_WINDOW: Duration = Duration::from_secs(5);
 
 impl RedisAdapter {
     /// Writes notes to Redis, latest value per key, and reports the transitions they cause.
@@ -146,24 +139,29 @@ impl RedisAdapter {
         Ok((before, after))
     }
 
-    /// Reports what a note's (before, after) totals mean for the cluster.
+    /// Hands the transitions a note's (before, after) totals mean to the engine.
     pub(super) fn report(&self, note: &ClusterNote, (before, after): (i64, i64)) {
         let engine = self.engine();
         match note {
             ClusterNote::ChannelCount { app, channel, .. } => {
+                let (app, channel) = (app.clone(), channel.clone());
                 if before == 0 && after > 0 {
-                    engine.emit_event(LifecycleEvent::ChannelOccupied {
+                    engine.apply(Transition::Occupied {
                         app: app.clone(),
-                        channel: channel.arc().clone(),
+                        channel: channel.clone(),
                     });
                 } else if before > 0 && after == 0 {
-                    engine.emit_event(LifecycleEvent::ChannelVacated {
+                    engine.apply(Transition::Vacated {
                         app: app.clone(),
-                        channel: channel.arc().clone(),
+                        channel: channel.clone(),
                     });
                 }
                 if before != after && after > 0 {
-                    self.subscription_count(app, channel, after as usize);
+                    engine.apply(Transition::Count {
+                        app,
+                        channel,
+                        count: after as usize,
+                    });
                 }
             }
             ClusterNote::MemberCount {
@@ -175,125 +173,31 @@ impl RedisAdapter {
                 ..
             } => {
                 if before == 0 && after > 0 {
-                    let frame = encode::member_added(
-                        channel.as_str(),
-                        user_id,
-                        &serde_json::value::RawValue::from_string(info.to_string()).unwrap_or_else(
-                            |_| {
-                                serde_json::value::RawValue::from_string("null".into())
-                                    .expect("null is JSON")
-                            },
-                        ),
-                    );
-                    self.broadcast(app, channel, frame, Some(*socket_id));
-                    engine.emit_event(LifecycleEvent::MemberAdded {
+                    engine.apply(Transition::MemberAdded {
                         app: app.clone(),
-                        channel: channel.arc().clone(),
+                        channel: channel.clone(),
                         user_id: user_id.clone(),
+                        info: info.clone(),
+                        except: Some(*socket_id),
                     });
                 } else if before > 0 && after == 0 {
-                    self.member_gone(app, channel, user_id);
+                    engine.apply(Transition::MemberRemoved {
+                        app: app.clone(),
+                        channel: channel.clone(),
+                        user_id: user_id.clone(),
+                    });
                 }
             }
             ClusterNote::UserCount { app, user_id, .. } => {
                 if (before == 0) != (after == 0) {
-                    self.online_changed(app, user_id, after > 0);
+                    engine.apply(Transition::Online {
+                        app: app.clone(),
+                        user_id: user_id.clone(),
+                        online: after > 0,
+                    });
                 }
             }
         }
-    }
-
-    pub(super) fn member_gone(&self, app: &Arc<str>, channel: &ChannelName, user_id: &Arc<str>) {
-        self.broadcast(
-            app,
-            channel,
-            encode::member_removed(channel.as_str(), user_id),
-            None,
-        );
-        self.engine().emit_event(LifecycleEvent::MemberRemoved {
-            app: app.clone(),
-            channel: channel.arc().clone(),
-            user_id: user_id.clone(),
-        });
-    }
-
-    pub(super) fn online_changed(&self, app: &Arc<str>, user_id: &Arc<str>, online: bool) {
-        self.engine().notify_watchers_local(app, user_id, online);
-        self.send(Bus::Watch {
-            a: app.to_string(),
-            u: user_id.to_string(),
-            on: online,
-        });
-    }
-
-    pub(super) fn subscription_count(&self, app: &Arc<str>, channel: &ChannelName, count: usize) {
-        if channel.is_presence() {
-            return;
-        }
-        let Some(a) = self.engine().apps().by_id(app) else {
-            return;
-        };
-        if !a.enable_subscription_count {
-            return;
-        }
-        let key = (app.clone(), channel.arc().clone());
-        let now = tokio::time::Instant::now();
-        {
-            let mut counts = self.inner.counts.lock();
-            if count <= COUNT_THROTTLE_ABOVE {
-                counts.remove(&key);
-            } else {
-                match counts.get_mut(&key) {
-                    Some((last, pending)) if now.duration_since(*last) < COUNT_THROTTLE_WINDOW => {
-                        // Inside the window: keep the latest value; one send at the window's end.
-                        let schedule = pending.is_none();
-                        *pending = Some(count);
-                        if schedule {
-                            let due = *last + COUNT_THROTTLE_WINDOW;
-                            let this = self.clone();
-                            let channel = channel.clone();
-                            let app = app.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep_until(due).await;
-                                let latest = {
-                                    let mut counts = this.inner.counts.lock();
-                                    counts
-                                        .get_mut(&(app.clone(), channel.arc().clone()))
-                                        .and_then(|(last, p)| {
-                                            *last = tokio::time::Instant::now();
-                                            p.take()
-                                        })
-                                };
-                                if let Some(n) = latest {
-                                    this.send_count(&app, &channel, n);
-                                }
-                            });
-                        }
-                        return;
-                    }
-                    _ => {
-                        counts.insert(key, (now, None));
-                    }
-                }
-            }
-        }
-        self.send_count(app, channel, count);
-    }
-
-    /// Hands a count to every node (this one included), each of which coalesces the frames to
-    /// its own subscribers (`Engine::deliver_count`), and reports it.
-    pub(super) fn send_count(&self, app: &Arc<str>, channel: &ChannelName, count: usize) {
-        self.engine().deliver_count(app, channel, count);
-        self.send(Bus::Count {
-            a: app.to_string(),
-            c: channel.to_string(),
-            k: count,
-        });
-        self.engine().emit_event(LifecycleEvent::SubscriptionCount {
-            app: app.clone(),
-            channel: channel.arc().clone(),
-            count,
-        });
     }
 }
 

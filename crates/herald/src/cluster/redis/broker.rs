@@ -1,0 +1,335 @@
+//! The broker over Redis pub/sub: one pub/sub channel per topic (a Pusher channel, a user, a
+//! user's watchers), subscribed by a node only while it holds an interest in the topic, so a node
+//! receives nothing it has no connection for. Every clustered message goes through here, the
+//! publishing node's own subscribers included: Redis hands each channel's messages to every
+//! subscriber in the one order it accepted them, so all nodes see the same order.
+//!
+//! Publishes are queued (bounded: a full queue refuses with `Busy`) and sent by one task as
+//! pipelines of PUBLISH in queue order; each receipt resolves once Redis acknowledged its
+//! message. A message Redis did not take is counted (`herald_cluster_dropped_total`) and logged.
+
+use super::*;
+use herald_core::{Envelope, PublishError, Ready, Sent, Topic};
+use tokio::sync::oneshot;
+
+/// Messages waiting for the publisher task; beyond this `publish` answers `Busy`.
+pub(super) const PUBLISH_QUEUE: usize = 65_536;
+/// Most messages sent in one pipeline.
+const PUBLISH_BATCH: usize = 1024;
+/// Most topics subscribed or unsubscribed in one command.
+const INTEREST_BATCH: usize = 1000;
+
+/// A topic and its pub/sub channel name.
+type Named = (Topic, Vec<u8>);
+
+/// A message for the publisher task.
+pub(super) struct Outgoing {
+    name: Vec<u8>,
+    payload: Vec<u8>,
+    /// Kept by cache channels beside the message, for later subscribers on other nodes.
+    cache: Option<(Vec<u8>, Duration)>,
+    done: Option<oneshot::Sender<Result<(), PublishError>>>,
+}
+
+/// The node's interests: holds per topic, and which topics Redis carries to it now.
+#[derive(Default)]
+pub(super) struct Interests {
+    topics: HashMap<Topic, Interest>,
+    /// Pub/sub channel name → topic, for the topics subscribed at Redis.
+    by_name: HashMap<Vec<u8>, Topic>,
+}
+
+#[derive(Default)]
+struct Interest {
+    holds: usize,
+    /// Subscribed at Redis on the current pub/sub connection.
+    active: bool,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl RedisAdapter {
+    /// The pub/sub channel of a topic. The braces are Redis Cluster's hash tag: a channel's
+    /// messages and keys share one slot.
+    pub(super) fn topic_name(&self, topic: &Topic) -> Vec<u8> {
+        let p = &self.inner.prefix;
+        match topic {
+            Topic::Channel { app, channel } => format!("{p}:c:{{{app}:{channel}}}"),
+            Topic::User { app, user } => format!("{p}:u:{{{app}:{user}}}"),
+            Topic::Watchers { app, user } => format!("{p}:w:{{{app}:{user}}}"),
+        }
+        .into_bytes()
+    }
+
+    /// The key holding a cache channel's last event.
+    pub(super) fn cache_key(&self, app: &str, channel: &str) -> String {
+        format!("{}:cache:{{{app}:{channel}}}", self.inner.prefix)
+    }
+
+    pub(super) fn hold(&self, topic: Topic) -> Option<Ready> {
+        let mut i = self.inner.interests.lock();
+        let e = i.topics.entry(topic).or_default();
+        e.holds += 1;
+        if e.active {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        e.waiters.push(tx);
+        if e.holds == 1 {
+            self.inner.interest_changed.notify_one();
+        }
+        Some(rx)
+    }
+
+    pub(super) fn release(&self, topic: Topic) {
+        let mut i = self.inner.interests.lock();
+        if let Some(e) = i.topics.get_mut(&topic) {
+            e.holds = e.holds.saturating_sub(1);
+            if e.holds == 0 {
+                if e.active {
+                    self.inner.interest_changed.notify_one();
+                } else {
+                    // Never carried: nothing to undo at Redis (a subscribe in flight is undone
+                    // by `sync_interests` when it finds no hold).
+                    i.topics.remove(&topic);
+                }
+            }
+        }
+    }
+
+    pub(super) fn send(&self, topic: Topic, envelope: Envelope) -> Result<Sent, PublishError> {
+        if !self.up() {
+            return match self.inner.on_outage {
+                OnOutage::Reject => Err(PublishError::Down),
+                OnOutage::Local => {
+                    self.inner.metrics.cluster_dropped("local_only", 1);
+                    self.warn_dropped(&topic, "the broker is down: delivered on this node only");
+                    Ok(Sent::Local)
+                }
+            };
+        }
+        let cache = match (&topic, &envelope) {
+            (
+                Topic::Channel { app, channel },
+                Envelope::Event {
+                    cache: Some((_, ttl)),
+                    ..
+                },
+            ) => Some((self.cache_key(app, channel.as_str()).into_bytes(), *ttl)),
+            _ => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let out = Outgoing {
+            name: self.topic_name(&topic),
+            payload: envelope.encode(),
+            cache,
+            done: Some(tx),
+        };
+        match self.inner.outgoing.try_send(out) {
+            Ok(()) => Ok(Sent::Queued(rx)),
+            Err(_) => {
+                self.inner.metrics.cluster_dropped("busy", 1);
+                self.warn_dropped(&topic, "the cluster's message queue is full: refused");
+                Err(PublishError::Busy)
+            }
+        }
+    }
+
+    /// A warn line per dropped message would flood the log under load: at most one a second.
+    pub(super) fn warn_dropped(&self, topic: &Topic, what: &str) {
+        let now = tokio::time::Instant::now();
+        let mut last = self.inner.last_drop_warning.lock();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(now);
+        let name = String::from_utf8_lossy(&self.topic_name(topic)).into_owned();
+        tracing::warn!(topic = %name, "cluster message not delivered everywhere: {what}");
+    }
+
+    /// Sends queued messages in order, a pipeline at a time.
+    pub(super) async fn publisher(self, mut rx: mpsc::Receiver<Outgoing>) {
+        let mut batch: Vec<Outgoing> = Vec::with_capacity(PUBLISH_BATCH);
+        let mut conn: Option<MultiplexedConnection> = None;
+        loop {
+            if rx.recv_many(&mut batch, PUBLISH_BATCH).await == 0 {
+                return;
+            }
+            let mut pipe = redis::pipe();
+            for m in &batch {
+                if let Some((key, ttl)) = &m.cache {
+                    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg(&m.payload)
+                        .arg("PX")
+                        .arg(ms)
+                        .ignore();
+                }
+                pipe.cmd("PUBLISH").arg(&m.name).arg(&m.payload).ignore();
+            }
+            // One retry on a fresh connection: after a Redis restart the old one fails once.
+            let mut result = Err(PublishError::Down);
+            for attempt in 0..2 {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match self.connect_once().await {
+                        Ok(c) => conn.insert(c),
+                        Err(_) => break,
+                    },
+                };
+                match pipe.query_async::<()>(c).await {
+                    Ok(()) => {
+                        result = Ok(());
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, attempt, "publishing to other nodes failed");
+                        conn = None;
+                    }
+                }
+            }
+            if result.is_err() {
+                self.inner
+                    .metrics
+                    .cluster_dropped("unreachable", batch.len() as u64);
+                let first = String::from_utf8_lossy(&batch[0].name).into_owned();
+                tracing::warn!(
+                    messages = batch.len(),
+                    first_topic = %first,
+                    "Redis did not take messages for other nodes: refused (the API answered 503)"
+                );
+            }
+            for m in batch.drain(..) {
+                if let Some(done) = m.done {
+                    let _ = done.send(result);
+                }
+            }
+        }
+    }
+
+    /// Keeps Redis's subscriptions equal to the node's interests, and hands every message to the
+    /// engine. After the pub/sub connection is lost, every held topic is subscribed again on the
+    /// new one; what was published meanwhile is counted as a gap.
+    pub(super) async fn subscriber(self) {
+        use futures_util::StreamExt;
+        loop {
+            let pubsub = match self.inner.client.get_async_pubsub().await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.set_up(false);
+                    self.connect_failed(&e);
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            let resumed = {
+                let mut i = self.inner.interests.lock();
+                i.by_name.clear();
+                let mut n = 0;
+                for e in i.topics.values_mut() {
+                    n += usize::from(e.active);
+                    e.active = false;
+                }
+                n
+            };
+            if resumed > 0 {
+                self.inner.metrics.cluster_dropped("gap", resumed as u64);
+                tracing::warn!(
+                    topics = resumed,
+                    "the pub/sub connection to Redis was lost: subscribing again (messages published meanwhile were missed on this node)"
+                );
+            }
+            if self.sync_interests(&mut sink).await.is_err() {
+                self.set_up(false);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+            self.inner.carried.store(true, Ordering::Relaxed);
+            self.set_up(true);
+            loop {
+                tokio::select! {
+                    msg = stream.next() => {
+                        let Some(msg) = msg else { break };
+                        self.inbound(msg.get_channel_name().as_bytes(), msg.get_payload_bytes());
+                    }
+                    () = self.inner.interest_changed.notified() => {
+                        if self.sync_interests(&mut sink).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                // A change made before this loop (or while a sync ran) has its permit stored by
+                // `notify_one`, so the next `notified` returns at once.
+            }
+            self.inner.carried.store(false, Ordering::Relaxed);
+            self.set_up(false);
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Subscribes what is held and not carried, unsubscribes what is carried and not held.
+    async fn sync_interests(&self, sink: &mut redis::aio::PubSubSink) -> redis::RedisResult<()> {
+        loop {
+            let (add, drop): (Vec<Named>, Vec<Named>) = {
+                let i = self.inner.interests.lock();
+                let mut add = Vec::new();
+                let mut drop = Vec::new();
+                for (t, e) in &i.topics {
+                    if e.holds > 0 && !e.active && add.len() < INTEREST_BATCH {
+                        add.push((t.clone(), self.topic_name(t)));
+                    } else if e.holds == 0 && e.active && drop.len() < INTEREST_BATCH {
+                        drop.push((t.clone(), self.topic_name(t)));
+                    }
+                }
+                (add, drop)
+            };
+            if add.is_empty() && drop.is_empty() {
+                return Ok(());
+            }
+            if !add.is_empty() {
+                let names: Vec<&[u8]> = add.iter().map(|(_, n)| n.as_slice()).collect();
+                sink.subscribe(names).await?;
+                let mut i = self.inner.interests.lock();
+                for (t, name) in add {
+                    i.by_name.insert(name, t.clone());
+                    // Released meanwhile: the entry is back with no hold, dropped next round.
+                    let e = i.topics.entry(t).or_default();
+                    e.active = true;
+                    for w in e.waiters.drain(..) {
+                        let _ = w.send(());
+                    }
+                }
+            }
+            if !drop.is_empty() {
+                let names: Vec<&[u8]> = drop.iter().map(|(_, n)| n.as_slice()).collect();
+                sink.unsubscribe(names).await?;
+                let mut i = self.inner.interests.lock();
+                for (t, name) in drop {
+                    match i.topics.get_mut(&t) {
+                        // Held again meanwhile: subscribe again on the next round.
+                        Some(e) if e.holds > 0 => e.active = false,
+                        _ => {
+                            i.topics.remove(&t);
+                        }
+                    }
+                    i.by_name.remove(&name);
+                }
+            }
+        }
+    }
+
+    fn inbound(&self, name: &[u8], payload: &[u8]) {
+        let Some(topic) = self.inner.interests.lock().by_name.get(name).cloned() else {
+            // Unsubscribed meanwhile.
+            return;
+        };
+        match Envelope::decode(payload) {
+            Ok(envelope) => self.engine().receive(&topic, envelope),
+            Err(e) => {
+                self.inner.metrics.cluster_garbage();
+                tracing::debug!(channel = %String::from_utf8_lossy(name), error = %e, "ignored a message on a cluster channel");
+            }
+        }
+    }
+}
