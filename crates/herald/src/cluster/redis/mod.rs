@@ -38,6 +38,7 @@ const BUS_QUEUE: usize = 100_000;
 const BUS_FRESH: Duration = Duration::from_millis(500);
 
 mod bus;
+pub mod link;
 mod liveness;
 mod share;
 
