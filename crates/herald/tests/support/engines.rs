@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 /// How long an engine may take to answer after its start, or to reach a state.
 const READY: Duration = Duration::from_secs(15);
 
-/// Fails with what to do when `redis-server` or `redis-cli` is missing.
+/// Fails with what to do when `redis-server`, `redis-sentinel` or `redis-cli` is missing.
 pub fn require_redis() {
-    for bin in ["redis-server", "redis-cli"] {
+    for bin in ["redis-server", "redis-sentinel", "redis-cli"] {
         let ok = Command::new(bin)
             .arg("--version")
             .stdout(Stdio::null())
@@ -92,11 +92,12 @@ impl Login {
     }
 }
 
-/// One `redis-server` process (a data node or a Sentinel).
+/// One `redis-server` or `redis-sentinel` process.
 #[derive(Debug)]
 pub struct Server {
     pub port: u16,
-    /// The command line after the binary, to start it again the same way.
+    /// The program and its arguments, to start it again the same way.
+    bin: &'static str,
     args: Vec<String>,
     log: PathBuf,
     login: Login,
@@ -104,10 +105,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `redis-server` with `args` (which must set the port) and waits for PING.
-    pub fn start(dir: &Path, port: u16, args: Vec<String>, login: Login) -> Server {
+    /// Starts `bin` (`redis-server` or `redis-sentinel`) with `args`, which must set the
+    /// port, and waits for PING.
+    pub fn start(
+        dir: &Path,
+        bin: &'static str,
+        port: u16,
+        args: Vec<String>,
+        login: Login,
+    ) -> Server {
         let mut s = Server {
             port,
+            bin,
             args,
             log: dir.join(format!("redis-{port}.log")),
             login,
@@ -132,7 +141,7 @@ impl Server {
             dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Server::start(dir, port, args, login)
+        Server::start(dir, "redis-server", port, args, login)
     }
 
     fn spawn(&mut self) {
@@ -141,19 +150,25 @@ impl Server {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new("redis-server")
+        let child = Command::new(self.bin)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
-            .expect("redis-server starts (scripts/redis.sh start installs it)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} does not start ({e}): run scripts/redis.sh start",
+                    self.bin
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + READY;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!(
-                    "redis-server on port {} exited ({status}):\n{}",
+                    "{} on port {} exited ({status}):\n{}",
+                    self.bin,
                     self.port,
                     self.log_tail()
                 );
@@ -163,7 +178,8 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "redis-server on port {} does not answer PING:\n{}",
+                "{} on port {} does not answer PING:\n{}",
+                self.bin,
                 self.port,
                 self.log_tail()
             );
@@ -407,7 +423,7 @@ pub fn start_redis_tls(user: &str, password: &str) -> TlsRedis {
         password: Some(password.into()),
         tls_ca: Some(ca.clone()),
     };
-    let server = Server::start(&dir.0, port, args, login);
+    let server = Server::start(&dir.0, "redis-server", port, args, login);
     TlsRedis {
         url: format!("rediss://{user}:{password}@127.0.0.1:{port}"),
         server,
@@ -477,12 +493,12 @@ pub fn start_sentinel() -> Sentinels {
             ),
         )
         .unwrap();
-        let args = vec![conf.display().to_string(), "--sentinel".into()];
+        let args = vec![conf.display().to_string()];
         let login = Login {
             password: Some(SENTINEL_PASSWORD.into()),
             ..Login::default()
         };
-        sentinels.push(Server::start(&dir.0, port, args, login));
+        sentinels.push(Server::start(&dir.0, "redis-sentinel", port, args, login));
     }
     // A failover needs each Sentinel to know the replica and the two other Sentinels.
     for s in &sentinels {
