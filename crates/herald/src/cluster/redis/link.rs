@@ -1,20 +1,25 @@
 //! The connection layer under the Redis engine: how a node reaches Redis in each mode operators
 //! run (one server, a primary behind Sentinels, a Redis Cluster; TLS and ACL logins in all),
-//! with one shared connection for commands and dedicated ones for pub/sub.
+//! with one shared connection for commands and dedicated ones for pub/sub. Checking the
+//! settings is `setup`; subscribers are `subscriber`.
 //!
 //! * Commands (`query`, `publish`) share one multiplexed connection: made on first use,
-//!   replaced when it fails with an I/O, dropped-connection or READONLY error (a restart, a
-//!   failover), and the command tried once more on the new one. In Sentinel mode a new
-//!   connection asks the Sentinels for the current primary first; in Cluster mode it is the
-//!   crate's cluster connection, which routes each command by its key.
+//!   replaced when it fails with an I/O, dropped-connection, timeout or READONLY error (a
+//!   restart, a failover), and the command tried once more on the new one (not after a
+//!   timeout). In Sentinel mode a new connection asks the Sentinels for the current primary,
+//!   and the link listens to their `+switch-master`, so that a primary handed over while it
+//!   is still up (`SENTINEL FAILOVER`) is left at once, not when it is demoted seconds later.
+//!   In Cluster mode it is the crate's cluster connection, which routes by key.
 //! * A subscriber owns its own connections (RESP3, so messages and replies share one reader).
-//!   It never reconnects by itself: when a connection is lost, or Redis ends a subscription on
-//!   its own (a failover, a slot that moved), its stream of messages ends, and the caller makes
-//!   a new subscriber and subscribes again. That way no gap goes unnoticed.
+//!   It never reconnects by itself: when a connection is lost, when Redis ends a subscription
+//!   on its own (a failover, a slot that moved), or when the Sentinels switch primaries, its
+//!   stream of messages ends, and the caller makes a new subscriber and subscribes again.
+//!   That way no gap goes unnoticed.
 //! * `publish` keeps the order of messages to one channel: they go in one pipeline per hash
 //!   slot (one per call outside Cluster mode), and a call returns only once Redis acknowledged
 //!   every message. A batch cut by a connection that broke is sent again whole on the new
-//!   connection, so in that case messages sent before the break can arrive twice.
+//!   connection, and a caller that retries a failed batch does the same: messages sent before
+//!   the break can then arrive twice (in order), never silently not at all.
 
 pub use crate::config::RedisMode;
 use crate::redact::redact_url;
@@ -200,10 +205,10 @@ fn connection_config() -> AsyncConnectionConfig {
         .set_response_timeout(TIMEOUT)
 }
 
-fn timed_out(what: &str) -> RedisError {
+fn timed_out(what: &str, limit: Duration) -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
-        format!("{what}: no answer within {} s", TIMEOUT.as_secs()),
+        format!("{what}: no answer within {} s", limit.as_secs()),
     ))
 }
 
@@ -429,7 +434,7 @@ impl Link {
         };
         tokio::time::timeout(limit, made)
             .await
-            .unwrap_or_else(|_| Err(timed_out("connecting to Redis")))
+            .unwrap_or_else(|_| Err(timed_out("connecting to Redis", limit)))
     }
 
     /// The current primary, as the Sentinels name it (and it confirms with ROLE).
@@ -670,6 +675,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("redis.sentinel_password"), "{e}");
+    }
+
+    #[test]
+    fn its_futures_and_types_can_move_between_tasks() {
+        fn send<T: Send>(_: &T) {}
+        fn shared<T: Send + Sync>(_: &T) {}
+        let l = Link::new(&urls("redis://127.0.0.1:1"), RedisMode::Standalone, None).unwrap();
+        shared(&l);
+        let cmd = redis::cmd("PING");
+        send(&l.query::<String>(Query::Cmd(&cmd)));
+        send(&l.publish(&[]));
+        send(&l.subscriber());
+        fn streams(s: &mut Subscriptions, m: &mut Messages) {
+            send(&s.subscribe(&[]));
+            send(&s.unsubscribe(&[]));
+            send(&m.recv());
+            send(s);
+            send(m);
+        }
+        let _ = streams as fn(&mut Subscriptions, &mut Messages);
     }
 
     #[test]

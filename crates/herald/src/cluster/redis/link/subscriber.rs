@@ -38,9 +38,10 @@ impl Link {
                 self.watch_sentinels();
                 let mut rx = self.inner.switches.subscribe();
                 switched = Some(Box::pin(async move { rx.changed().await.is_ok() }));
-                let client = tokio::time::timeout(TIMEOUT * 2, self.primary())
+                let limit = TIMEOUT * 2;
+                let client = tokio::time::timeout(limit, self.primary())
                     .await
-                    .unwrap_or_else(|_| Err(timed_out("asking the Sentinels")))?;
+                    .unwrap_or_else(|_| Err(timed_out("asking the Sentinels", limit)))?;
                 SubKind::One(
                     pubsub_connection(client.get_connection_info().clone(), &pushes).await?,
                 )
