@@ -197,6 +197,12 @@ must "cargo clippy (lean)" cargo clippy -p herald --no-default-features --all-ta
 
 # ---------------------------------------------------------------------------- suites
 
+# Before the cargo tests: crates/herald/tests/redis_link.rs starts its own Redis servers,
+# Sentinels and Redis Cluster from these binaries (and fails, naming this script, without them).
+step "Redis for the scale-out tests (scripts/redis.sh start)"
+redis_ok=1
+gate "redis start" bash scripts/redis.sh start || redis_ok=0
+
 step "unit and integration tests (cargo test; a throwaway PostgreSQL for the app-store tests)"
 if pg_env=$(bash scripts/postgres.sh start) && eval "$pg_env" && [ -n "${HERALD_TEST_POSTGRES_URL:-}" ]; then
   # --no-fail-fast: every test binary runs, so the counts cover all of them
@@ -217,7 +223,7 @@ if ! command -v ss >/dev/null 2>&1; then
 fi
 if [ ! -f tests/compat/package.json ]; then
   for major in "${COMPAT_NODES[@]}"; do not_run "compat (node $major)" "tests/compat/package.json is missing"; done
-elif ! gate "redis start" bash scripts/redis.sh start; then # redis-server for test/cluster.test.js
+elif [ "$redis_ok" -ne 1 ]; then # redis-server for test/cluster*.test.js
   for major in "${COMPAT_NODES[@]}"; do not_run "compat (node $major)" "scripts/redis.sh start failed"; done
 elif ! gate "compat npm ci" bash -c 'cd tests/compat && npm ci --no-audit --no-fund --loglevel=error'; then
   for major in "${COMPAT_NODES[@]}"; do not_run "compat (node $major)" "npm ci failed"; done

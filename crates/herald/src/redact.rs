@@ -35,6 +35,17 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{authority}{}", redact_query(tail))
 }
 
+/// A comma-separated list of URLs (`redis.url` with Sentinels or cluster seeds), each redacted.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let lead = &u[..u.len() - u.trim_start().len()];
+            format!("{lead}{}", redact_url(u.trim_start()))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn redact_query(tail: &str) -> String {
     let Some((path, query)) = tail.split_once('?') else {
         return tail.to_owned();
@@ -85,5 +96,9 @@ mod tests {
             "https://u:***@hooks.example/in?token=***&x=1#f"
         );
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_urls("redis://:a@h1:26379, rediss://u:b@h2:26379/0,redis://h3"),
+            "redis://:***@h1:26379, rediss://u:***@h2:26379/0,redis://h3"
+        );
     }
 }

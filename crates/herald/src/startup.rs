@@ -2,8 +2,8 @@
 //! (one function, so the two cannot disagree), binding the ports with errors that name the
 //! address and the setting that chose it, the startup banner, and the log setup.
 
-use crate::config::{Adapter, Config, LogFormat, StoreKind};
-use crate::redact::redact_url;
+use crate::config::{Adapter, Config, LogFormat, RedisMode, StoreKind};
+use crate::redact::redact_urls;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
@@ -32,7 +32,7 @@ pub fn check(config: &Config) -> Result<Checked, String> {
         None
     };
     if config.adapter == Adapter::Redis {
-        check_redis_url(&config.redis.url)?;
+        check_redis(config)?;
     }
     if config.store.kind != StoreKind::Config {
         check_store_url(config)?;
@@ -41,19 +41,15 @@ pub fn check(config: &Config) -> Result<Checked, String> {
     Ok(Checked { tls })
 }
 
+/// The Redis URLs, mode and TLS file fit together (`Link` checks them; nothing connects).
 #[cfg(feature = "redis")]
-fn check_redis_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url).map(drop).map_err(|e| {
-        format!(
-            "invalid redis.url `{}` (HERALD_REDIS_URL): {e}; e.g. redis://127.0.0.1:6379 or redis://:password@host:6379/0",
-            redact_url(url)
-        )
-    })
+fn check_redis(config: &Config) -> Result<(), String> {
+    crate::cluster::redis::link::Link::from_config(&config.redis).map(drop)
 }
 
 // Without the feature the configuration refuses `adapter = "redis"` already.
 #[cfg(not(feature = "redis"))]
-fn check_redis_url(_: &str) -> Result<(), String> {
+fn check_redis(_: &Config) -> Result<(), String> {
     Ok(())
 }
 
@@ -267,10 +263,16 @@ pub fn banner_lines(
         config.store.kind
     ));
     if config.adapter == Adapter::Redis {
+        let r = &config.redis;
+        let how = match r.mode {
+            RedisMode::Standalone => String::new(),
+            RedisMode::Sentinel => format!("the Sentinels of `{}`; ", r.sentinel_master),
+            RedisMode::Cluster => "a Redis Cluster; ".into(),
+        };
         lines.push(format!(
-            "  cluster:   through Redis at {} (prefix `{}`)",
-            redact_url(&config.redis.url),
-            config.redis.prefix
+            "  cluster:   through Redis at {} ({how}prefix `{}`)",
+            redact_urls(&r.url),
+            r.prefix
         ));
     }
     lines

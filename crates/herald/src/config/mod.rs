@@ -252,13 +252,69 @@ impl Default for StoreConfig {
     }
 }
 
+/// How Herald reaches Redis (`redis.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum RedisMode {
+    /// One server (`redis.url`), which may have replicas Herald does not use.
+    #[default]
+    Standalone,
+    /// The primary that the Sentinels listed in `redis.url` name `redis.sentinel_master`,
+    /// followed through failovers.
+    Sentinel,
+    /// A Redis Cluster reached through the seed nodes listed in `redis.url`.
+    Cluster,
+}
+
+// Parsed by hand so that a bad value names its setting.
+impl TryFrom<String> for RedisMode {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        match v.as_str() {
+            "standalone" => Ok(RedisMode::Standalone),
+            "sentinel" => Ok(RedisMode::Sentinel),
+            "cluster" => Ok(RedisMode::Cluster),
+            _ => Err(format!(
+                "redis.mode `{v}` must be \"standalone\", \"sentinel\" or \"cluster\""
+            )),
+        }
+    }
+}
+
+impl RedisMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Sentinel => "sentinel",
+            RedisMode::Cluster => "cluster",
+        }
+    }
+}
+
+impl std::fmt::Display for RedisMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Redis for scale-out (`[redis]`, `HERALD_REDIS_*`); used when `adapter = "redis"`.
+/// `cluster::redis::link::Link::from_config` checks how the keys fit together.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
+    /// One URL, or several separated by commas: the Sentinels (`mode = "sentinel"`) or seed
+    /// nodes (`mode = "cluster"`). The user and password in it are the data nodes' login.
     pub url: String,
     /// Prefix of every key and channel, so several deployments can share one Redis.
     pub prefix: String,
+    pub mode: RedisMode,
+    /// The primary's name as the Sentinels know it (`sentinel monitor <name> ...`).
+    pub sentinel_master: String,
+    /// The Sentinels' own password (their `requirepass`), when they have one.
+    pub sentinel_password: String,
+    /// PEM file of the authorities that signed the servers' certificates (`rediss://`), for a
+    /// private CA; empty: the system's trusted roots.
+    pub ca_file: String,
 }
 
 impl Default for RedisConfig {
@@ -266,6 +322,10 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "herald".into(),
+            mode: RedisMode::Standalone,
+            sentinel_master: String::new(),
+            sentinel_password: String::new(),
+            ca_file: String::new(),
         }
     }
 }
@@ -591,7 +651,7 @@ impl Config {
 
     /// The configuration as TOML, secrets replaced.
     pub fn redacted_toml(&self) -> String {
-        use crate::redact::{redact_url, REDACTED};
+        use crate::redact::{redact_url, redact_urls, REDACTED};
         let mut c = self.clone();
         for a in &mut c.apps {
             a.secret = REDACTED.into();
@@ -606,7 +666,10 @@ impl Config {
         if !c.console.token.is_empty() {
             c.console.token = REDACTED.into();
         }
-        c.redis.url = redact_url(&c.redis.url);
+        c.redis.url = redact_urls(&c.redis.url);
+        if !c.redis.sentinel_password.is_empty() {
+            c.redis.sentinel_password = REDACTED.into();
+        }
         c.store.url = redact_url(&c.store.url);
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
@@ -900,6 +963,43 @@ mod tests {
         assert!(t.contains("<redacted>"));
         assert!(t.contains("postgres://herald:***@127.0.0.1/herald"), "{t}");
         assert!(t.contains("Authorization"), "header names stay: {t}");
+    }
+
+    #[test]
+    fn redis_mode_sentinel_and_tls_settings_load_from_the_file_and_the_environment() {
+        let file = "[redis]\nmode = \"sentinel\"\nurl = \"redis://:pw@s1:26379, redis://:pw@s2:26379\"\nsentinel_master = \"mymaster\"\nsentinel_password = \"sentpw\"\n";
+        let c = Config::load(Some(("h.toml", file)), env(&[])).unwrap();
+        assert_eq!(c.redis.mode, RedisMode::Sentinel);
+        assert_eq!(c.redis.sentinel_master, "mymaster");
+        let t = c.redacted_toml();
+        for secret in ["pw@", "sentpw"] {
+            assert!(!t.contains(secret), "{secret} printed:\n{t}");
+        }
+        assert!(
+            t.contains("redis://:***@s1:26379, redis://:***@s2:26379"),
+            "{t}"
+        );
+        let c = Config::load(
+            None,
+            env(&[
+                ("HERALD_REDIS_MODE", "cluster"),
+                ("HERALD_REDIS_URL", "rediss://a:7000,rediss://b:7000"),
+                ("HERALD_REDIS_CA_FILE", "/etc/herald/redis-ca.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.redis.mode, RedisMode::Cluster);
+        assert_eq!(c.redis.ca_file, "/etc/herald/redis-ca.pem");
+        assert_eq!(Config::default().redis.mode, RedisMode::Standalone);
+        let e = Config::load(None, env(&[("HERALD_REDIS_MODE", "replicated")])).unwrap_err();
+        assert!(
+            e.contains("HERALD_REDIS_MODE")
+                && e.contains("\"standalone\", \"sentinel\" or \"cluster\""),
+            "{e}"
+        );
+        let e =
+            Config::load(Some(("h.toml", "[redis]\nmode = \"primary\"\n")), env(&[])).unwrap_err();
+        assert!(e.contains("redis.mode"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(500);
 
 mod broker;
+pub mod link;
 mod liveness;
 mod share;
 
