@@ -183,8 +183,7 @@ fn build_engine(
         #[cfg(feature = "redis")]
         Adapter::Redis => {
             let (adapter, rx) = crate::cluster::redis::RedisAdapter::new(
-                &config.redis.url,
-                &config.redis.prefix,
+                &config.redis,
                 config.cluster.on_outage,
                 metrics.clone(),
             )?;

@@ -256,7 +256,8 @@ async function startCluster({ redis, count = 4, env = {}, prefix } = {}) {
     for (let i = 0; i < count; i++) {
       const n = await startHerald({
         HERALD_ADAPTER: 'redis',
-        HERALD_REDIS_URL: redis.url,
+        // an engine from lib/engines.js names every HERALD_REDIS_* setting it needs
+        ...(redis.env || { HERALD_REDIS_URL: redis.url }),
         HERALD_REDIS_PREFIX: pfx,
         ...env,
       });

@@ -8,6 +8,7 @@
 //! pipelines of PUBLISH in queue order; each receipt resolves once Redis acknowledged its
 //! message. A message Redis did not take is counted (`herald_cluster_dropped_total`) and logged.
 
+use super::link::Subscriptions;
 use super::*;
 use herald_core::{Envelope, PublishError, Ready, Sent, Topic};
 use tokio::sync::oneshot;
@@ -149,45 +150,14 @@ impl RedisAdapter {
     /// Sends queued messages in order, a pipeline at a time.
     pub(super) async fn publisher(self, mut rx: mpsc::Receiver<Outgoing>) {
         let mut batch: Vec<Outgoing> = Vec::with_capacity(PUBLISH_BATCH);
-        let mut conn: Option<MultiplexedConnection> = None;
         loop {
             if rx.recv_many(&mut batch, PUBLISH_BATCH).await == 0 {
                 return;
             }
-            let mut pipe = redis::pipe();
-            for m in &batch {
-                if let Some((key, ttl)) = &m.cache {
-                    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                    pipe.cmd("SET")
-                        .arg(key)
-                        .arg(&m.payload)
-                        .arg("PX")
-                        .arg(ms)
-                        .ignore();
-                }
-                pipe.cmd("PUBLISH").arg(&m.name).arg(&m.payload).ignore();
-            }
-            // One retry on a fresh connection: after a Redis restart the old one fails once.
-            let mut result = Err(PublishError::Down);
-            for attempt in 0..2 {
-                let c = match conn.as_mut() {
-                    Some(c) => c,
-                    None => match self.connect_once().await {
-                        Ok(c) => conn.insert(c),
-                        Err(_) => break,
-                    },
-                };
-                match pipe.query_async::<()>(c).await {
-                    Ok(()) => {
-                        result = Ok(());
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, attempt, "publishing to other nodes failed");
-                        conn = None;
-                    }
-                }
-            }
+            let result = self.send_batch(&batch).await.map_err(|e| {
+                tracing::debug!(error = %e, "publishing to other nodes failed");
+                PublishError::Down
+            });
             if result.is_err() {
                 self.inner
                     .metrics
@@ -207,13 +177,39 @@ impl RedisAdapter {
         }
     }
 
+    /// A cache channel's event is stored before it is published, so a subscriber arriving on a
+    /// node without interest finds it; then the batch, in order (the link retries once on a new
+    /// connection: a message may then arrive twice, never silently not at all).
+    async fn send_batch(&self, batch: &[Outgoing]) -> redis::RedisResult<()> {
+        let stores: Vec<redis::Cmd> = batch
+            .iter()
+            .filter_map(|m| {
+                let (key, ttl) = m.cache.as_ref()?;
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                let mut c = redis::cmd("SET");
+                c.arg(key).arg(&m.payload).arg("PX").arg(ms);
+                Some(c)
+            })
+            .collect();
+        futures_util::future::try_join_all(
+            stores
+                .iter()
+                .map(|c| self.query::<()>(super::link::Query::Cmd(c))),
+        )
+        .await?;
+        let messages: Vec<(Vec<u8>, Vec<u8>)> = batch
+            .iter()
+            .map(|m| (m.name.clone(), m.payload.clone()))
+            .collect();
+        self.inner.link.publish(&messages).await
+    }
+
     /// Keeps Redis's subscriptions equal to the node's interests, and hands every message to the
     /// engine. After the pub/sub connection is lost, every held topic is subscribed again on the
     /// new one; what was published meanwhile is counted as a gap.
     pub(super) async fn subscriber(self) {
-        use futures_util::StreamExt;
         loop {
-            let pubsub = match self.inner.client.get_async_pubsub().await {
+            let (mut sink, mut stream) = match self.inner.link.subscriber().await {
                 Ok(p) => p,
                 Err(e) => {
                     self.set_up(false);
@@ -222,7 +218,6 @@ impl RedisAdapter {
                     continue;
                 }
             };
-            let (mut sink, mut stream) = pubsub.split();
             let resumed = {
                 let mut i = self.inner.interests.lock();
                 i.by_name.clear();
@@ -249,9 +244,9 @@ impl RedisAdapter {
             self.set_up(true);
             loop {
                 tokio::select! {
-                    msg = stream.next() => {
-                        let Some(msg) = msg else { break };
-                        self.inbound(msg.get_channel_name().as_bytes(), msg.get_payload_bytes());
+                    msg = stream.recv() => {
+                        let Some((name, payload)) = msg else { break };
+                        self.inbound(&name, &payload);
                     }
                     () = self.inner.interest_changed.notified() => {
                         if self.sync_interests(&mut sink).await.is_err() {
@@ -269,7 +264,7 @@ impl RedisAdapter {
     }
 
     /// Subscribes what is held and not carried, unsubscribes what is carried and not held.
-    async fn sync_interests(&self, sink: &mut redis::aio::PubSubSink) -> redis::RedisResult<()> {
+    async fn sync_interests(&self, sink: &mut Subscriptions) -> redis::RedisResult<()> {
         loop {
             let (add, drop): (Vec<Named>, Vec<Named>) = {
                 let i = self.inner.interests.lock();
@@ -288,8 +283,8 @@ impl RedisAdapter {
                 return Ok(());
             }
             if !add.is_empty() {
-                let names: Vec<&[u8]> = add.iter().map(|(_, n)| n.as_slice()).collect();
-                sink.subscribe(names).await?;
+                let names: Vec<Vec<u8>> = add.iter().map(|(_, n)| n.clone()).collect();
+                sink.subscribe(&names).await?;
                 let mut i = self.inner.interests.lock();
                 for (t, name) in add {
                     i.by_name.insert(name, t.clone());
@@ -302,8 +297,8 @@ impl RedisAdapter {
                 }
             }
             if !drop.is_empty() {
-                let names: Vec<&[u8]> = drop.iter().map(|(_, n)| n.as_slice()).collect();
-                sink.unsubscribe(names).await?;
+                let names: Vec<Vec<u8>> = drop.iter().map(|(_, n)| n.clone()).collect();
+                sink.unsubscribe(&names).await?;
                 let mut i = self.inner.interests.lock();
                 for (t, name) in drop {
                     match i.topics.get_mut(&t) {

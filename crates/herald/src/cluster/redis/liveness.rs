@@ -40,64 +40,39 @@ impl RedisAdapter {
     pub(super) async fn heartbeat(self) {
         let reap = Script::new(REAP);
         let node = self.inner.node_id.to_string();
-        let mut conn: Option<MultiplexedConnection> = None;
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
             tick.tick().await;
-            let c = match conn.as_mut() {
-                Some(c) => c,
-                None => conn.insert(self.connect().await),
-            };
-            if let Err(e) = self.beat(c, &node, &reap).await {
-                tracing::debug!(error = %e, "heartbeat failed; reconnecting");
-                // A stale connection after a Redis restart fails once: retry on a new one.
-                let fresh = match self
-                    .inner
-                    .client
-                    .get_multiplexed_async_connection_with_config(&config())
-                    .await
-                {
-                    Ok(mut c) => self.beat(&mut c, &node, &reap).await.map(|()| c),
-                    Err(e) => Err(e),
-                };
-                match fresh {
-                    Ok(c) => conn = Some(c),
-                    Err(e) => {
-                        self.set_up(false);
-                        self.connect_failed(&e);
-                        conn = None;
-                    }
-                }
+            // The link replaces a connection Redis dropped (a restart) and retries once.
+            if let Err(e) = self.beat(&node, &reap).await {
+                tracing::debug!(error = %e, "heartbeat failed");
+                self.set_up(false);
             }
         }
     }
 
-    pub(super) async fn beat(
-        &self,
-        c: &mut MultiplexedConnection,
-        node: &str,
-        reap: &Script,
-    ) -> redis::RedisResult<()> {
+    pub(super) async fn beat(&self, node: &str, reap: &Script) -> redis::RedisResult<()> {
         let nodes = self.key(&["nodes"]);
-        let _: () = redis::pipe()
-            .cmd("SET")
-            .arg(self.key(&["hb", node]))
-            .arg(1)
-            .arg("PX")
-            .arg(HEARTBEAT_TTL_MS)
-            .ignore()
-            .cmd("SADD")
-            .arg(&nodes)
-            .arg(node)
-            .ignore()
-            .query_async(c)
+        let _: () = self
+            .query(Query::Cmd(
+                redis::cmd("SET")
+                    .arg(self.key(&["hb", node]))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(HEARTBEAT_TTL_MS),
+            ))
+            .await?;
+        let _: () = self
+            .query(Query::Cmd(redis::cmd("SADD").arg(&nodes).arg(node)))
             .await?;
         // A missing marker means Redis lost our share (restart) or a peer reaped us (outage).
-        let fresh: bool = redis::cmd("SET")
-            .arg(self.key(&["alive", node]))
-            .arg(1)
-            .arg("NX")
-            .query_async(c)
+        let fresh: bool = self
+            .query(Query::Cmd(
+                redis::cmd("SET")
+                    .arg(self.key(&["alive", node]))
+                    .arg(1)
+                    .arg("NX"),
+            ))
             .await?;
         self.set_up(true);
         if fresh {
@@ -111,21 +86,21 @@ impl RedisAdapter {
                 let _ = self.inner.notes.send((n, true));
             }
         }
-        let members: Vec<String> = redis::cmd("SMEMBERS").arg(&nodes).query_async(c).await?;
+        let members: Vec<String> = self
+            .query(Query::Cmd(redis::cmd("SMEMBERS").arg(&nodes)))
+            .await?;
         for peer in members.iter().filter(|m| m.as_str() != node) {
-            let alive: bool = redis::cmd("EXISTS")
-                .arg(self.key(&["hb", peer]))
-                .query_async(c)
+            let alive: bool = self
+                .query(Query::Cmd(
+                    redis::cmd("EXISTS").arg(self.key(&["hb", peer])),
+                ))
                 .await?;
             if alive {
                 continue;
             }
-            let lines: Vec<String> = reap
-                .key(&nodes)
-                .arg(peer)
-                .arg(&self.inner.prefix)
-                .invoke_async(c)
-                .await?;
+            let mut inv = reap.prepare_invoke();
+            inv.key(&nodes).arg(peer).arg(&self.inner.prefix);
+            let lines: Vec<String> = self.query(Query::Script(&inv)).await?;
             tracing::warn!(node = %peer, transitions = lines.len(), "removed a dead node's connections from the cluster");
             for line in lines {
                 self.reaped(&line);

@@ -21,8 +21,8 @@ use herald_core::{
     Topic, Transition,
 };
 use herald_protocol::ChannelName;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Script};
+use link::{Link, Query};
+use redis::Script;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -32,7 +32,6 @@ use tokio::sync::mpsc;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A node whose heartbeat is this old is dead (reaped within about 8 s).
 const HEARTBEAT_TTL_MS: u64 = 6000;
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(500);
 
 mod broker;
@@ -45,7 +44,8 @@ use broker::*;
 struct Inner {
     node_id: u32,
     prefix: String,
-    client: redis::Client,
+    /// Every command, publish and subscriber goes through it (standalone, Sentinel or Cluster).
+    link: Link,
     engine: OnceLock<Engine>,
     metrics: Arc<Metrics>,
     notes: mpsc::UnboundedSender<(ClusterNote, bool)>,
@@ -65,8 +65,6 @@ struct Inner {
     /// (later outages are the `lost Redis` line).
     ever_up: AtomicBool,
     failure_logged: AtomicBool,
-    /// See [`RedisAdapter::read_conn`].
-    reads: parking_lot::Mutex<Option<MultiplexedConnection>>,
 }
 
 /// The Redis cluster adapter. Cheap to clone.
@@ -83,33 +81,23 @@ impl std::fmt::Debug for RedisAdapter {
     }
 }
 
-fn config() -> AsyncConnectionConfig {
-    AsyncConnectionConfig::new()
-        .set_connection_timeout(REDIS_TIMEOUT)
-        .set_response_timeout(REDIS_TIMEOUT)
-}
-
 impl RedisAdapter {
     /// Creates the adapter; nothing connects until [`RedisAdapter::start`].
     pub fn new(
-        url: &str,
-        prefix: &str,
+        redis: &crate::config::RedisConfig,
         on_outage: OnOutage,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Receivers), String> {
-        let client = redis::Client::open(url).map_err(|e| {
-            format!(
-                "invalid redis.url `{}`: {e}",
-                crate::redact::redact_url(url)
-            )
-        })?;
+        let link = Link::from_config(redis)?;
+        let prefix = &redis.prefix;
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
         metrics.set_adapter_up(false);
         let inner = Inner {
             node_id: rand::random_range(1..1_000_000_000),
             prefix: prefix.to_owned(),
-            client,
+            shown_url: link.shown(),
+            link,
             engine: OnceLock::new(),
             metrics,
             notes,
@@ -120,10 +108,8 @@ impl RedisAdapter {
             last_drop_warning: parking_lot::Mutex::new(None),
             up: AtomicBool::new(false),
             carried: AtomicBool::new(false),
-            shown_url: crate::redact::redact_url(url),
             ever_up: AtomicBool::new(false),
             failure_logged: AtomicBool::new(false),
-            reads: parking_lot::Mutex::new(None),
         };
         Ok((
             Self {
@@ -183,38 +169,22 @@ impl RedisAdapter {
         tokio::spawn(self.clone().heartbeat());
     }
 
-    async fn connect(&self) -> MultiplexedConnection {
-        loop {
-            match self
-                .inner
-                .client
-                .get_multiplexed_async_connection_with_config(&config())
-                .await
-            {
-                Ok(c) => return c,
-                Err(e) => {
-                    self.set_up(false);
-                    self.connect_failed(&e);
-                    tracing::debug!(error = %e, "Redis connection failed; retrying");
-                    tokio::time::sleep(RETRY).await;
-                }
+    /// Runs a command, pipeline or script on the link's shared connection; a failure to reach
+    /// Redis is logged once where an operator must see it.
+    async fn query<T: redis::FromRedisValue>(&self, q: Query<'_>) -> redis::RedisResult<T> {
+        let r = self.inner.link.query(q).await;
+        if let Err(e) = &r {
+            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || is_auth(e) {
+                self.connect_failed(e);
             }
         }
-    }
-
-    /// One attempt at a command connection.
-    async fn connect_once(&self) -> redis::RedisResult<MultiplexedConnection> {
-        self.inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config())
-            .await
+        r
     }
 
     /// Logs a failure to reach Redis once where an operator must see it: at error when Redis
     /// refuses the login (retrying will not help), at warn when it is not reachable at startup.
     fn connect_failed(&self, e: &redis::RedisError) {
-        let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
-            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
+        let auth = is_auth(e);
         if !auth && self.inner.ever_up.load(Ordering::Relaxed) {
             return;
         }
@@ -229,44 +199,10 @@ impl RedisAdapter {
         }
     }
 
-    /// The connection every read shares (API, console, presence subscribes): made on first use,
-    /// kept while it works; the reads are pipelined on it instead of a TCP connection each.
-    async fn read_conn(&self) -> redis::RedisResult<MultiplexedConnection> {
-        if let Some(c) = self.inner.reads.lock().clone() {
-            return Ok(c);
-        }
-        let c = self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config())
-            .await?;
-        // Readers racing on the first use each connect once; the last one is kept.
-        *self.inner.reads.lock() = Some(c.clone());
-        Ok(c)
-    }
-
-    /// Runs a read on the shared connection. A connection that Redis dropped (a restart) fails
-    /// once: it is replaced and the read tried again on the new one.
+    /// A read (API, console, presence subscribes), pipelined on the link's shared connection
+    /// instead of a TCP connection each.
     async fn read<T: redis::FromRedisValue>(&self, q: Query<'_>) -> redis::RedisResult<T> {
-        let mut retried = false;
-        loop {
-            let mut c = self.read_conn().await?;
-            let r = match q {
-                Query::Cmd(cmd) => cmd.query_async(&mut c).await,
-                Query::Pipe(p) => p.query_async(&mut c).await,
-            };
-            match r {
-                Err(e) if !retried && (e.is_io_error() || e.is_connection_dropped()) => {
-                    self.inner.reads.lock().take();
-                    retried = true;
-                }
-                Err(e) if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() => {
-                    self.inner.reads.lock().take();
-                    return Err(e);
-                }
-                r => return r,
-            }
-        }
+        self.query(q).await
     }
 
     async fn channel_counts(&self, app: &str) -> redis::RedisResult<HashMap<String, usize>> {
@@ -319,11 +255,10 @@ impl RedisAdapter {
     }
 }
 
-/// A read for [`RedisAdapter::read`].
-#[derive(Clone, Copy)]
-enum Query<'a> {
-    Cmd(&'a redis::Cmd),
-    Pipe(&'a redis::Pipeline),
+/// A login Redis refused: retrying will not help until the settings change.
+fn is_auth(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
 }
 
 /// The adapter's queues, handed to [`RedisAdapter::start`].

@@ -35,8 +35,6 @@ impl RedisAdapter {
         let script = Script::new(SET_COUNT);
         let mut pending: HashMap<NoteKey, (ClusterNote, bool)> = HashMap::new();
         let mut order: Vec<NoteKey> = Vec::new();
-        let mut conn: Option<MultiplexedConnection> = None;
-        let mut retried_now = false;
         loop {
             if pending.is_empty() {
                 match rx.recv().await {
@@ -47,17 +45,13 @@ impl RedisAdapter {
             while let Ok(n) = rx.try_recv() {
                 push_note(&mut pending, &mut order, n);
             }
-            let c = match conn.as_mut() {
-                Some(c) => c,
-                None => conn.insert(self.connect().await),
-            };
             let mut failed = false;
             let keys: Vec<NoteKey> = std::mem::take(&mut order);
             for (i, k) in keys.iter().enumerate() {
                 let Some((note, quiet)) = pending.get(k).cloned() else {
                     continue;
                 };
-                match self.apply(&script, c, &note).await {
+                match self.apply(&script, &note).await {
                     Ok(t) => {
                         pending.remove(k);
                         if !quiet {
@@ -74,14 +68,8 @@ impl RedisAdapter {
                 }
             }
             if failed {
-                conn = None;
-                // The first failure after a Redis restart is the stale connection: retry at once.
-                if retried_now {
-                    tokio::time::sleep(RETRY).await;
-                }
-                retried_now = !retried_now;
-            } else {
-                retried_now = false;
+                // The link already replaced a dropped connection and retried once.
+                tokio::time::sleep(RETRY).await;
             }
         }
     }
@@ -89,7 +77,6 @@ impl RedisAdapter {
     pub(super) async fn apply(
         &self,
         script: &Script,
-        c: &mut MultiplexedConnection,
         note: &ClusterNote,
     ) -> redis::RedisResult<(i64, i64)> {
         let node = self.inner.node_id.to_string();
@@ -134,7 +121,7 @@ impl RedisAdapter {
                     .arg(*count);
             }
         }
-        let (before, after): (i64, i64) = inv.invoke_async(c).await?;
+        let (before, after): (i64, i64) = self.query(Query::Script(&inv)).await?;
         self.set_up(true);
         Ok((before, after))
     }
