@@ -760,6 +760,55 @@ test('CLUSTER-FAULT-3 default cluster.on_outage=reject: while Redis is down publ
   for (const x of [x1, x2]) assert.equal(cl.count(x, 'during', pub), 0, `the refused event was delivered: ${cl.describe(x)}`);
 });
 
+test('CLUSTER-ORDER-1 one order per channel: 200 awaited API publishes alternating between n1 and n2 arrive in publish order at subscribers on n1, n2 and n3', T, async (t) => {
+  const c = await setup(t);
+  const ch = h.uid('order');
+  const subs = [await js(c, 0), await js(c, 1), await js(c, 2)];
+  for (const x of subs) await h.subscribeOk(x, ch);
+  const N = 200;
+  for (let i = 0; i < N; i++) await c.api(i % 2).trigger(ch, 'seq', { i });
+  for (const x of subs) {
+    await h.waitFor(() => cl.count(x, 'seq', ch) >= N, 10000, `${N} events at a subscriber`);
+    const got = cl.msgs(x, (m) => m.event === 'seq').map((m) => m.data.i);
+    assert.deepEqual(got, [...Array(N).keys()], 'the publish order, once each');
+  }
+});
+
+test('CLUSTER-FAULT-5 Redis stalled (SIGSTOP): a publish is answered 503, never 200; after SIGCONT publishes are answered 200 and delivered across nodes', T_FAULT, async (t) => {
+  const r5 = await cl.startRedis();
+  t.after(() => {
+    try {
+      r5.proc.kill('SIGCONT');
+    } catch (_) {}
+    return r5.stop();
+  });
+  const c = await setup(t, { redisServer: r5 });
+  const ch = h.uid('f5');
+  const x1 = await js(c, 0);
+  const x2 = await js(c, 1);
+  for (const x of [x1, x2]) await h.subscribeOk(x, ch);
+  r5.proc.kill('SIGSTOP');
+  const err = await c
+    .api(0)
+    .trigger(ch, 'stalled', {})
+    .then(() => null, (e) => e);
+  assert.ok(err, 'a publish while Redis was stalled was answered 200');
+  assert.equal(err.status, 503, `status ${err.status}: ${err.body}`);
+  r5.proc.kill('SIGCONT');
+  await h.waitFor(
+    async () => {
+      await c
+        .api(0)
+        .trigger(ch, 'resumed', {})
+        .catch(() => {}); // 503 until the node sees Redis again: the next probe retries
+      await new Promise((r) => setTimeout(r, 250)); // pacing of the probes
+      return [x1, x2].every((x) => cl.count(x, 'resumed', ch) > 0);
+    },
+    FAULT_MS,
+    'publishes delivered on n1 and n2 after SIGCONT',
+  );
+});
+
 // ------------------------------------------------------------ 7. single node
 
 test('CLUSTER-SINGLE-1 default (local) adapter: one node works with no Redis at all', T, async (t) => {
