@@ -202,7 +202,7 @@ impl Metrics {
             cluster_dropped: counter(
                 &r,
                 "herald_cluster_dropped_total",
-                "Messages that did not reach every interested node, by reason: `unreachable` (the broker refused or was down after the message was accepted), `local_only` (delivered to this node only during an outage), `gap` (this node's subscriptions were lost and renewed: messages meanwhile were missed), `busy` (refused: queue full)",
+                "Messages that did not reach every interested node, by reason: `unreachable` (the broker was down or did not take it: refused, an API publish answered 503), `local_only` (delivered to this node only during an outage), `gap` (this node's subscriptions were lost and renewed: messages meanwhile were missed), `busy` (refused: queue full)",
                 &["reason"],
             ),
             cluster_garbage,

@@ -100,7 +100,13 @@ impl RedisAdapter {
     pub(super) fn send(&self, topic: Topic, envelope: Envelope) -> Result<Sent, PublishError> {
         if !self.up() {
             return match self.inner.on_outage {
-                OnOutage::Reject => Err(PublishError::Down),
+                OnOutage::Reject => {
+                    // An API publish answers 503; a client event or member event has no one to
+                    // answer, so every refusal is counted and logged.
+                    self.inner.metrics.cluster_dropped("unreachable", 1);
+                    self.warn_dropped(&topic, "the broker is down: refused");
+                    Err(PublishError::Down)
+                }
                 OnOutage::Local => {
                     self.inner.metrics.cluster_dropped("local_only", 1);
                     self.warn_dropped(&topic, "the broker is down: delivered on this node only");
@@ -245,7 +251,10 @@ impl RedisAdapter {
             loop {
                 tokio::select! {
                     msg = stream.recv() => {
-                        let Some((name, payload)) = msg else { break };
+                        let Some((name, payload)) = msg else {
+                            tracing::warn!(reason = stream.end_reason().unwrap_or("unknown"), "the pub/sub connection to Redis ended; subscribing again");
+                            break;
+                        };
                         self.inbound(&name, &payload);
                     }
                     () = self.inner.interest_changed.notified() => {
