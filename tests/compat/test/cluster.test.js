@@ -575,7 +575,7 @@ test('CLUSTER-FAULT-1 kill -9 of n2: member_removed to the others, counts drop, 
 
   // the dead node left the node set (so no other node can reap it again), then every
   // surviving node's webhooks are in
-  await h.waitFor(async () => !(await cl.redisCommand(redis.port, 'SMEMBERS', `${c.prefix}:nodes`)).includes(deadId), 5000, 'dead node out of the node set');
+  await h.waitFor(async () => !(await cl.redisCommand(redis.port, 'SMEMBERS', `${c.prefix}:nodes`)).some((sid) => sid.split('.')[0] === deadId), 5000, 'dead node out of the node set');
   await hooksSettled(c, [0, 2, 3]);
   await c.api(3).trigger(pres, 'marker', {});
   for (const x of [m1, m3]) {
@@ -807,6 +807,142 @@ test('CLUSTER-FAULT-5 Redis stalled (SIGSTOP): a publish is answered 503, never 
     FAULT_MS,
     'publishes delivered on n1 and n2 after SIGCONT',
   );
+});
+
+test('CLUSTER-FAULT-4 n2 stalled 11 s (SIGSTOP) and resumed: the others remove its members and channels, then it announces them again; rosters, counts and webhooks agree on every node within 10 s', T_FAULT, async (t) => {
+  const c = await setup(t, { hooks: true });
+  const recv = c.recv;
+  const tag = h.uid('f4');
+  const pres = `presence-${tag}`;
+  const onlyN2 = `only2-${tag}`; // vacated while n2 is stalled, occupied again after
+  const m1 = await js(c, 0, { member: 'u1' });
+  const m2 = await js(c, 1, { member: 'u2' });
+  const m3 = await js(c, 2, { member: 'u3' });
+  for (const x of [m1, m2, m3]) await h.subscribeOk(x, pres);
+  await h.subscribeOk(m2, onlyN2);
+  await expectEverywhere(c.nodes, `/channels/${pres}`, { info: 'user_count,subscription_count' }, { occupied: true, user_count: 3, subscription_count: 3 });
+  await recv.waitEvents((e) => e.channel === pres && e.name === 'member_added', { count: 3, ms: 5000 });
+  await recv.waitEvent(ev({ name: 'channel_occupied', channel: onlyN2 }), { ms: 5000 });
+
+  const n2 = c.nodes[1];
+  t.after(() => {
+    try {
+      n2.proc.kill('SIGCONT');
+    } catch (_) {}
+  });
+  n2.proc.kill('SIGSTOP');
+  const stoppedAt = Date.now();
+  // the silent node's heartbeat expires: the others take its members and channels out
+  for (const x of [m1, m3]) await cl.waitEvent(x, 'pusher_internal:member_removed', pres, 2 * REAP_MAX_MS, (d) => d.user_id === 'u2');
+  const live = [c.nodes[0], c.nodes[2], c.nodes[3]];
+  await expectEverywhere(live, `/channels/${pres}`, { info: 'user_count,subscription_count' }, { occupied: true, user_count: 2, subscription_count: 2 }, { ms: 3000 });
+  await expectEverywhere(live, `/channels/${onlyN2}`, { info: 'subscription_count' }, { occupied: false, subscription_count: 0 }, { ms: 3000 });
+  // a member joins on n3 meanwhile
+  const m4 = await js(c, 2, { member: 'u4' });
+  await h.subscribeOk(m4, pres);
+  await untilTime(stoppedAt + 11000);
+  n2.proc.kill('SIGCONT');
+  const resumedAt = Date.now();
+
+  // within 10 s every node and every client agrees again
+  const left = () => Math.max(1000, FAULT_MS - (Date.now() - resumedAt));
+  const all = ['u1', 'u2', 'u3', 'u4'];
+  await expectEverywhere(c.nodes, `/channels/${pres}`, { info: 'user_count,subscription_count' }, { occupied: true, user_count: 4, subscription_count: 4 }, { ms: left() });
+  await expectEverywhere(c.nodes, `/channels/${pres}/users`, {}, { users: all.map((id) => ({ id })) }, { ms: left(), normalize: sortUsers });
+  await expectEverywhere(c.nodes, `/channels/${onlyN2}`, { info: 'subscription_count' }, { occupied: true, subscription_count: 1 }, { ms: left() });
+  for (const [name, x] of Object.entries({ m1, m2, m3, m4 })) {
+    await h.waitFor(() => canon(memberIds(x.channel(pres))) === canon(all), left(), `${name}'s roster is ${all}`).catch((e) => {
+      throw new Error(`${e.message}: ${memberIds(x.channel(pres))}\n${cl.describe(x)}\nnode logs:\n${c.logs((l) => /WARN|ERROR|share|dead/.test(l))}`);
+    });
+  }
+  const convergedIn = Date.now() - resumedAt;
+  t.diagnostic(`converged ${convergedIn} ms after SIGCONT`);
+  // the events that say so: u2 removed once, then added again, on the other nodes
+  await c.api(3).trigger(pres, 'marker', {});
+  for (const x of [m1, m3, m4]) await cl.waitEvent(x, 'marker', pres, 5000);
+  for (const x of [m1, m3]) {
+    const about = cl.msgs(x, (m) => m.channel === pres && /member_(added|removed)/.test(m.event) && m.data.user_id === 'u2').map((m) => m.event.replace('pusher_internal:', ''));
+    assert.deepEqual(about.slice(-2), ['member_removed', 'member_added'], cl.describe(x));
+    assert.equal(cl.count(x, 'pusher_internal:member_removed', pres), 1, cl.describe(x));
+  }
+  assert.match(n2.output(), /other nodes removed this node's connections/);
+  // webhooks: the removal and the return, once each
+  await hooksSettled(c, [0, 1, 2, 3]);
+  recv.assertAllValid(assert);
+  assert.deepEqual(
+    hookList(recv, pres),
+    ['channel_occupied', 'member_added:u1', 'member_added:u2', 'member_added:u2', 'member_added:u3', 'member_added:u4', 'member_removed:u2'],
+    recv.describe(),
+  );
+  assert.deepEqual(hookList(recv, onlyN2), ['channel_occupied', 'channel_occupied', 'channel_vacated'], recv.describe());
+});
+
+/** A counter from a node's /metrics (its metrics port is in its log). */
+async function metric(node, name) {
+  const m = /Herald metrics on ([0-9.]+):(\d+)/.exec(node.output());
+  assert.ok(m, `${node.label} printed its metrics address`);
+  const text = await (await fetch(`http://127.0.0.1:${m[2]}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  assert.ok(line, `${name} in /metrics`);
+  return Number(line.split(' ')[1]);
+}
+
+test('CLUSTER-FAULT-6 garbage on the broker\'s channels: no crash, counted in herald_cluster_unreadable_total, delivery goes on', T, async (t) => {
+  const c = await setup(t);
+  const ch = h.uid('garbage');
+  const x2 = await js(c, 1);
+  await h.subscribeOk(x2, ch);
+  const topic = `${c.prefix}:c:{${app.id}:${ch}}`;
+  const junk = ['not herald', '\u0000', 'E', '{"event":"fake","channel":"x","data":"{}"}', Buffer.alloc(4096, 0xff).toString('latin1')];
+  for (const j of junk) assert.ok((await cl.redisCommand(redis.port, 'PUBLISH', topic, j)) >= 1, 'n2 subscribes the channel\'s topic');
+  await c.api(3).trigger(ch, 'after', { ok: true });
+  await cl.waitEvent(x2, 'after', ch, 5000);
+  assert.equal(cl.msgs(x2, (m) => m.channel === ch && !m.event.startsWith('pusher') && m.event !== 'after').length, 0, cl.describe(x2));
+  assert.equal(await metric(c.nodes[1], 'herald_cluster_unreadable_total'), junk.length);
+  assert.ok(c.nodes[1].running(), 'n2 still runs');
+});
+
+test('CLUSTER-FAULT-7 a node with 5,000 channels and 300 presence members killed: reaped in small steps, no Redis command of 5 ms or more (SLOWLOG), counts right everywhere', T_FAULT, async (t) => {
+  // 300 members: the reaper takes a dead node's members of a channel 100 at a time
+  const c = await setup(t, { extraEnv: { HERALD_DEFAULT_APP_MAX_PRESENCE_MEMBERS: '1000' } });
+  const tag = h.uid('f7');
+  const pres = `presence-${tag}`;
+  const N_CH = 5000;
+  const N_MEMBERS = 300;
+  const stay = await js(c, 0, { member: 'stays' });
+  await h.subscribeOk(stay, pres);
+  // (a connection holds at most 1,000 channels by default)
+  for (let k = 0; k < N_CH / 1000; k++) {
+    const many = await c.pool.raw({ server: c.nodes[1] });
+    for (let i = k * 1000; i < (k + 1) * 1000; i++) many.subscribe(`${tag}-${i}`);
+    await h.waitFor(() => many.events((m) => m.event === 'pusher_internal:subscription_succeeded').length === 1000, 30000, '1,000 subscriptions');
+  }
+  const members = [];
+  for (let i = 0; i < N_MEMBERS; i++) {
+    const r = await c.pool.raw({ server: c.nodes[1] });
+    await r.subscribeOk(pres, { app, channelData: JSON.stringify({ user_id: `m${i}` }) });
+    members.push(r);
+  }
+  await expectEverywhere([c.nodes[0]], `/channels/${pres}`, { info: 'user_count' }, { occupied: true, user_count: N_MEMBERS + 1 }, { ms: 10000 });
+  await expectEverywhere([c.nodes[0]], `/channels/${tag}-${N_CH - 1}`, { info: 'subscription_count' }, { occupied: true, subscription_count: 1 }, { ms: 10000 });
+  const slowlogWas = await cl.redisCommand(redis.port, 'CONFIG', 'GET', 'slowlog-log-slower-than');
+  t.after(() => cl.redisCommand(redis.port, 'CONFIG', 'SET', 'slowlog-log-slower-than', slowlogWas[1]).catch(() => {}));
+  await cl.redisCommand(redis.port, 'CONFIG', 'SET', 'slowlog-log-slower-than', '5000');
+  await cl.redisCommand(redis.port, 'SLOWLOG', 'RESET');
+  c.nodes[1].stop(); // SIGKILL
+  await c.nodes[1].exited;
+  const live = [c.nodes[0], c.nodes[2], c.nodes[3]];
+  await h.waitFor(() => /removed a dead node's connections from the cluster/.test(c.logs()), 3 * REAP_MAX_MS, 'the reap finished');
+  t.diagnostic(c.logs((l) => /removed a dead node/.test(l)).trim());
+  const slow = await cl.redisCommand(redis.port, 'SLOWLOG', 'GET', '128');
+  const shown = slow.map((e) => `${e[2]} µs: ${e[3].slice(0, 3).join(' ').slice(0, 80)}`);
+  assert.deepEqual(shown, [], 'Redis commands of 5 ms or more during the reap');
+  await expectEverywhere(live, `/channels/${pres}`, { info: 'user_count,subscription_count' }, { occupied: true, user_count: 1, subscription_count: 1 }, { ms: 2000 });
+  await expectEverywhere(live, '/channels', { filter_by_prefix: tag }, { channels: {} }, { ms: 2000 });
+  await h.waitFor(() => cl.count(stay, 'pusher_internal:member_removed', pres) === N_MEMBERS, 5000, `${N_MEMBERS} member_removed at the member that stayed`);
+  await c.api(3).trigger(pres, 'marker', {});
+  await cl.waitEvent(stay, 'marker', pres, 5000);
+  assert.equal(cl.count(stay, 'pusher_internal:member_removed', pres), N_MEMBERS, 'each member removed once');
 });
 
 // ------------------------------------------------------------ 7. single node

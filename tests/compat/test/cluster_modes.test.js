@@ -127,7 +127,7 @@ test('CLUSTER-MODE-2 Sentinel: delivery and presence across 3 nodes; after SENTI
   assert.equal(info.subscription_count, 3, JSON.stringify(info));
 });
 
-test('CLUSTER-MODE-3 Redis Cluster (3 primaries, sharded pub/sub): delivery on channels of every primary across 3 nodes; a primary killed, delivery resumes within 15 s', T, async (t) => {
+test('CLUSTER-MODE-3 Redis Cluster (3 primaries, sharded pub/sub): delivery on channels of every primary across 3 nodes, one presence roster, the channel list across primaries; a primary killed, delivery and presence resume within 15 s', T, async (t) => {
   const rc = await engines.startRedisCluster();
   t.after(() => rc.stop());
   const c = await nodesOn(t, rc);
@@ -143,9 +143,15 @@ test('CLUSTER-MODE-3 Redis Cluster (3 primaries, sharded pub/sub): delivery on c
     }
   }
   assert.equal(primaries.size, 3, 'channels on all three primaries');
+  // the store's keys of a channel share its slot (scripts run there), the app's channel list
+  // gathers channels of every primary
+  await presenceAcross(c, 'cluster');
+  const listed = await cl.apiGet(c.nodes[2], '/channels', { info: 'subscription_count' });
+  for (const r of runs) assert.deepEqual(listed.channels[r.ch], { subscription_count: 3 }, JSON.stringify(listed));
   const victimRun = runs[0];
   await rc.killPrimary({ slot: engines.keySlot(`${c.prefix}:c:{app-id:${victimRun.ch}}`) });
   for (const r of runs) {
     await deliveryResumes(c, 1, r.subs, r.ch, 15000, `delivery on ${r.ch} after its primary's failover`);
   }
+  await presenceAcross(c, 'cluster-after');
 });

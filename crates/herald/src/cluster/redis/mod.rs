@@ -3,16 +3,19 @@
 //! * Broker (`broker.rs`): one pub/sub channel per topic, subscribed only by nodes with an
 //!   interest in it; every clustered message goes through Redis, so every node sees a channel's
 //!   messages in the one order Redis accepted them; publishes are acknowledged or refused.
-//! * Store (`share.rs`): each node writes its own share of every count (subscribers per channel,
-//!   connections per presence user, signed-in connections per user) next to a cluster total. One
-//!   Lua script per change updates both atomically and returns the total before and after, so
-//!   exactly one node sees each transition and hands it to its engine's `apply`. API reads come
-//!   from those totals: no node waits for another.
-//! * Faults (`liveness.rs`): nodes heartbeat into keys that expire; any node that finds a peer's
-//!   heartbeat gone removes that peer's share in one script and applies the transitions it
-//!   causes. After a Redis outage or restart, a node notices its `alive` marker is gone and
-//!   rewrites its whole share. During an outage, publishes are refused (503) or delivered on
-//!   this node only, as `cluster.on_outage` says.
+//! * Store (`share.rs`, keys in `keys.rs`): each node writes its own share of every count
+//!   (subscribers per channel, connections per presence member, signed-in connections per
+//!   user) next to a cluster total, under the channel's or the user's hash tag. One Lua script
+//!   per change updates both atomically on one slot and returns the total before and after,
+//!   so exactly one node sees each transition and hands it to its engine's `apply`. API reads
+//!   come from those totals: no node waits for another.
+//! * Faults (`liveness.rs`): nodes heartbeat into keys that expire; one live node claims a
+//!   peer whose heartbeat is gone and reaps its share channel by channel in small scripts,
+//!   applying the transitions each decides. After a Redis restart a node rewrites its share
+//!   quietly; after peers reaped it (it was stalled), it comes back under a new identity and
+//!   rewrites it loudly, so what was announced as removed is announced again. During an
+//!   outage, publishes are refused (503) or delivered on this node only, as
+//!   `cluster.on_outage` says.
 
 use crate::config::OnOutage;
 use crate::sinks::metrics::Metrics;
@@ -23,8 +26,8 @@ use herald_core::{
 use herald_protocol::ChannelName;
 use link::{Link, Query};
 use redis::Script;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -33,13 +36,19 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A node whose heartbeat is this old is dead (reaped within about 8 s).
 const HEARTBEAT_TTL_MS: u64 = 6000;
 const RETRY: Duration = Duration::from_millis(500);
+/// Reads in flight at once on the shared connection (per API request).
+const READ_PARALLEL: usize = 512;
+/// Listing entries asked for per SSCAN.
+const LISTING_BATCH: usize = 1000;
 
 mod broker;
+mod keys;
 pub mod link;
 mod liveness;
 mod share;
 
 use broker::*;
+use keys::{ChannelKeys, UserKeys};
 
 struct Inner {
     node_id: u32,
@@ -48,7 +57,19 @@ struct Inner {
     link: Link,
     engine: OnceLock<Engine>,
     metrics: Arc<Metrics>,
-    notes: mpsc::UnboundedSender<(ClusterNote, bool)>,
+    notes: mpsc::UnboundedSender<(ClusterNote, keys::Mode)>,
+    /// This node incarnation's name in the shared state (`<node_id>.<n>`): a new one after
+    /// peers reaped the last.
+    sid: parking_lot::Mutex<Arc<str>>,
+    incarnation: AtomicU32,
+    /// Set on reincarnation: the next rewrite of the share is announced.
+    reborn: AtomicBool,
+    /// Bumped whenever the share is rewritten (Redis lost it, or a new incarnation).
+    epoch: AtomicU64,
+    /// Dead peers this node is reaping.
+    reaping: parking_lot::Mutex<HashSet<String>>,
+    /// Asks the heartbeat for a beat now (a write found this incarnation reaped).
+    beat_now: tokio::sync::Notify,
     outgoing: mpsc::Sender<Outgoing>,
     interests: parking_lot::Mutex<Interests>,
     interest_changed: tokio::sync::Notify,
@@ -90,17 +111,25 @@ impl RedisAdapter {
     ) -> Result<(Self, Receivers), String> {
         let link = Link::from_config(redis)?;
         let prefix = &redis.prefix;
+        keys::check_prefix(prefix)?;
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
         metrics.set_adapter_up(false);
+        let node_id = rand::random_range(1..1_000_000_000);
         let inner = Inner {
-            node_id: rand::random_range(1..1_000_000_000),
+            node_id,
             prefix: prefix.to_owned(),
             shown_url: link.shown(),
             link,
             engine: OnceLock::new(),
             metrics,
             notes,
+            sid: parking_lot::Mutex::new(Arc::from(format!("{node_id}.0"))),
+            incarnation: AtomicU32::new(0),
+            reborn: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            reaping: parking_lot::Mutex::new(HashSet::new()),
+            beat_now: tokio::sync::Notify::new(),
             outgoing,
             interests: parking_lot::Mutex::new(Interests::default()),
             interest_changed: tokio::sync::Notify::new(),
@@ -151,13 +180,13 @@ impl RedisAdapter {
             .expect("the engine is attached before the adapter starts")
     }
 
-    fn key(&self, parts: &[&str]) -> String {
-        let mut k = self.inner.prefix.clone();
-        for p in parts {
-            k.push(':');
-            k.push_str(p);
-        }
-        k
+    /// This node incarnation's name in the shared state.
+    fn sid(&self) -> Arc<str> {
+        self.inner.sid.lock().clone()
+    }
+
+    fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Relaxed)
     }
 
     /// Attaches the engine and starts the background tasks.
@@ -205,32 +234,97 @@ impl RedisAdapter {
         self.query(q).await
     }
 
-    async fn channel_counts(&self, app: &str) -> redis::RedisResult<HashMap<String, usize>> {
-        self.read(Query::Cmd(
-            redis::cmd("HGETALL").arg(self.key(&["ch", app])),
-        ))
-        .await
+    /// Runs single-slot reads all at once on the shared connection (it pipelines them), in
+    /// order; one slot per command, so the same code serves Redis Cluster.
+    async fn read_each<T: redis::FromRedisValue>(
+        &self,
+        cmds: Vec<redis::Cmd>,
+    ) -> redis::RedisResult<Vec<T>> {
+        use futures_util::{StreamExt, TryStreamExt};
+        // Owned commands: a stream of borrowed ones trips the compiler's Send check.
+        futures_util::stream::iter(cmds)
+            .map(|c| async move { self.read(Query::Cmd(&c)).await })
+            .buffered(READ_PARALLEL)
+            .try_collect()
+            .await
+    }
+
+    /// The app's occupied channels with their subscribers: the listing, walked in batches,
+    /// then each channel's total. Entries whose total is 0 (left over by racing nodes) are
+    /// skipped, and removed from the listing in the background.
+    async fn channel_counts(&self, app: &str) -> redis::RedisResult<Vec<(String, usize)>> {
+        let p = &self.inner.prefix;
+        let listing = keys::occupied(p, app);
+        let mut names: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .read(Query::Cmd(
+                    redis::cmd("SSCAN")
+                        .arg(&listing)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(LISTING_BATCH),
+                ))
+                .await?;
+            names.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // SSCAN may return an entry twice.
+        names.sort_unstable();
+        names.dedup();
+        let cmds: Vec<redis::Cmd> = names
+            .iter()
+            .map(|n| {
+                let mut c = redis::cmd("GET");
+                c.arg(ChannelKeys::new(p, app, n).total);
+                c
+            })
+            .collect();
+        let totals: Vec<Option<u64>> = self.read_each(cmds).await?;
+        let mut out = Vec::with_capacity(names.len());
+        let mut stale = Vec::new();
+        for (name, n) in names.into_iter().zip(totals) {
+            match n.unwrap_or(0) {
+                0 => stale.push(name),
+                n => out.push((name, usize::try_from(n).unwrap_or(usize::MAX))),
+            }
+        }
+        if !stale.is_empty() {
+            let this = self.clone();
+            let app = app.to_owned();
+            tokio::spawn(async move {
+                for ch in stale {
+                    if this.sync_listing(&app, &ch).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(out)
     }
 
     async fn channel_count(&self, app: &str, channel: &str) -> redis::RedisResult<(usize, usize)> {
+        let k = ChannelKeys::new(&self.inner.prefix, app, channel);
         let (subs, users): (Option<usize>, usize) = self
             .read(Query::Pipe(
                 redis::pipe()
-                    .cmd("HGET")
-                    .arg(self.key(&["ch", app]))
-                    .arg(channel)
+                    .cmd("GET")
+                    .arg(&k.total)
                     .cmd("HLEN")
-                    .arg(self.key(&["pu", app, channel])),
+                    .arg(&k.member_totals),
             ))
             .await?;
         Ok((subs.unwrap_or(0), users))
     }
 
     async fn members(&self, app: &str, channel: &str) -> redis::RedisResult<Vec<(String, String)>> {
+        let k = ChannelKeys::new(&self.inner.prefix, app, channel);
         let m: HashMap<String, String> = self
-            .read(Query::Cmd(
-                redis::cmd("HGETALL").arg(self.key(&["pi", app, channel])),
-            ))
+            .read(Query::Cmd(redis::cmd("HGETALL").arg(&k.info)))
             .await?;
         let mut v: Vec<(String, String)> = m.into_iter().collect();
         v.sort();
@@ -238,14 +332,16 @@ impl RedisAdapter {
     }
 
     async fn online(&self, app: &str, users: &[String]) -> redis::RedisResult<Vec<String>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let counts: Vec<Option<i64>> = self
-            .read(Query::Cmd(
-                redis::cmd("HMGET").arg(self.key(&["us", app])).arg(users),
-            ))
-            .await?;
+        let p = &self.inner.prefix;
+        let cmds: Vec<redis::Cmd> = users
+            .iter()
+            .map(|u| {
+                let mut c = redis::cmd("GET");
+                c.arg(UserKeys::new(p, app, u).total);
+                c
+            })
+            .collect();
+        let counts: Vec<Option<i64>> = self.read_each(cmds).await?;
         Ok(users
             .iter()
             .zip(counts)
@@ -264,7 +360,7 @@ fn is_auth(e: &redis::RedisError) -> bool {
 /// The adapter's queues, handed to [`RedisAdapter::start`].
 #[derive(Debug)]
 pub struct Receivers {
-    notes: mpsc::UnboundedReceiver<(ClusterNote, bool)>,
+    notes: mpsc::UnboundedReceiver<(ClusterNote, keys::Mode)>,
     outgoing: mpsc::Receiver<Outgoing>,
 }
 
@@ -292,7 +388,7 @@ impl Broker for RedisAdapter {
 
 impl Store for RedisAdapter {
     fn note(&self, note: ClusterNote) {
-        let _ = self.inner.notes.send((note, false));
+        let _ = self.inner.notes.send((note, keys::Mode::Loud));
     }
     fn ready(&self) -> bool {
         self.up() || self.inner.on_outage == OnOutage::Local
@@ -303,11 +399,9 @@ impl Store for RedisAdapter {
     }
     fn channel_counts<'a>(&'a self, app: &'a str) -> Reading<'a, Vec<(String, usize)>> {
         Box::pin(async move {
-            let mut v: Vec<(String, usize)> = RedisAdapter::channel_counts(self, app)
+            let mut v = RedisAdapter::channel_counts(self, app)
                 .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .collect();
+                .map_err(|e| e.to_string())?;
             v.sort();
             Ok(v)
         })
