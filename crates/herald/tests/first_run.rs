@@ -603,7 +603,7 @@ fn an_unreachable_redis_is_a_warning_once_naming_the_url_without_its_password() 
         .env("HERALD_LOG", "info,herald::cluster=debug");
     let s = Server::start(cmd, &[], &dir);
     let log = s.log_until("three connection retries", |l| {
-        l.matches("Redis connection failed; retrying").count() >= 3
+        l.matches("heartbeat failed").count() >= 3
     });
     let warns: Vec<&str> = log
         .lines()
