@@ -353,6 +353,11 @@ test('CLUSTER-HOOK-1 webhooks once for the cluster: one channel_occupied, member
   }
   await recv.waitEvents((e) => e.channel === pres && e.name === 'member_added', { count: 3, ms: 5000 });
   await recv.waitEvent(ev({ name: 'channel_occupied', channel: pub }), { ms: 5000 });
+  // the joins are in the cluster's state before anyone leaves: a join still on its way to Redis
+  // when another node's last subscriber leaves is a later occupation of its own (each node's
+  // webhook delay cancels a vacate and re-occupy only when both happen on that node)
+  await expectEverywhere(c.nodes, `/channels/${pub}`, { info: 'subscription_count' }, { occupied: true, subscription_count: 3 });
+  await expectEverywhere(c.nodes, `/channels/${pres}`, { info: 'subscription_count' }, { occupied: true, subscription_count: 4 });
 
   // everyone leaves, one node after another
   for (const x of [d, b, b2, a, ...pubs]) x.disconnect();
