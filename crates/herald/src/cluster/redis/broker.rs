@@ -19,6 +19,8 @@ pub(super) const PUBLISH_QUEUE: usize = 65_536;
 const PUBLISH_BATCH: usize = 1024;
 /// Most topics subscribed or unsubscribed in one command.
 const INTEREST_BATCH: usize = 1000;
+/// Topics named in the warning about a lost pub/sub connection (the count says how many).
+const GAP_NAMED: usize = 5;
 
 /// A topic and its pub/sub channel name.
 type Named = (Topic, Vec<u8>);
@@ -224,20 +226,27 @@ impl RedisAdapter {
                     continue;
                 }
             };
-            let resumed = {
+            let (resumed, some) = {
                 let mut i = self.inner.interests.lock();
                 i.by_name.clear();
                 let mut n = 0;
-                for e in i.topics.values_mut() {
-                    n += usize::from(e.active);
+                let mut some = Vec::new();
+                for (t, e) in i.topics.iter_mut() {
+                    if e.active {
+                        n += 1;
+                        if some.len() < GAP_NAMED {
+                            some.push(String::from_utf8_lossy(&self.topic_name(t)).into_owned());
+                        }
+                    }
                     e.active = false;
                 }
-                n
+                (n, some)
             };
             if resumed > 0 {
                 self.inner.metrics.cluster_dropped("gap", resumed as u64);
                 tracing::warn!(
                     topics = resumed,
+                    first = %some.join(" "),
                     "the pub/sub connection to Redis was lost: subscribing again (messages published meanwhile were missed on this node)"
                 );
             }
