@@ -3,7 +3,7 @@
 //! and the graceful drain on shutdown.
 
 use crate::cluster::Store;
-use crate::config::{Adapter, Config};
+use crate::config::Config;
 use crate::drain::Drain;
 use crate::executor::Executor;
 use crate::http::{self, ApiState};
@@ -165,7 +165,6 @@ fn build_engine(
     sinks: Vec<Arc<dyn herald_core::LifecycleSink>>,
     metrics: &Arc<Metrics>,
 ) -> Result<(Engine, Option<Arc<dyn Store>>), String> {
-    let _ = metrics;
     let engine_with = |cluster: Cluster| {
         Engine::new(
             store.store.clone(),
@@ -178,25 +177,7 @@ fn build_engine(
             },
         )
     };
-    match config.adapter {
-        Adapter::Local => Ok((engine_with(Cluster::local()), None)),
-        #[cfg(feature = "redis")]
-        Adapter::Redis => {
-            let (adapter, rx) = crate::cluster::redis::RedisAdapter::new(
-                &config.redis,
-                config.cluster.on_outage,
-                metrics.clone(),
-            )?;
-            let shared = Arc::new(adapter.clone());
-            let engine = engine_with(Cluster::joined(shared.clone(), shared));
-            adapter.start(engine.clone(), rx);
-            Ok((engine, Some(Arc::new(adapter))))
-        }
-        #[cfg(not(feature = "redis"))]
-        Adapter::Redis => {
-            Err("adapter is \"redis\" but this herald was built without the `redis` feature".into())
-        }
-    }
+    crate::cluster::build(config, metrics, engine_with)
 }
 
 /// What `run` needs besides the configuration.

@@ -31,26 +31,12 @@ pub fn check(config: &Config) -> Result<Checked, String> {
     } else {
         None
     };
-    if config.adapter == Adapter::Redis {
-        check_redis(config)?;
-    }
+    crate::cluster::check(config)?;
     if config.store.kind != StoreKind::Config {
         check_store_url(config)?;
     }
     check_spool_file(&config.webhooks.spool_file)?;
     Ok(Checked { tls })
-}
-
-/// The Redis URLs, mode and TLS file fit together (`Link` checks them; nothing connects).
-#[cfg(feature = "redis")]
-fn check_redis(config: &Config) -> Result<(), String> {
-    crate::cluster::redis::link::Link::from_config(&config.redis).map(drop)
-}
-
-// Without the feature the configuration refuses `adapter = "redis"` already.
-#[cfg(not(feature = "redis"))]
-fn check_redis(_: &Config) -> Result<(), String> {
-    Ok(())
 }
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
