@@ -24,7 +24,9 @@ done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work="$(mktemp -d)"
 server_pid=""
+tls_pid=""
 cleanup() {
+    [[ -n "$tls_pid" ]] && kill "$tls_pid" 2>/dev/null || true
     if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
         kill "$server_pid" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
@@ -61,7 +63,7 @@ run() {
     shift
     local json="$work/$name.json"
     echo "== $name: $*"
-    if ! timeout 120 "$bench_bin" --port "$port" --server-pid "$server_pid" --strict --json "$json" "$@"; then
+    if ! timeout 120 "$bench_bin" --port "${bench_port:-$port}" --server-pid "${bench_pid:-$server_pid}" --strict --json "$json" "$@"; then
         echo "smoke: $name FAILED" >&2
         [[ -f "$json" ]] && cat "$json" >&2
         failed=1
@@ -165,6 +167,53 @@ PY
 then
     echo "smoke: Herald's CPU per delivered message is over $ratio_limit times the bare relay's" >&2
     failed=1
+fi
+
+# --tls: a second server speaking TLS on its port, with a CA and a certificate for 127.0.0.1 made
+# here with openssl (as the end-to-end suites make theirs); idle connections and a paced fan-out
+# over wss:// with publishes over https://, the certificate checked against the CA.
+tls="$work/tls"
+mkdir -p "$tls"
+if ! {
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls/ca.key" -out "$tls/ca.pem" -days 2 -subj "/CN=herald-bench smoke CA" &&
+        openssl req -newkey rsa:2048 -nodes -keyout "$tls/key.pem" -out "$tls/leaf.csr" -subj "/CN=127.0.0.1" &&
+        printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$tls/ext.cnf" &&
+        openssl x509 -req -in "$tls/leaf.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+            -out "$tls/cert.pem" -days 2 -extfile "$tls/ext.cnf"
+} >"$tls/openssl.log" 2>&1; then
+    echo "smoke: tls FAILED: openssl could not make the certificates" >&2
+    cat "$tls/openssl.log" >&2
+    failed=1
+else
+    env -u HERALD_BENCH_BIN HERALD_HOST=127.0.0.1 HERALD_PORT=0 HERALD_METRICS_PORT=0 \
+        HERALD_TLS_CERT_FILE="$tls/cert.pem" HERALD_TLS_KEY_FILE="$tls/key.pem" \
+        "$server_bin" >"$tls/server.out" 2>"$tls/server.err" &
+    tls_pid=$!
+    tls_port=""
+    for _ in $(seq 100); do
+        tls_port="$(grep -o 'listening on [0-9.]*:[0-9]*' "$tls/server.out" 2>/dev/null | sed 's/.*://' || true)"
+        [[ -n "$tls_port" ]] && break
+        kill -0 "$tls_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ -z "$tls_port" ]]; then
+        echo "smoke: tls FAILED: the TLS server did not start" >&2
+        cat "$tls/server.out" "$tls/server.err" >&2
+        failed=1
+    else
+        bench_port="$tls_port" bench_pid="$tls_pid" run tls-idle idle --tls --tls-ca "$tls/ca.pem" \
+            --connections 50 --channels 5 --duration 1 --settle 0.5
+        bench_port="$tls_port" bench_pid="$tls_pid" run tls-fanout fanout --tls --tls-ca "$tls/ca.pem" \
+            "${paced[@]}" --subscribers 50 --channels 5 --rate 200 --duration 2 --drain 3
+        for name in tls-idle tls-fanout; do
+            if ! python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["target"]["tls"] is True else 1)' \
+                "$work/$name.json" 2>/dev/null; then
+                echo "smoke: $name did not run over TLS" >&2
+                failed=1
+            fi
+        done
+    fi
+    kill "$tls_pid" 2>/dev/null || true
 fi
 
 # The cluster scenarios' plumbing (cluster.sh, --api-ports, --publish-via, the nodes' and Redis's

@@ -2,6 +2,7 @@
 
 use crate::net::{BenchError, Target};
 use crate::sign;
+use crate::tls::Wire;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -18,7 +19,7 @@ pub fn event_body(name: &str, channels: &[&str], data: &str) -> Vec<u8> {
         .expect("serialisable")
 }
 
-type Connection = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+type Connection = hyper::client::conn::http1::Connection<TokioIo<Wire<TcpStream>>, Full<Bytes>>;
 
 /// One HTTP/1.1 connection, reopened after an error. The connection is driven by the task that
 /// publishes (not a task of its own), so a request costs no hand-off between threads on the
@@ -61,7 +62,8 @@ impl Publisher {
 
     async fn connect(&mut self) -> Result<(), BenchError> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) || self.conn.is_none() {
-            let stream = self.target.tcp_to(self.addr, None).await?;
+            let tcp = self.target.tcp_to(self.addr, None).await?;
+            let stream = self.target.tls().wrap(tcp).await?;
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| BenchError::new("http_connect", e))?;

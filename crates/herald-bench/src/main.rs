@@ -14,6 +14,7 @@ mod scenario;
 mod schedule;
 mod sign;
 mod stats;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use net::{ErrorLog, Target};
@@ -96,6 +97,14 @@ struct Common {
     /// At a rate: least share of the requested rate, in percent, the senders must achieve.
     #[arg(long, global = true, default_value_t = 99.0)]
     min_rate_pct: f64,
+    /// Connect over TLS (`wss://`, `https://`), checking the server's certificate against
+    /// --tls-ca.
+    #[arg(long, global = true, requires = "tls_ca")]
+    tls: bool,
+    /// PEM file of the certificate authority (or the self-signed certificate) to trust with
+    /// --tls; the certificate must name --host.
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_ca: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,7 +153,11 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
     let target = Arc::new(
         Target::new(addr, &c.host, &c.app_id, &c.key, &c.secret, c.source_ips)
             .with_ws_addrs(ws_addrs)
-            .with_api_addrs(api_addrs),
+            .with_api_addrs(api_addrs)
+            .with_tls(match (c.tls, &c.tls_ca) {
+                (true, Some(ca)) => tls::Tls::new(&c.host, ca)?,
+                _ => tls::Tls::default(),
+            }),
     );
     let ctx = Ctx {
         target: target.clone(),
@@ -216,6 +229,7 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
         report.target.put("app_id", c.app_id.clone());
         report.target.put("server_pid", scenario::opt(c.server_pid));
         report.target.put("source_ips", target.source_ips());
+        report.target.put("tls", target.tls().on());
         report.target.put("open_files_limit", scenario::opt(nofile));
         report.target.put("run_id", ctx.run_id.clone());
     }

@@ -2,6 +2,7 @@
 
 use crate::arrival::Stamped;
 use crate::sign;
+use crate::tls::{Tls, Wire};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -85,6 +86,8 @@ pub struct Target {
     next_ws: AtomicU32,
     /// HTTP API publishers spread over these addresses (empty: `addr`).
     api_addrs: Vec<SocketAddr>,
+    /// `--tls`: every connection inside TLS.
+    tls: Tls,
 }
 
 impl Target {
@@ -119,8 +122,23 @@ impl Target {
             ws_addrs: Vec::new(),
             next_ws: AtomicU32::new(0),
             api_addrs: Vec::new(),
+            tls: Tls::default(),
             ws_url: format!("ws://{host}:{port}/app/{key}?protocol=7&client=herald-bench&version=0.1&flash=false"),
         }
+    }
+
+    /// Opens every connection (WebSocket and HTTP API) inside TLS.
+    pub fn with_tls(mut self, tls: Tls) -> Self {
+        if tls.on() {
+            self.ws_url = self.ws_url.replacen("ws://", "wss://", 1);
+        }
+        self.tls = tls;
+        self
+    }
+
+    /// How connections are opened (plain or TLS).
+    pub fn tls(&self) -> &Tls {
+        &self.tls
     }
 
     /// Spreads WebSocket connections over several servers (nodes of one cluster).
@@ -241,7 +259,7 @@ impl<'a> Frame<'a> {
 
 /// A Pusher protocol 7 client connection.
 pub struct Client {
-    ws: WebSocketStream<Stamped>,
+    ws: WebSocketStream<Wire<Stamped>>,
     pub socket_id: String,
     /// How long the TCP connect took (a dropped SYN shows as 1 s, 3 s, 7 s: the retries).
     pub tcp_connect: Duration,
@@ -284,7 +302,7 @@ impl Client {
             None => target.ws_tcp(recv_buffer).await?,
         };
         let tcp_connect = t0.elapsed();
-        let stream = Stamped::new(tcp);
+        let stream = target.tls.wrap(Stamped::new(tcp)).await?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(
             target.ws_url.as_str(),
             stream,
@@ -325,6 +343,7 @@ impl Client {
     pub fn stamp_arrivals(&mut self) -> Result<(), BenchError> {
         self.ws
             .get_mut()
+            .inner_mut()
             .stamp_arrivals()
             .map_err(|e| BenchError::new("so_timestamp", e))
     }
@@ -332,7 +351,7 @@ impl Client {
     /// When the bytes of the frame just returned by [`Client::next`] reached the socket (µs
     /// since the epoch), once [`Client::stamp_arrivals`] was called.
     pub fn last_arrival_us(&self) -> Option<u64> {
-        self.ws.get_ref().last_arrival_us()
+        self.ws.get_ref().inner().last_arrival_us()
     }
 
     pub async fn send_text(&mut self, text: String) -> Result<(), BenchError> {
@@ -539,7 +558,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let (client, server) = tokio::join!(
             async {
-                let s = Stamped::new(TcpStream::connect(addr).await.unwrap());
+                let s = Wire::Plain(Stamped::new(TcpStream::connect(addr).await.unwrap()));
                 let url = format!("ws://{addr}/");
                 tokio_tungstenite::client_async_with_config(url, s, Some(ws_config()))
                     .await
