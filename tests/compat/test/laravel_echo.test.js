@@ -311,8 +311,8 @@ test('LARAVEL-4 pusher broadcaster: a whisper goes from one Echo client to the o
   const bob = echoPusher(env, app, 'bob-token');
   const aliceChat = alice.private('orders.2');
   const bobChat = bob.private('orders.2');
-  await subscribed(aliceChat, "alice's private-orders.2");
-  await subscribed(bobChat, "bob's private-orders.2");
+  // both listened for at once: a subscription that succeeds before its listener is bound is never reported
+  await Promise.all([subscribed(aliceChat, "alice's private-orders.2"), subscribed(bobChat, "bob's private-orders.2")]);
   const heard = next((cb) => bobChat.listenForWhisper('typing', cb), 'the whisper');
   aliceChat.whisper('typing', { name: 'Alice', typing: true });
   assert.deepEqual(await heard, { name: 'Alice', typing: true });
@@ -326,8 +326,8 @@ test("LARAVEL-5 pusher broadcaster: toOthers() leaves out the sender's socket (E
   const bob = echoPusher(env, app, 'bob-token');
   const aliceCh = alice.private('orders.1');
   const bobCh = bob.private('orders.1');
-  await subscribed(aliceCh, "alice's channel");
-  await subscribed(bobCh, "bob's channel");
+  // both listened for at once: a subscription that succeeds before its listener is bound is never reported
+  await Promise.all([subscribed(aliceCh, "alice's channel"), subscribed(bobCh, "bob's channel")]);
   const aliceGot = [];
   aliceCh.listen('.order.updated', (d) => aliceGot.push(d.n));
   const bobGot = next((cb) => bobCh.listen('.order.updated', cb), "bob's event");
