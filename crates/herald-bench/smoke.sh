@@ -170,8 +170,9 @@ then
 fi
 
 # --tls: a second server speaking TLS on its port, with a CA and a certificate for 127.0.0.1 made
-# here with openssl (as the end-to-end suites make theirs); idle connections and a paced fan-out
-# over wss:// with publishes over https://, the certificate checked against the CA.
+# here with openssl (as the end-to-end suites make theirs); idle connections, a paced fan-out over
+# wss:// with publishes over https://, and connect/subscribe/close cycles, the certificate
+# checked against the CA.
 tls="$work/tls"
 mkdir -p "$tls"
 if ! {
@@ -205,7 +206,10 @@ else
             --connections 50 --channels 5 --duration 1 --settle 0.5
         bench_port="$tls_port" bench_pid="$tls_pid" run tls-fanout fanout --tls --tls-ca "$tls/ca.pem" \
             "${paced[@]}" --subscribers 50 --channels 5 --rate 200 --duration 2 --drain 3
-        for name in tls-idle tls-fanout; do
+        # A cycle's close counts only when the server ends TLS properly (close_notify).
+        bench_port="$tls_port" bench_pid="$tls_pid" run tls-churn churn --tls --tls-ca "$tls/ca.pem" \
+            --concurrency 10 --channels 5 --duration 2 --warmup 0.5 --settle 0.5
+        for name in tls-idle tls-fanout tls-churn; do
             if ! python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["target"]["tls"] is True else 1)' \
                 "$work/$name.json" 2>/dev/null; then
                 echo "smoke: $name did not run over TLS" >&2

@@ -210,6 +210,10 @@ async fn finish<S: Transport>(mut io: S, mut socket: Socket, closing: Option<Clo
             tracing::info!(app = %app_id, socket_id = %conn.socket_id, "closing a slow consumer");
         }
         close_with(&mut io, code, &unfinished).await;
+    } else {
+        // The client closed (or went away): a TLS stream still owes it `close_notify`, without
+        // which its TLS library reports a truncated connection. A no-op on plain TCP.
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
     }
 }
 
