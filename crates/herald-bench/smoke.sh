@@ -41,13 +41,19 @@ trap cleanup EXIT
 # limit (100/s per connection), so the bench's server runs without it.
 env -u HERALD_BENCH_BIN HERALD_HOST=127.0.0.1 HERALD_PORT=0 HERALD_METRICS_PORT=0 HERALD_DEFAULT_APP_SUBSCRIPTION_RATE=0 "$server_bin" >"$work/server.out" 2>"$work/server.err" &
 server_pid=$!
-port=""
-for _ in $(seq 100); do
-    port="$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/server.out" 2>/dev/null | sed 's/.*://' || true)"
-    [[ -n "$port" ]] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-done
+# The port a server started with HERALD_PORT=0 prints in OUT_FILE, once it does (empty when the
+# process PID ended first or 10 s went by).
+port_of() { # out_file, pid
+    local p=""
+    for _ in $(seq 100); do
+        p="$(grep -o 'listening on [0-9.]*:[0-9]*' "$1" 2>/dev/null | sed 's/.*://' || true)"
+        [[ -n "$p" ]] && break
+        kill -0 "$2" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$p"
+}
+port="$(port_of "$work/server.out" "$server_pid")"
 if [[ -z "$port" ]]; then
     echo "smoke: the server did not start" >&2
     cat "$work/server.out" "$work/server.err" >&2
@@ -190,13 +196,7 @@ else
         HERALD_TLS_CERT_FILE="$tls/cert.pem" HERALD_TLS_KEY_FILE="$tls/key.pem" \
         "$server_bin" >"$tls/server.out" 2>"$tls/server.err" &
     tls_pid=$!
-    tls_port=""
-    for _ in $(seq 100); do
-        tls_port="$(grep -o 'listening on [0-9.]*:[0-9]*' "$tls/server.out" 2>/dev/null | sed 's/.*://' || true)"
-        [[ -n "$tls_port" ]] && break
-        kill -0 "$tls_pid" 2>/dev/null || break
-        sleep 0.1
-    done
+    tls_port="$(port_of "$tls/server.out" "$tls_pid")"
     if [[ -z "$tls_port" ]]; then
         echo "smoke: tls FAILED: the TLS server did not start" >&2
         cat "$tls/server.out" "$tls/server.err" >&2

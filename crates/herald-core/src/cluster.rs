@@ -327,6 +327,76 @@ pub enum Transition {
     },
 }
 
+impl Transition {
+    /// What a channel's subscriber total going from `before` to `after` means: occupied or
+    /// vacated on crossing zero, and the new count while it is not zero. Every store decides by
+    /// these rules.
+    pub fn of_channel(app: &Arc<str>, channel: &ChannelName, before: u64, after: u64) -> Vec<Self> {
+        let mut out = Vec::new();
+        if before == 0 && after > 0 {
+            out.push(Self::Occupied {
+                app: app.clone(),
+                channel: channel.clone(),
+            });
+        } else if before > 0 && after == 0 {
+            out.push(Self::Vacated {
+                app: app.clone(),
+                channel: channel.clone(),
+            });
+        }
+        if before != after && after > 0 {
+            out.push(Self::Count {
+                app: app.clone(),
+                channel: channel.clone(),
+                count: usize::try_from(after).unwrap_or(usize::MAX),
+            });
+        }
+        out
+    }
+
+    /// What a presence member's connection total going from `before` to `after` means;
+    /// `except`: the connection that joined (told by its own subscribe).
+    pub fn of_member(
+        app: &Arc<str>,
+        channel: &ChannelName,
+        user_id: &Arc<str>,
+        info: &Arc<str>,
+        except: Option<SocketId>,
+        (before, after): (u64, u64),
+    ) -> Option<Self> {
+        if before == 0 && after > 0 {
+            Some(Self::MemberAdded {
+                app: app.clone(),
+                channel: channel.clone(),
+                user_id: user_id.clone(),
+                info: info.clone(),
+                except,
+            })
+        } else if before > 0 && after == 0 {
+            Some(Self::MemberRemoved {
+                app: app.clone(),
+                channel: channel.clone(),
+                user_id: user_id.clone(),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// What a user's signed-in total going from `before` to `after` means.
+    pub fn of_user(
+        app: &Arc<str>,
+        user_id: &Arc<str>,
+        (before, after): (u64, u64),
+    ) -> Option<Self> {
+        ((before == 0) != (after == 0)).then(|| Self::Online {
+            app: app.clone(),
+            user_id: user_id.clone(),
+            online: after > 0,
+        })
+    }
+}
+
 /// A read of the shared state in progress; the error is the engine's own message.
 pub type Reading<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
 

@@ -270,62 +270,27 @@ fn transitions(
     infos: &HashMap<Key, Arc<str>>,
 ) -> Vec<Transition> {
     let name = |c: &Arc<str>| ChannelName::parse(c, usize::MAX).ok();
-    let mut out = Vec::new();
     match k {
-        Key::Channel(app, c) => {
-            let Some(channel) = name(c) else { return out };
-            if before == 0 && after > 0 {
-                out.push(Transition::Occupied {
-                    app: app.clone(),
-                    channel: channel.clone(),
-                });
-            } else if before > 0 && after == 0 {
-                out.push(Transition::Vacated {
-                    app: app.clone(),
-                    channel: channel.clone(),
-                });
-            }
-            if before != after && after > 0 {
-                out.push(Transition::Count {
-                    app: app.clone(),
-                    channel,
-                    count: after as usize,
-                });
-            }
-        }
+        Key::Channel(app, c) => name(c).map_or_else(Vec::new, |channel| {
+            Transition::of_channel(app, &channel, before, after)
+        }),
         Key::Member(app, c, user) => {
-            let Some(channel) = name(c) else { return out };
-            if before == 0 && after > 0 {
-                let except = match note {
-                    Some(ClusterNote::MemberCount { socket_id, .. }) => Some(*socket_id),
-                    _ => None,
-                };
-                out.push(Transition::MemberAdded {
-                    app: app.clone(),
-                    channel,
-                    user_id: user.clone(),
-                    info: infos.get(k).cloned().unwrap_or_else(|| Arc::from("null")),
-                    except,
-                });
-            } else if before > 0 && after == 0 {
-                out.push(Transition::MemberRemoved {
-                    app: app.clone(),
-                    channel,
-                    user_id: user.clone(),
-                });
-            }
+            let except = match note {
+                Some(ClusterNote::MemberCount { socket_id, .. }) => Some(*socket_id),
+                _ => None,
+            };
+            let info = infos.get(k).cloned().unwrap_or_else(|| Arc::from("null"));
+            name(c)
+                .and_then(|channel| {
+                    Transition::of_member(app, &channel, user, &info, except, (before, after))
+                })
+                .into_iter()
+                .collect()
         }
-        Key::User(app, user) => {
-            if (before == 0) != (after == 0) {
-                out.push(Transition::Online {
-                    app: app.clone(),
-                    user_id: user.clone(),
-                    online: after > 0,
-                });
-            }
-        }
+        Key::User(app, user) => Transition::of_user(app, user, (before, after))
+            .into_iter()
+            .collect(),
     }
-    out
 }
 
 impl MemoryNode {

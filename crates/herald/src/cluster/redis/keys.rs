@@ -244,6 +244,11 @@ pub(super) enum Mode {
     Rewrite,
 }
 
+/// A total as Redis returned it (never below zero: the scripts clamp).
+fn total(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
 /// The transitions of a channel's subscriber total going from `before` to `after`.
 pub(super) fn channel_transitions(
     app: &Arc<str>,
@@ -251,27 +256,7 @@ pub(super) fn channel_transitions(
     before: i64,
     after: i64,
 ) -> Vec<Transition> {
-    let mut out = Vec::new();
-    let (app, channel) = (app.clone(), channel.clone());
-    if before == 0 && after > 0 {
-        out.push(Transition::Occupied {
-            app: app.clone(),
-            channel: channel.clone(),
-        });
-    } else if before > 0 && after == 0 {
-        out.push(Transition::Vacated {
-            app: app.clone(),
-            channel: channel.clone(),
-        });
-    }
-    if before != after && after > 0 {
-        out.push(Transition::Count {
-            app,
-            channel,
-            count: usize::try_from(after).unwrap_or(usize::MAX),
-        });
-    }
-    out
+    Transition::of_channel(app, channel, total(before), total(after))
 }
 
 /// The transition of a member's connection total going from `before` to `after`; `except`:
@@ -284,23 +269,14 @@ pub(super) fn member_transition(
     except: Option<SocketId>,
     (before, after): (i64, i64),
 ) -> Option<Transition> {
-    if before == 0 && after > 0 {
-        Some(Transition::MemberAdded {
-            app: app.clone(),
-            channel: channel.clone(),
-            user_id: user_id.clone(),
-            info: info.clone(),
-            except,
-        })
-    } else if before > 0 && after == 0 {
-        Some(Transition::MemberRemoved {
-            app: app.clone(),
-            channel: channel.clone(),
-            user_id: user_id.clone(),
-        })
-    } else {
-        None
-    }
+    Transition::of_member(
+        app,
+        channel,
+        user_id,
+        info,
+        except,
+        (total(before), total(after)),
+    )
 }
 
 /// The transition of a user's signed-in total going from `before` to `after`.
@@ -309,11 +285,7 @@ pub(super) fn user_transition(
     user_id: &Arc<str>,
     (before, after): (i64, i64),
 ) -> Option<Transition> {
-    ((before == 0) != (after == 0)).then(|| Transition::Online {
-        app: app.clone(),
-        user_id: user_id.clone(),
-        online: after > 0,
-    })
+    Transition::of_user(app, user_id, (total(before), total(after)))
 }
 
 #[cfg(test)]
