@@ -188,7 +188,7 @@ pub struct RunOptions {
     /// Reloaded on SIGHUP (apps only) when the store is the config file.
     pub config_path: Option<std::path::PathBuf>,
     /// TLS acceptor built (and its files checked) before anything was announced.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<crate::transport::tls::Acceptor>,
     /// The app store, opened before anything was announced.
     pub store: Option<OpenedStore>,
     /// The backlog the server port was bound with after the kernel's cap, when known.

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 /// What the checks built that serving uses.
 pub struct Checked {
     /// The TLS acceptor, when `[tls]` is set.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<crate::transport::tls::Acceptor>,
 }
 
 impl std::fmt::Debug for Checked {

@@ -100,3 +100,231 @@ test('OPS-TLS-2 a missing or mismatched certificate stops startup, and fails che
   }
   assert.deepEqual(announced, [], 'a server that cannot load its TLS files must fail before printing "Herald listening on"');
 });
+
+// ---------------------------------------------------------------------------------------------
+// The TLS layer itself (the server's own, on rustls's unbuffered API): large frames and bursts,
+// a client that stops reading, a drain, TLS 1.2, records that arrive a byte at a time, and
+// handshakes that never finish.
+
+const https = require('node:https');
+const net = require('node:net');
+const WebSocket = require('ws');
+const { withTimeout, waitFor, pace } = require('../lib/wait');
+
+async function tlsServer(t, opts = {}) {
+  const { cert, key } = ops.selfSignedCert();
+  const server = await ops.startOps({ tls: true, ...opts, env: { HERALD_TLS_CERT_FILE: cert, HERALD_TLS_KEY_FILE: key, ...(opts.env || {}) } });
+  t.after(() => {
+    server.stop();
+    fs.rmSync(cert, { force: true });
+    fs.rmSync(key, { force: true });
+  });
+  return server;
+}
+
+/** A raw wss:// subscriber to `channel` (through `port`, a proxy maybe); `bulk` events are numbered. */
+function wssSubscriber(port, channel) {
+  const ws = new WebSocket(`wss://127.0.0.1:${port}/app/app-key?protocol=7`, { rejectUnauthorized: false, perMessageDeflate: false });
+  const state = { ws, frames: [], events: [], errors: [], closed: null };
+  const subscribed = new Promise((resolve, reject) => {
+    ws.on('message', (data) => {
+      const f = JSON.parse(String(data));
+      state.frames.push(f);
+      if (f.event === 'pusher:connection_established') {
+        ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel } }));
+      } else if (f.event === 'pusher_internal:subscription_succeeded') {
+        resolve();
+      } else if (f.event === 'bulk') {
+        const at = f.data.indexOf(':');
+        state.events.push(Number(f.data.slice(0, at)));
+        if (f.data.length !== at + 1 + 10000) state.errors.push(`event ${f.data.slice(0, at)} cut to ${f.data.length} chars`);
+      }
+    });
+    ws.on('error', (e) => {
+      state.errors.push(String(e && e.message));
+      reject(e);
+    });
+  });
+  state.closedP = new Promise((resolve) =>
+    ws.on('close', (code, reason) => {
+      state.closed = { code, reason: String(reason) };
+      resolve(state.closed);
+    }),
+  );
+  state.subscribed = withTimeout(subscribed, 5000, `wss subscription to ${channel}`);
+  return state;
+}
+
+async function triggerBulk(api, channel, from, count) {
+  const pad = 'x'.repeat(10000);
+  const batch = [];
+  for (let j = from; j < from + count; j++) batch.push({ channel, name: 'bulk', data: `${j}:${pad}` });
+  const res = await h.sdkCall(() => api.triggerBatch(batch));
+  assert.equal(res.status, 200, res.text);
+}
+
+test('OPS-TLS-3 over wss://, bursts of 10 KB events arrive whole and in order, and a client that stops reading is closed with 4100 while a reader loses nothing', { timeout: 120000 }, async (t) => {
+  const server = await tlsServer(t);
+  const api = ops.tlsSdk(server);
+  const channel = h.uid('tls-bulk-');
+  const reader = wssSubscriber(server.port, channel);
+  const stalled = wssSubscriber(server.port, channel);
+  t.after(() => {
+    reader.ws.terminate();
+    stalled.ws.terminate();
+  });
+  await Promise.all([reader.subscribed, stalled.subscribed]);
+
+  // A burst both read: batches queue up behind each other, so the server writes them in large
+  // pieces (many TLS records per write).
+  for (let i = 0; i < 200; i += 10) await triggerBulk(api, channel, i, 10);
+  await waitFor(() => reader.events.length >= 200 && stalled.events.length >= 200, 20000, 'both readers receiving the burst');
+
+  // Then one stops reading: its TLS socket and the server's outbox fill, and it is closed as a
+  // slow consumer; it reads again once the decision is counted, to see how the connection ends.
+  stalled.ws._socket.pause();
+  let decided = false;
+  const watchUntil = Date.now() + 60000;
+  const watcher = (async () => {
+    while (Date.now() < watchUntil) {
+      const s = await ops.scrape(server);
+      if (s.get('herald_slow_consumer_disconnects_total', { app: 'app-id' }) === 1) {
+        stalled.ws._socket.resume();
+        decided = true;
+        return;
+      }
+      await pace(10);
+    }
+    throw new Error('no slow-consumer disconnect counted within 60 s');
+  })();
+  let sent = 200;
+  for (; sent < 2700 && !decided; sent += 10) await triggerBulk(api, channel, sent, 10);
+  await withTimeout(watcher, 15000, `one slow-consumer disconnect after ${sent} events`);
+
+  const closed = await withTimeout(stalled.closedP, 10000, 'the stalled client to be closed');
+  const last = stalled.frames[stalled.frames.length - 1];
+  assert.deepEqual(
+    { errors: stalled.errors, last, closed },
+    {
+      errors: [],
+      last: { event: 'pusher:error', data: { code: 4100, message: 'Over capacity: client is not reading its messages fast enough' } },
+      closed: { code: 4100, reason: 'Over capacity: client is not reading its messages fast enough' },
+    },
+    `the end of the stalled wss connection after ${stalled.events.length} events`,
+  );
+  assert.deepEqual(stalled.events, Array.from({ length: stalled.events.length }, (_, i) => i), 'events before the close in order, whole');
+  await waitFor(() => reader.events.length >= sent, 30000, `the reader receiving all ${sent} events`);
+  assert.deepEqual(reader.events, Array.from({ length: sent }, (_, i) => i));
+  assert.deepEqual(reader.errors, []);
+  assert.equal(reader.closed, null, 'the reader stays connected');
+});
+
+test('OPS-TLS-4 a drain closes wss:// clients with 4200 after the events accepted before it', { timeout: 60000 }, async (t) => {
+  const server = await tlsServer(t, { env: { HERALD_SERVER_DRAIN_WINDOW_MS: '500' } });
+  const api = ops.tlsSdk(server);
+  const channel = h.uid('tls-drain-');
+  const subs = [wssSubscriber(server.port, channel), wssSubscriber(server.port, channel)];
+  await Promise.all(subs.map((s) => s.subscribed));
+  await triggerBulk(api, channel, 0, 10);
+  await waitFor(() => subs.every((s) => s.events.length === 10), 10000, 'the events before the drain');
+  server.kill('SIGTERM');
+  const closed = await withTimeout(Promise.all(subs.map((s) => s.closedP)), 20000, 'the drain closing both');
+  for (const s of subs) {
+    assert.deepEqual(s.errors, []);
+    assert.equal(s.frames[s.frames.length - 1].event, 'pusher:error');
+    assert.equal(s.frames[s.frames.length - 1].data.code, 4200);
+  }
+  assert.deepEqual(closed.map((c) => c.code), [4200, 4200]);
+});
+
+/** A TCP proxy to `port` that passes the client's bytes on one at a time (TLS records then arrive in pieces). */
+async function tricklingProxy(t, port) {
+  const sockets = new Set();
+  const proxy = net.createServer((from) => {
+    const to = net.connect(port, '127.0.0.1');
+    to.setNoDelay(true);
+    sockets.add(from).add(to);
+    let queue = Promise.resolve();
+    from.on('data', (chunk) => {
+      from.pause();
+      queue = queue.then(async () => {
+        for (const b of chunk) {
+          if (to.destroyed) return;
+          to.write(Buffer.from([b]));
+          await new Promise((r) => setImmediate(r));
+        }
+        from.resume();
+      });
+    });
+    to.on('data', (d) => from.write(d));
+    const end = () => {
+      from.destroy();
+      to.destroy();
+    };
+    from.on('close', end).on('error', end);
+    to.on('close', end).on('error', end);
+  });
+  await new Promise((r) => proxy.listen(0, '127.0.0.1', r));
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+    proxy.close();
+  });
+  return proxy.address().port;
+}
+
+test('OPS-TLS-5 TLS 1.2 clients, records arriving a byte at a time, and handshakes that never finish or are not TLS', { timeout: 60000 }, async (t) => {
+  const server = await tlsServer(t);
+  const api = ops.tlsSdk(server);
+
+  // TLS 1.2 and 1.3 both served
+  for (const maxVersion of ['TLSv1.2', 'TLSv1.3']) {
+    const r = await new Promise((resolve, reject) => {
+      const req = https.get({ host: '127.0.0.1', port: server.port, path: '/healthz', rejectUnauthorized: false, maxVersion, agent: false }, (res) => {
+        let body = '';
+        res.on('data', (d) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode, protocol: res.socket.getProtocol ? res.socket.getProtocol() : null, body }));
+      });
+      req.on('error', reject);
+    });
+    assert.equal(r.status, 200, `${maxVersion}: ${r.body}`);
+    assert.equal(r.protocol, maxVersion);
+  }
+
+  // Handshakes left unfinished and bytes that are no TLS at all
+  const hanging = [];
+  for (let i = 0; i < 10; i++) {
+    const s = net.connect(server.port, '127.0.0.1');
+    s.on('error', () => {});
+    s.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])); // a ClientHello's first bytes, then nothing
+    hanging.push(s);
+  }
+  t.after(() => hanging.forEach((s) => s.destroy()));
+  const garbage = await Promise.all(
+    Array.from({ length: 10 }, () =>
+      withTimeout(
+        new Promise((resolve) => {
+          const s = net.connect(server.port, '127.0.0.1', () => s.write(Buffer.from('\x17\x03\x03\x00\x05hello, not TLS\r\n')));
+          s.on('error', () => {});
+          s.on('close', () => resolve('closed'));
+        }),
+        10000,
+        'the server closing a connection that sent no TLS',
+      ),
+    ),
+  );
+  assert.deepEqual(new Set(garbage), new Set(['closed']));
+
+  // A wss:// subscriber whose bytes reach the server one at a time still subscribes and receives
+  const viaPort = await tricklingProxy(t, server.port);
+  const channel = h.uid('tls-trickle-');
+  const sub = wssSubscriber(viaPort, channel);
+  t.after(() => sub.ws.terminate());
+  await withTimeout(sub.subscribed, 20000, 'subscription through the trickling proxy');
+  await triggerBulk(api, channel, 0, 3);
+  await waitFor(() => sub.events.length === 3, 10000, 'events through the trickling proxy');
+  assert.deepEqual(sub.events, [0, 1, 2]);
+  assert.deepEqual(sub.errors, []);
+  // and the server is healthy throughout
+  const hz = await ops.httpGet(`${server.httpBase}/healthz`, { insecure: true });
+  assert.equal(hz.status, 200);
+});

@@ -7,8 +7,10 @@
 use crate::session::{self, ConnectParams};
 use crate::sinks::metrics::Metrics;
 use crate::transport::capacity::{Capacity, Held};
+use crate::transport::lean_tls::LeanTls;
 use crate::transport::socket;
 use crate::transport::stream::{IntoSession, Prefixed, Transport};
+use crate::transport::tls::Acceptor;
 use axum::Router;
 use herald_protocol::wsframe::{self, Upgrade};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -18,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -98,7 +99,7 @@ pub struct Port {
     pub session: Arc<session::Ctx>,
     /// Mounted under this path (`server.path_prefix`).
     pub path_prefix: Arc<str>,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Acceptor>,
     pub router: Router,
     /// Open sockets on this port and the limit past which upgrades are refused.
     pub capacity: Arc<Capacity>,
@@ -150,7 +151,7 @@ pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
 }
 
 /// Accepts until `stop`, spawning a task for each connection.
-async fn accept_loop(listener: TcpListener, ctx: Ctx, tls: Option<TlsAcceptor>) {
+async fn accept_loop(listener: TcpListener, ctx: Ctx, tls: Option<Acceptor>) {
     let metrics = ctx.session.metrics.clone();
     let stop = ctx.stop.clone();
     let mut errors = AcceptErrors::default();
@@ -178,9 +179,9 @@ async fn accept_loop(listener: TcpListener, ctx: Ctx, tls: Option<TlsAcceptor>) 
                 tokio::spawn(connection(tcp, ctx, held));
             }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
+                let config = acceptor.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(HEAD_TIMEOUT, LeanTls::accept(tcp, config)).await {
                         Ok(Ok(stream)) => connection(stream, ctx, held).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),

@@ -2,6 +2,7 @@
 //! writes, TLS, hyper's upgraded connections, and a stream whose first bytes were already read.
 
 use crate::sinks::metrics::{ConnCounters, Metrics};
+use crate::transport::lean_tls::LeanTls;
 use herald_core::{Conn, Sink};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -178,14 +179,24 @@ impl IntoSession for TcpStream {
     }
 }
 
-impl IntoSession for tokio_rustls::server::TlsStream<TcpStream> {
+impl IntoSession for LeanTls {
     type Session = Self;
     fn into_session(self, _: &Metrics, _: &Conn) -> Self {
         self
     }
 }
 
-/// Streams whose reads need a buffer while waiting (TLS decrypts into its own buffers anyway).
+impl Transport for LeanTls {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<u8>,
+    ) -> Poll<io::Result<usize>> {
+        self.poll_read_plain(cx, buf)
+    }
+}
+
+/// Streams whose reads need a buffer while waiting.
 macro_rules! buffered_transport {
     ($t:ty) => {
         impl Transport for $t {
@@ -200,7 +211,6 @@ macro_rules! buffered_transport {
         }
     };
 }
-buffered_transport!(tokio_rustls::server::TlsStream<TcpStream>);
 buffered_transport!(TokioIo<hyper::upgrade::Upgraded>);
 
 /// A stream whose first bytes were already read: replays them, then reads the stream.

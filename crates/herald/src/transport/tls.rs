@@ -7,10 +7,12 @@ use crate::config::TlsConfig;
 use rustls_pki_types::pem::PemObject;
 use std::sync::Arc;
 use tokio_rustls::rustls::{self, pki_types};
-use tokio_rustls::TlsAcceptor;
+
+/// What the server port accepts TLS connections with (see `lean_tls`).
+pub type Acceptor = Arc<rustls::ServerConfig>;
 
 /// Builds the acceptor from the PEM files named in the config.
-pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
+pub fn acceptor(cfg: &TlsConfig) -> Result<Acceptor, String> {
     let certs: Vec<pki_types::CertificateDer<'static>> = {
         let pem = std::fs::read(&cfg.cert_file)
             .map_err(|e| format!("cannot read tls.cert_file {}: {e}", cfg.cert_file))?;
@@ -50,5 +52,5 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
         .with_single_cert(certs, key)
         .map_err(|e| format!("tls.cert_file and tls.key_file do not form a valid pair: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
