@@ -267,10 +267,11 @@ impl LeanTls {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes what the socket takes of `outgoing` now, without waiting.
-    fn send_now(&mut self) -> io::Result<()> {
-        let waker = futures_util::task::noop_waker();
-        match self.poll_send(&mut Context::from_waker(&waker)) {
+    /// Writes what the socket takes of `outgoing` now. Waiting for the rest registers this
+    /// task's waker (never a dummy one: the socket keeps one waker per direction, and a
+    /// reader's dummy would replace a writer's real one, as under hyper, which polls both).
+    fn send_some(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.poll_send(cx) {
             Poll::Ready(r) => r,
             Poll::Pending => Ok(()),
         }
@@ -295,7 +296,7 @@ impl LeanTls {
                 let reached = self.process(buf, OnWrite::Nothing)?;
                 // Post-handshake records (session tickets, a key update) leave when they can;
                 // what the socket does not take goes ahead of the next write.
-                self.send_now()?;
+                self.send_some(cx)?;
                 release_if_empty(&mut self.incoming);
                 if buf.len() > before {
                     return Poll::Ready(Ok(buf.len() - before));
@@ -371,7 +372,7 @@ impl AsyncWrite for LeanTls {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
             }
         }
-        this.send_now()?;
+        this.send_some(cx)?;
         Poll::Ready(Ok(data.len()))
     }
 
