@@ -507,6 +507,20 @@ impl Socket {
         }
     }
 
+    /// Counts the compressed frames among those written (`out`, which starts with the tail of
+    /// a frame `rest` bytes long when a direct write began one).
+    fn count_compressed(&self, out: &[u8], rest: Option<usize>) {
+        if self.deflate.is_none() {
+            return;
+        }
+        let mut at = rest.unwrap_or(0);
+        while let Some(len) = out.get(at..).and_then(server_frame_len) {
+            let end = (at + len).min(out.len());
+            self.counters.sent_frame(&out[at..end]);
+            at = end;
+        }
+    }
+
     /// `encode_frames` with this connection's compression.
     fn encode(
         &mut self,
@@ -545,6 +559,7 @@ impl Socket {
                     Ok(true) => {
                         self.counters.messages_out.inc_by(n);
                         self.counters.bytes_out.inc_by(bytes);
+                        self.count_compressed(&out, first_is_rest.then_some(first_len));
                     }
                     Ok(false) => return Some(None),
                     Err(_) => {
@@ -601,6 +616,7 @@ impl Socket {
         conn.written();
         self.counters.messages_out.inc_by(n);
         self.counters.bytes_out.inc_by(bytes);
+        self.count_compressed(&out, first_is_rest.then_some(rest_len));
         None
     }
 
