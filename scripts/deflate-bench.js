@@ -6,7 +6,7 @@
 //   node scripts/deflate-bench.js [connections] [events] [setting ...]
 //
 // For each setting (`off`, `on`, a threshold in bytes, or `takeover` = threshold 256 with context
-// takeover; default: off on 256 takeover) starts target/release/herald (or $HERALD_BIN) on a free
+// takeover, `takeover:N` with threshold N; default: off on 256 takeover) starts target/release/herald (or $HERALD_BIN) on a free
 // loopback port, then:
 // 1. opens the connections with the `ws` package (which offers permessage-deflate, as browsers
 //    do), each subscribed to one of 10 channels, and reads the server's VmRSS before and after:
@@ -51,8 +51,8 @@ function start(setting) {
     HERALD_METRICS_PORT: '0',
     HERALD_DEFAULT_APP_SUBSCRIPTION_RATE: '0',
   });
-  if (setting === 'takeover') {
-    env.HERALD_SERVER_WEBSOCKET_COMPRESSION = '256';
+  if (setting.startsWith('takeover')) {
+    env.HERALD_SERVER_WEBSOCKET_COMPRESSION = setting.split(':')[1] || '256';
     env.HERALD_SERVER_WEBSOCKET_COMPRESSION_CONTEXT_TAKEOVER = 'true';
   } else if (setting !== 'off') {
     // (Not set for `off`, so that a build without the setting can be measured the same way.)
