@@ -58,7 +58,7 @@ function frame(opcode, payload, { fin = true, rsv1 = false } = {}) {
  * then server frames as {rsv1, opcode, payload, text (inflated when compressed), json, code}.
  */
 class Raw {
-  constructor(server, offer = OFFER) {
+  constructor(server, offer = OFFER, { afterHttp = false } = {}) {
     this.sock = net.connect(server.port, '127.0.0.1');
     this.buf = Buffer.alloc(0);
     this.headers = null;
@@ -74,7 +74,11 @@ class Raw {
       `Sec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}`,
     ];
     if (offer !== null) lines.push(`Sec-WebSocket-Extensions: ${offer}`);
-    this.sock.write(lines.join('\r\n') + '\r\n\r\n');
+    const upgrade = lines.join('\r\n') + '\r\n\r\n';
+    // With `afterHttp`, a plain request goes first on the same connection (the upgrade then
+    // reaches the HTTP router rather than the first-request fast path).
+    this.httpFirst = afterHttp ? upgrade : null;
+    this.sock.write(afterHttp ? 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' : upgrade);
     this.sock.on('data', (d) => {
       this.buf = Buffer.concat([this.buf, d]);
       this._parse();
@@ -88,6 +92,15 @@ class Raw {
   }
 
   _parse() {
+    if (this.httpFirst) {
+      const i = this.buf.indexOf('\r\n\r\n');
+      if (i < 0) return;
+      const len = Number(/content-length: *(\d+)/i.exec(this.buf.subarray(0, i).toString('latin1'))[1]);
+      if (this.buf.length < i + 4 + len) return;
+      this.buf = this.buf.subarray(i + 4 + len);
+      this.sock.write(this.httpFirst);
+      this.httpFirst = null;
+    }
     if (!this.headers) {
       const i = this.buf.indexOf('\r\n\r\n');
       if (i < 0) return;
@@ -189,8 +202,8 @@ class Raw {
 }
 
 const raws = [];
-function raw(server, offer) {
-  const r = new Raw(server, offer);
+function raw(server, offer, opts) {
+  const r = new Raw(server, offer, opts);
   raws.push(r);
   return r;
 }
@@ -221,6 +234,25 @@ test('WSF-DEFLATE-1 negotiated when offered and enabled: no context takeover by 
   assert.equal(params.server_no_context_takeover, true);
   assert.equal(params.client_no_context_takeover, true);
   assert.equal(r.frames[0].rsv1, true, 'the handshake message went compressed');
+});
+
+test('WSF-DEFLATE-9 an upgrade after a plain request on the same connection negotiates it too', T, async () => {
+  const r = raw(ctx.servers.threshold, OFFER, { afterHttp: true });
+  await r.established();
+  assert.equal(
+    r.headers['sec-websocket-extensions'],
+    'permessage-deflate; server_no_context_takeover; client_no_context_takeover',
+  );
+  r.sendCompressed({ event: 'pusher:subscribe', data: { channel: 'kept-alive' } });
+  await r.event('pusher_internal:subscription_succeeded', 'kept-alive');
+  const data = order(9, 1500);
+  await h.sdk(ctx.servers.threshold).trigger('kept-alive', 'big', data);
+  const f = await r.event('big', 'kept-alive');
+  assert.equal(f.rsv1, true);
+  assert.deepEqual(JSON.parse(f.json.data), data);
+  const off = raw(ctx.server, OFFER, { afterHttp: true });
+  await off.established();
+  assert.equal(off.headers['sec-websocket-extensions'], undefined);
 });
 
 test('WSF-DEFLATE-2 not negotiated when compression is off, not offered, or offered with what Herald cannot honour', T, async () => {

@@ -205,15 +205,17 @@ async fn close_with<S: Transport>(io: &mut S, code: CloseCode, unfinished: &[u8]
     let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
 }
 
-/// Entry point once the upgrade was answered; `rbuf` holds bytes that came after the head.
+/// Entry point once the upgrade was answered (with `deflate`'s extension, if any); `rbuf` holds
+/// bytes that came after the head.
 pub async fn serve<S: Transport>(
     mut io: S,
     rbuf: Vec<u8>,
     ctx: Arc<session::Ctx>,
     params: ConnectParams,
+    deflate: Option<Agreement>,
 ) {
     match session::admit(&ctx, &params) {
-        Ok(conn) => run(io, rbuf, ctx, conn, (), None).await,
+        Ok(conn) => run(io, rbuf, ctx, conn, (), deflate).await,
         Err(code) => boxed_close(&mut io, code, &[]).await,
     }
 }
