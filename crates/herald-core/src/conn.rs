@@ -7,20 +7,58 @@
 use crate::app::App;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use herald_protocol::{wsheader, CloseCode, SocketId};
+use herald_protocol::{wsdeflate, wsheader, CloseCode, SocketId};
 use parking_lot::{Mutex, RwLock};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 /// A message as it goes on the wire: a WebSocket text frame (header and JSON), encoded once and
 /// shared by every recipient. (Server frames are not masked, so the bytes are the same for all.)
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Where `permessage-deflate` is on, a frame of at least the threshold's size also carries a
+/// place for its compressed form, made by the first recipient that negotiated the extension
+/// (without context takeover) and shared by the others: one compression per event, not one per
+/// subscriber. With compression off (the default) that place is not even allocated.
+#[derive(Clone)]
 pub struct Frame {
     wire: Bytes,
     /// Where the JSON starts in `wire` (the header's length).
     json_at: u8,
+    deflated: Option<Arc<OnceLock<Bytes>>>,
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.wire == other.wire && self.json_at == other.json_at
+    }
+}
+
+impl Eq for Frame {}
+
+/// Frames whose JSON has at least this many bytes get a compressed form; `usize::MAX`: none.
+static DEFLATE_MIN: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Turns on compressed forms of frames of at least `min` bytes (`None`: off). Process-wide,
+/// set once at startup from `server.websocket_compression`.
+pub fn set_deflate_threshold(min: Option<usize>) {
+    DEFLATE_MIN.store(min.unwrap_or(usize::MAX), Ordering::Relaxed);
+}
+
+/// The compressed server frame (RSV1 set) of a JSON text, or `None` when compressing would not
+/// make it smaller.
+pub fn deflate_frame(json: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let mut z = Vec::new();
+    wsdeflate::Deflater::compress_alone(json, &mut z);
+    if z.len() >= json.len() {
+        return None;
+    }
+    let at = out.len();
+    wsheader::put(out, 0x1, z.len());
+    out[at] |= wsdeflate::RSV1;
+    out.extend_from_slice(&z);
+    Some(())
 }
 
 impl std::fmt::Debug for Frame {
@@ -34,6 +72,11 @@ impl std::fmt::Debug for Frame {
 impl Frame {
     /// Frames a JSON text.
     pub fn text(json: &[u8]) -> Self {
+        Self::build(json, json.len() >= DEFLATE_MIN.load(Ordering::Relaxed))
+    }
+
+    /// Frames a JSON text, with a place for its compressed form when `deflatable`.
+    fn build(json: &[u8], deflatable: bool) -> Self {
         let len = json.len();
         let mut wire = Vec::with_capacity(len + wsheader::MAX_LEN);
         wsheader::put(&mut wire, 0x1, len); // text
@@ -42,6 +85,23 @@ impl Frame {
         Self {
             wire: wire.into(),
             json_at,
+            deflated: deflatable.then(Default::default),
+        }
+    }
+
+    /// The bytes to write to a socket that negotiated `permessage-deflate` without context
+    /// takeover: the compressed frame, made once, or the plain one when the frame is under the
+    /// threshold (or does not shrink).
+    pub fn deflated(&self) -> &Bytes {
+        match &self.deflated {
+            None => &self.wire,
+            Some(cell) => cell.get_or_init(|| {
+                let mut out = Vec::new();
+                match deflate_frame(self.json(), &mut out) {
+                    Some(()) => out.into(),
+                    None => self.wire.clone(),
+                }
+            }),
         }
     }
 
@@ -63,10 +123,11 @@ impl Frame {
     }
 
     /// The unwritten tail of a frame a direct write cut short.
-    fn rest(&self, written: usize) -> Self {
+    fn rest(wire: &Bytes, written: usize) -> Self {
         Self {
-            wire: self.wire.slice(written..),
+            wire: wire.slice(written..),
             json_at: 0,
+            deflated: None,
         }
     }
 }
@@ -139,6 +200,9 @@ pub struct Conn {
     probed_ms: AtomicU64,
     connected_ms: u64,
     authorized: AtomicBool,
+    /// The client negotiated `permessage-deflate` without context takeover: it gets the
+    /// frames' shared compressed forms.
+    deflate: AtomicBool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -180,6 +244,7 @@ impl Conn {
             probed_ms: AtomicU64::new(0),
             connected_ms: now,
             authorized: AtomicBool::new(false),
+            deflate: AtomicBool::new(false),
         })
     }
 
@@ -211,7 +276,29 @@ impl Conn {
         self.push(frame, false)
     }
 
+    /// The connection gets frames compressed (shared forms, see `Frame::deflated`); set before
+    /// `attach`.
+    pub fn set_deflate(&self) {
+        self.deflate.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `set_deflate` was called.
+    pub fn deflates(&self) -> bool {
+        self.deflate.load(Ordering::Relaxed)
+    }
+
+    /// The bytes of `frame` this connection gets.
+    pub fn wire_of<'f>(&self, frame: &'f Frame) -> &'f Bytes {
+        if self.deflates() {
+            frame.deflated()
+        } else {
+            &frame.wire
+        }
+    }
+
     fn push(&self, frame: &Frame, direct: bool) -> bool {
+        // Compressed (once per frame) before the lock, not under it.
+        let wire = self.wire_of(frame);
         let mut o = self.outbox.lock();
         if o.close == Some(herald_protocol::codes::SLOW_CONSUMER) {
             return false;
@@ -224,20 +311,20 @@ impl Conn {
             }
             return false;
         }
-        let mut frame = frame.clone();
+        let mut queued = None;
         // Not while a pong waits either: frames after it go behind it.
         if direct && o.frames.is_empty() && !o.writing && o.close.is_none() && o.pong.is_none() {
             if let Some(sink) = &o.sink {
-                let len = frame.wire.len();
-                match sink.try_write(&frame.wire) {
-                    Ok(n) if n == len => return true,
+                match sink.try_write(wire) {
+                    Ok(n) if n == wire.len() => return true,
                     // The rest waits for the socket in the task, ahead of anything later.
-                    Ok(n) => frame = frame.rest(n),
+                    Ok(n) => queued = Some(Frame::rest(wire, n)),
                     // Full socket or an error: the task finds out which and acts.
                     Err(_) => {}
                 }
             }
         }
+        let frame = queued.unwrap_or_else(|| frame.clone());
         let was_empty = o.frames.is_empty();
         o.bytes += frame.wire.len();
         o.frames.push_back(frame);
@@ -416,6 +503,70 @@ mod tests {
         let d = conn();
         assert!(!d.send(&big));
         assert_eq!(d.close_code(), Some(herald_protocol::codes::SLOW_CONSUMER));
+    }
+
+    #[test]
+    fn a_deflating_connection_gets_the_compressed_form_made_once_and_shared() {
+        let json = format!("{{\"event\":\"e\",\"data\":\"{}\"}}", "abc".repeat(200));
+        let f = Frame::build(json.as_bytes(), true);
+        let sinks: Vec<_> = (0..3)
+            .map(|_| {
+                Arc::new(Partial {
+                    room: Mutex::new(usize::MAX),
+                    got: Mutex::new(Vec::new()),
+                })
+            })
+            .collect();
+        let conns: Vec<_> = sinks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let c = conn();
+                if i > 0 {
+                    c.set_deflate();
+                }
+                c.attach(s.clone());
+                assert!(c.send(&f));
+                c
+            })
+            .collect();
+        assert_eq!(*sinks[0].got.lock(), f.wire().to_vec(), "plain");
+        let z = sinks[1].got.lock().clone();
+        assert_eq!(z, *sinks[2].got.lock());
+        assert_eq!(z[0], 0x80 | wsdeflate::RSV1 | 0x1, "final text, RSV1");
+        assert!(z.len() < 100, "{} bytes", z.len());
+        let payload = &z[2..];
+        assert_eq!(usize::from(z[1]), payload.len());
+        assert_eq!(
+            wsdeflate::Inflater::inflate_alone(payload, 10_000).unwrap(),
+            json.as_bytes()
+        );
+        // The same bytes, not a copy per connection.
+        assert_eq!(conns[1].wire_of(&f).as_ptr(), conns[2].wire_of(&f).as_ptr());
+        // A frame without a compressed form (under the threshold) goes plain.
+        let small = Frame::build(b"{}", false);
+        assert_eq!(conns[1].wire_of(&small), small.wire());
+        // Incompressible: plain too.
+        let noise = Frame::build(b"q7", true);
+        assert_eq!(conns[1].wire_of(&noise), noise.wire());
+    }
+
+    #[test]
+    fn a_cut_direct_write_of_a_compressed_frame_queues_its_compressed_rest() {
+        let json = "x".repeat(5000);
+        let f = Frame::build(json.as_bytes(), true);
+        let sink = Arc::new(Partial {
+            room: Mutex::new(3),
+            got: Mutex::new(Vec::new()),
+        });
+        let c = conn();
+        c.set_deflate();
+        c.attach(sink.clone());
+        assert!(c.send(&f));
+        let p = c.take();
+        assert!(p.frames[0].is_rest());
+        let whole = [sink.got.lock().clone(), p.frames[0].wire().to_vec()].concat();
+        assert_eq!(&whole[..], &f.deflated()[..]);
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub use cluster::{
     Reading, Ready, Receipt, Sent, Store, Topic, Transition,
 };
 pub use conn::{
-    clock_ms, Conn, Frame, Pending, Sink, DIRECT_WRITE_MAX_FANOUT, OUTBOX_MAX_BYTES,
-    OUTBOX_MAX_FRAMES,
+    clock_ms, deflate_frame, set_deflate_threshold, Conn, Frame, Pending, Sink,
+    DIRECT_WRITE_MAX_FANOUT, OUTBOX_MAX_BYTES, OUTBOX_MAX_FRAMES,
 };
 pub use engine::{
     ChannelStats, Engine, EngineConfig, SubscribeError, Subscribed, COUNT_COALESCE_WINDOW,

@@ -17,6 +17,7 @@ pub mod sign;
 pub mod socket_id;
 pub mod time;
 pub mod user;
+pub mod wsdeflate;
 pub mod wsframe;
 pub mod wsheader;
 

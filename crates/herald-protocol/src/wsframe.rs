@@ -81,8 +81,16 @@ pub fn check_upgrade<'a>(
 
 /// The `101 Switching Protocols` answer.
 pub fn switching_protocols(accept: &str) -> Vec<u8> {
+    switching_protocols_with(accept, None)
+}
+
+/// The `101 Switching Protocols` answer, with the extensions the server accepted.
+pub fn switching_protocols_with(accept: &str, extensions: Option<&str>) -> Vec<u8> {
+    let ext = extensions.map_or(String::new(), |e| {
+        format!("Sec-WebSocket-Extensions: {e}\r\n")
+    });
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{ext}\r\n"
     )
     .into_bytes()
 }
@@ -91,6 +99,9 @@ pub fn switching_protocols(accept: &str) -> Vec<u8> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub fin: bool,
+    /// RSV1: the first frame of a compressed message (only where `permessage-deflate` was
+    /// negotiated; see `parse_header_with`).
+    pub rsv1: bool,
     pub opcode: u8,
     pub mask: [u8; 4],
     /// Bytes of the header itself, mask included (6 to 14).
@@ -111,7 +122,7 @@ impl Header {
 /// Why a client frame is refused; each maps to a close status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
-    /// Reserved bits set (no extension is negotiated).
+    /// Reserved bits set that no negotiated extension allows.
     Reserved,
     UnknownOpcode(u8),
     /// Clients must mask every frame.
@@ -144,17 +155,31 @@ impl FrameError {
 
 /// Parses the header at the start of `buf`; `Ok(None)` until the whole header is there.
 pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, FrameError> {
+    parse_header_with(buf, max_payload, false)
+}
+
+/// `parse_header` on a connection that negotiated `permessage-deflate` when `deflate`: RSV1 is
+/// then allowed on the first frame of a text or binary message (RFC 7692 6.1), never on a
+/// continuation or control frame.
+pub fn parse_header_with(
+    buf: &[u8],
+    max_payload: usize,
+    deflate: bool,
+) -> Result<Option<Header>, FrameError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & crate::wsdeflate::RSV1 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(FrameError::Reserved);
     }
     let fin = b0 & 0x80 != 0;
     let opcode = b0 & 0x0F;
     let control = match opcode {
-        OP_CONTINUATION | OP_TEXT | OP_BINARY => false,
-        OP_CLOSE | OP_PING | OP_PONG => true,
+        OP_TEXT | OP_BINARY => false,
+        OP_CONTINUATION if !rsv1 => false,
+        OP_CLOSE | OP_PING | OP_PONG if !rsv1 => true,
+        OP_CONTINUATION | OP_CLOSE | OP_PING | OP_PONG => return Err(FrameError::Reserved),
         other => return Err(FrameError::UnknownOpcode(other)),
     };
     if b1 & 0x80 == 0 {
@@ -185,6 +210,7 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Fr
     };
     Ok(Some(Header {
         fin,
+        rsv1,
         opcode,
         mask: [m[0], m[1], m[2], m[3]],
         header_len: at + 4,
@@ -205,16 +231,25 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// A complete data message: its opcode (text or binary) and payload. A message that came in
-/// one frame borrows that frame's payload; one reassembled from fragments owns its bytes.
+/// A complete data message: its opcode (text or binary, with `wsdeflate::RSV1` added when it
+/// is compressed) and payload. A message that came in one frame borrows that frame's payload;
+/// one reassembled from fragments owns its bytes.
 pub type Message<'a> = (u8, Cow<'a, [u8]>);
+
+/// The most compressed bytes a message that inflates to at most `max` bytes may take: DEFLATE
+/// stores incompressible data with 5 bytes per block of at most 64 KB, plus a few more.
+pub fn compressed_max(max: usize) -> usize {
+    max.saturating_add(max / 1024).saturating_add(64)
+}
 
 /// Adds one data frame (text, binary or continuation; control frames are the caller's) to the
 /// message being read (RFC 6455 §5.4). `partial` holds a fragmented message until its final
 /// frame: boxed, so that a connection between messages keeps one pointer for it. Returns the
 /// message this frame completes, `None` while fragments are being collected, or why the frame
 /// is refused: a continuation with nothing to continue or a new message inside a fragmented
-/// one, and a message whose fragments add up to more than `max` bytes.
+/// one, and a message whose fragments add up to more than `max` bytes. `opcode` carries
+/// `wsdeflate::RSV1` for the first frame of a compressed message: such a message may take
+/// `compressed_max(max)` bytes (its inflated size is the caller's to check).
 pub fn assemble<'a>(
     partial: &mut Option<Box<(u8, Vec<u8>)>>,
     fin: bool,
@@ -222,11 +257,17 @@ pub fn assemble<'a>(
     payload: &'a [u8],
     max: usize,
 ) -> Result<Option<Message<'a>>, FrameError> {
-    match opcode {
+    let compressed = |op: u8| op & crate::wsdeflate::RSV1 != 0;
+    match opcode & !crate::wsdeflate::RSV1 {
         OP_TEXT | OP_BINARY => {
             if partial.is_some() {
                 return Err(FrameError::Fragmentation);
             }
+            let max = if compressed(opcode) {
+                compressed_max(max)
+            } else {
+                max
+            };
             if payload.len() > max {
                 return Err(FrameError::TooBig);
             }
@@ -237,8 +278,13 @@ pub fn assemble<'a>(
             Ok(None)
         }
         OP_CONTINUATION => {
-            let Some((_, so_far)) = partial.as_deref_mut() else {
+            let Some((op, so_far)) = partial.as_deref_mut() else {
                 return Err(FrameError::Fragmentation);
+            };
+            let max = if compressed(*op) {
+                compressed_max(max)
+            } else {
+                max
             };
             if so_far.len().saturating_add(payload.len()) > max {
                 return Err(FrameError::TooBig);
@@ -501,6 +547,60 @@ mod tests {
         let joined = assemble(&mut partial, true, OP_CONTINUATION, b"ef", 10).unwrap();
         assert_eq!(joined, Some((OP_BINARY, Cow::Owned(b"abcdef".to_vec()))));
         assert!(partial.is_none());
+    }
+
+    #[test]
+    fn rsv1_marks_the_first_frame_of_a_compressed_message_only_with_deflate() {
+        let rsv1 = |b0: u8| [b0 | 0x40, 0x81, 1, 2, 3, 4, b'x'];
+        assert_eq!(parse_header(&rsv1(0x81), 100), Err(FrameError::Reserved));
+        let h = parse_header_with(&rsv1(0x81), 100, true).unwrap().unwrap();
+        assert!(h.rsv1 && h.fin && h.opcode == OP_TEXT);
+        assert!(
+            parse_header_with(&rsv1(0x02), 100, true)
+                .unwrap()
+                .unwrap()
+                .rsv1
+        );
+        assert!(
+            !parse_header_with(&[0x81, 0x80, 0, 0, 0, 0], 100, true)
+                .unwrap()
+                .unwrap()
+                .rsv1
+        );
+        for op in [OP_CONTINUATION, OP_PING, OP_PONG, OP_CLOSE] {
+            assert_eq!(
+                parse_header_with(&rsv1(0x80 | op), 100, true),
+                Err(FrameError::Reserved),
+                "opcode {op}"
+            );
+        }
+        // RSV2 and RSV3 belong to no extension Herald speaks.
+        for bit in [0x20, 0x10] {
+            assert_eq!(
+                parse_header_with(&[0x81 | bit, 0x80, 0, 0, 0, 0], 100, true),
+                Err(FrameError::Reserved)
+            );
+        }
+    }
+
+    #[test]
+    fn a_compressed_message_keeps_its_mark_through_fragments_and_some_slack() {
+        let z = OP_TEXT | crate::wsdeflate::RSV1;
+        let mut partial = None;
+        assert_eq!(assemble(&mut partial, false, z, b"ab", 10), Ok(None));
+        let joined = assemble(&mut partial, true, OP_CONTINUATION, b"cd", 10).unwrap();
+        assert_eq!(joined, Some((z, Cow::Owned(b"abcd".to_vec()))));
+        // Incompressible data takes a few bytes more than its inflated size.
+        let slack = vec![0u8; compressed_max(10)];
+        assert!(assemble(&mut None, true, z, &slack, 10).is_ok());
+        assert_eq!(
+            assemble(&mut None, true, z, &[slack.clone(), vec![0]].concat(), 10),
+            Err(FrameError::TooBig)
+        );
+        assert_eq!(
+            assemble(&mut None, true, OP_TEXT, &slack, 10),
+            Err(FrameError::TooBig)
+        );
     }
 
     #[test]

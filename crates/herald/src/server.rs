@@ -108,7 +108,11 @@ impl Node {
             activity_timeout: config.server.activity_timeout,
             max_ws_message_bytes: config.server.max_ws_message_bytes,
             write_timeout: Duration::from_secs(config.server.pong_timeout),
+            compression: config.server.websocket_compression.threshold(),
+            compression_context_takeover: config.server.websocket_compression_context_takeover,
         });
+        // Frames of the compression threshold's size get a place for their shared compressed form.
+        herald_core::set_deflate_threshold(config.server.websocket_compression.threshold());
         let api = Arc::new(ApiState::new(
             executor.clone(),
             metrics.clone(),

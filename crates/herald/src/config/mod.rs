@@ -134,6 +134,68 @@ impl TryFrom<String> for LogFormat {
     }
 }
 
+/// `server.websocket_compression`: whether `permessage-deflate` (RFC 7692) is accepted when a
+/// client offers it, and from which message size server messages are compressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CompressionValue", into = "String")]
+pub enum WsCompression {
+    /// Never negotiated: every connection is uncompressed.
+    #[default]
+    Off,
+    /// Negotiated; server messages of at least this many bytes (of JSON) are compressed, smaller
+    /// ones go uncompressed (`"on"` is 0: every message).
+    From(usize),
+}
+
+impl WsCompression {
+    /// The size from which messages are compressed, when compression is on.
+    pub fn threshold(self) -> Option<usize> {
+        match self {
+            Self::Off => None,
+            Self::From(n) => Some(n),
+        }
+    }
+}
+
+/// What a configuration file or variable may hold for `websocket_compression`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CompressionValue {
+    Bytes(i64),
+    Text(String),
+}
+
+impl TryFrom<CompressionValue> for WsCompression {
+    type Error = String;
+    fn try_from(v: CompressionValue) -> Result<Self, String> {
+        let bad = |v: &dyn std::fmt::Display| {
+            format!("server.websocket_compression `{v}` must be \"off\", \"on\" or a size in bytes from 0 to {MAX_SETTING_SIZE} (compress messages of at least that size)")
+        };
+        let n = match v {
+            CompressionValue::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "off" | "false" => return Ok(Self::Off),
+                "on" | "true" => return Ok(Self::From(0)),
+                n => n.parse::<i64>().map_err(|_| bad(&t))?,
+            },
+            CompressionValue::Bytes(n) => n,
+        };
+        match u64::try_from(n) {
+            Ok(n) if n <= MAX_SETTING_SIZE => Ok(Self::From(n as usize)),
+            _ => Err(bad(&n)),
+        }
+    }
+}
+
+impl From<WsCompression> for String {
+    fn from(v: WsCompression) -> String {
+        match v {
+            WsCompression::Off => "off".into(),
+            WsCompression::From(0) => "on".into(),
+            WsCompression::From(n) => n.to_string(),
+        }
+    }
+}
+
 /// Server-wide settings (`[server]`, `HERALD_SERVER_*`; host and port also `HERALD_HOST`/`HERALD_PORT`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -166,6 +228,13 @@ pub struct ServerConfig {
     /// them (`listen` backlog); past it, connection attempts are dropped and retried by the
     /// client after 1, 3, 7 s. The kernel caps it at `net.core.somaxconn`.
     pub listen_backlog: u64,
+    /// `permessage-deflate` for clients that offer it: off, on, or on for server messages of at
+    /// least a size (README, WebSocket compression).
+    pub websocket_compression: WsCompression,
+    /// Lets compression keep its context from message to message (better ratios on streams of
+    /// similar events) at the cost of a compressor and an inflater per connection (hundreds of
+    /// KB each) and one compression per recipient instead of one per event.
+    pub websocket_compression_context_takeover: bool,
 }
 
 /// Webhook delivery settings (`[webhooks]`, `HERALD_WEBHOOKS_*`); targets are set per app.
@@ -227,6 +296,8 @@ impl Default for ServerConfig {
             max_connections: 0,
             max_subscriptions: 200_000,
             listen_backlog: 4096,
+            websocket_compression: WsCompression::Off,
+            websocket_compression_context_takeover: false,
         }
     }
 }
@@ -820,6 +891,50 @@ mod tests {
         let ok = Config::load(None, env(&[("HERALD_SERVER_LOG_FORMAT", "json")])).unwrap();
         assert_eq!(ok.server.log_format, LogFormat::Json);
         assert!(ok.redacted_toml().contains("log_format = \"json\""));
+    }
+
+    #[test]
+    fn websocket_compression_is_off_on_or_a_threshold() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.server.websocket_compression, WsCompression::Off);
+        assert!(!c.server.websocket_compression_context_takeover);
+        let file = |v: &str| {
+            Config::load(
+                Some((
+                    "h.toml",
+                    &format!("[server]\nwebsocket_compression = {v}\n"),
+                )),
+                env(&[]),
+            )
+            .map(|c| c.server.websocket_compression)
+        };
+        assert_eq!(file("\"on\""), Ok(WsCompression::From(0)));
+        assert_eq!(file("\"off\""), Ok(WsCompression::Off));
+        assert_eq!(file("512"), Ok(WsCompression::From(512)));
+        assert_eq!(file("\"512\""), Ok(WsCompression::From(512)));
+        for bad in ["-1", "\"maybe\"", "true"] {
+            let e = file(bad).unwrap_err();
+            assert!(e.contains("websocket_compression"), "{bad}: {e}");
+        }
+        let c = Config::load(
+            None,
+            env(&[
+                ("HERALD_SERVER_WEBSOCKET_COMPRESSION", "1024"),
+                (
+                    "HERALD_SERVER_WEBSOCKET_COMPRESSION_CONTEXT_TAKEOVER",
+                    "true",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.websocket_compression.threshold(), Some(1024));
+        assert!(c.server.websocket_compression_context_takeover);
+        assert!(c
+            .redacted_toml()
+            .contains("websocket_compression = \"1024\""));
+        let e =
+            Config::load(None, env(&[("HERALD_SERVER_WEBSOCKET_COMPRESSION", "x")])).unwrap_err();
+        assert!(e.contains("HERALD_SERVER_WEBSOCKET_COMPRESSION"), "{e}");
     }
 
     #[test]

@@ -180,25 +180,35 @@ fn upgrade(s: Arc<ApiState>, mut req: Request, key: Option<String>) -> Option<Re
         protocol: herald_protocol::sign::query_param(&query, "protocol").map(str::to_owned),
         tls,
     };
+    let deflate = s.session.compression.and_then(|_| {
+        let offers = headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .map(|v| v.as_bytes());
+        herald_protocol::wsdeflate::negotiate(offers, s.session.compression_context_takeover)
+    });
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = s.session.clone();
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
             let io = hyper_util::rt::TokioIo::new(upgraded);
-            socket::serve(io, Vec::new(), ctx, params).await;
+            socket::serve(io, Vec::new(), ctx, params, deflate).await;
         }
     });
-    Some(
-        (
-            StatusCode::SWITCHING_PROTOCOLS,
-            [
-                (header::UPGRADE, "websocket".to_owned()),
-                (header::CONNECTION, "Upgrade".to_owned()),
-                (header::SEC_WEBSOCKET_ACCEPT, accept),
-            ],
-        )
-            .into_response(),
+    let mut res = (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::UPGRADE, "websocket".to_owned()),
+            (header::CONNECTION, "Upgrade".to_owned()),
+            (header::SEC_WEBSOCKET_ACCEPT, accept),
+        ],
     )
+        .into_response();
+    if let Some(v) = deflate.and_then(|a| header::HeaderValue::from_str(&a.header_value()).ok()) {
+        res.headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
+    }
+    Some(res)
 }
 
 async fn ws_app(State(s): AppState, Path(key): Path<String>, req: Request) -> Response {

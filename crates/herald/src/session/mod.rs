@@ -41,6 +41,11 @@ pub struct Ctx {
     /// closed as a slow consumer (4100): the pong timeout, since a client that takes nothing
     /// for that long could not have answered a probe either.
     pub write_timeout: std::time::Duration,
+    /// `permessage-deflate`: compress server messages of at least this many bytes (`None`: the
+    /// extension is never negotiated).
+    pub compression: Option<usize>,
+    /// Whether compression may keep its context from message to message.
+    pub compression_context_takeover: bool,
 }
 
 /// What the upgrade request said that matters.

@@ -41,6 +41,8 @@ fn ctx_with_config(apps: Vec<App>, config: EngineConfig) -> Arc<Ctx> {
         activity_timeout: 120,
         max_ws_message_bytes: 10_000,
         write_timeout: std::time::Duration::from_secs(30),
+        compression: None,
+        compression_context_takeover: false,
     })
 }
 

@@ -21,6 +21,8 @@ pub struct Metrics {
     bytes_in: IntCounterVec,
     messages_out: IntCounterVec,
     bytes_out: IntCounterVec,
+    compressed_out: IntCounterVec,
+    compressed_bytes_out: IntCounterVec,
     http_requests: IntCounterVec,
     webhooks: IntCounterVec,
     slow_consumers: IntCounterVec,
@@ -48,6 +50,22 @@ pub struct ConnCounters {
     pub bytes_in: IntCounter,
     pub messages_out: IntCounter,
     pub bytes_out: IntCounter,
+    /// Of the messages sent, those compressed (`permessage-deflate`), and their bytes.
+    pub compressed_out: IntCounter,
+    pub compressed_bytes_out: IntCounter,
+}
+
+impl ConnCounters {
+    /// Counts a compressed server frame that went out whole (RSV1 marks it).
+    pub fn sent_frame(&self, frame: &[u8]) {
+        if frame
+            .first()
+            .is_some_and(|b| b & herald_protocol::wsdeflate::RSV1 != 0)
+        {
+            self.compressed_out.inc();
+            self.compressed_bytes_out.inc_by(frame.len() as u64);
+        }
+    }
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -161,6 +179,18 @@ impl Metrics {
                 "WebSocket payload bytes sent to clients",
                 &["app"],
             ),
+            compressed_out: counter(
+                &r,
+                "herald_ws_compressed_messages_sent_total",
+                "WebSocket messages sent to clients compressed (permessage-deflate)",
+                &["app"],
+            ),
+            compressed_bytes_out: counter(
+                &r,
+                "herald_ws_compressed_sent_bytes_total",
+                "WebSocket bytes of the messages sent compressed (permessage-deflate), frame headers included",
+                &["app"],
+            ),
             http_requests: counter(
                 &r,
                 "herald_http_requests_total",
@@ -248,6 +278,8 @@ impl Metrics {
             bytes_in: self.bytes_in.with_label_values(&[app]),
             messages_out: self.messages_out.with_label_values(&[app]),
             bytes_out: self.bytes_out.with_label_values(&[app]),
+            compressed_out: self.compressed_out.with_label_values(&[app]),
+            compressed_bytes_out: self.compressed_bytes_out.with_label_values(&[app]),
         });
         self.per_app.lock().insert(app.to_owned(), c.clone());
         c

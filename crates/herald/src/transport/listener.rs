@@ -12,6 +12,7 @@ use crate::transport::socket;
 use crate::transport::stream::{IntoSession, Prefixed, Transport};
 use crate::transport::tls::Acceptor;
 use axum::Router;
+use herald_protocol::wsdeflate::{self, Agreement};
 use herald_protocol::wsframe::{self, Upgrade};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -35,6 +36,8 @@ enum Head {
     /// A WebSocket upgrade; `used` bytes of the buffer were the head.
     Upgrade {
         accept: String,
+        /// `permessage-deflate`, when the client offered it and the server accepts it.
+        deflate: Option<Agreement>,
         target: String,
         forwarded_https: bool,
         used: usize,
@@ -43,7 +46,9 @@ enum Head {
     Http,
 }
 
-fn inspect(buf: &[u8]) -> Option<Head> {
+/// Reads the first request head. `compression`: whether the server accepts `permessage-deflate`
+/// (and with context takeover when `Some(true)`).
+fn inspect(buf: &[u8], compression: Option<bool>) -> Option<Head> {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
@@ -60,6 +65,14 @@ fn inspect(buf: &[u8]) -> Option<Head> {
         Upgrade::No => Head::Http,
         Upgrade::Yes { accept } => Head::Upgrade {
             accept,
+            deflate: compression.and_then(|takeover| {
+                let offers = req.headers.iter().filter_map(|h| {
+                    h.name
+                        .eq_ignore_ascii_case("sec-websocket-extensions")
+                        .then_some(h.value)
+                });
+                wsdeflate::negotiate(offers, takeover)
+            }),
             target: req.path.unwrap_or("/").to_owned(),
             forwarded_https: forwarded_https(req.headers.iter().map(|h| (h.name, h.value))),
             used,
@@ -194,13 +207,17 @@ async fn accept_loop(listener: TcpListener, ctx: Ctx, tls: Option<Acceptor>) {
     drop(listener);
 }
 
-async fn read_head<S: Transport>(io: &mut S, buf: &mut Vec<u8>) -> Option<Head> {
+async fn read_head<S: Transport>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    compression: Option<bool>,
+) -> Option<Head> {
     loop {
         match io.read_into(buf).await {
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
-        if let Some(head) = inspect(buf) {
+        if let Some(head) = inspect(buf, compression) {
             return Some(head);
         }
     }
@@ -210,7 +227,10 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx, held: Held) {
     let mut buf = Vec::new();
     let head = match Box::pin(tokio::time::timeout(
         HEAD_TIMEOUT,
-        read_head(&mut io, &mut buf),
+        read_head(&mut io, &mut buf, {
+            let s = &ctx.session;
+            s.compression.map(|_| s.compression_context_takeover)
+        }),
     ))
     .await
     {
@@ -221,6 +241,7 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx, held: Held) {
     match head {
         Head::Upgrade {
             accept,
+            deflate,
             target,
             forwarded_https,
             used,
@@ -238,7 +259,10 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx, held: Held) {
                 return;
             }
             if io
-                .write_all(&wsframe::switching_protocols(&accept))
+                .write_all(&wsframe::switching_protocols_with(
+                    &accept,
+                    deflate.map(|a| a.header_value()).as_deref(),
+                ))
                 .await
                 .is_err()
                 || io.flush().await.is_err()
@@ -266,7 +290,9 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx, held: Held) {
                 // carried for the connection's whole life.
                 Ok(conn) => {
                     let io = io.into_session(&session.metrics, &conn);
-                    drop(tokio::spawn(socket::run(io, buf, session, conn, held)));
+                    drop(tokio::spawn(socket::run(
+                        io, buf, session, conn, held, deflate,
+                    )));
                 }
                 Err(code) => socket::serve_refusal(io, code).await,
             }
@@ -405,9 +431,10 @@ mod tests {
     #[test]
     fn inspects_heads() {
         let ws = b"GET /app/k?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-Proto: https\r\n\r\nEXTRA";
-        match inspect(ws) {
+        match inspect(ws, Some(false)) {
             Some(Head::Upgrade {
                 accept,
+                deflate: None,
                 target,
                 forwarded_https,
                 used,
@@ -419,11 +446,37 @@ mod tests {
             }
             _ => panic!("not seen as an upgrade"),
         }
-        assert!(inspect(&ws[..20]).is_none(), "partial head waits");
+        assert!(inspect(&ws[..20], None).is_none(), "partial head waits");
         assert!(matches!(
-            inspect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            inspect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", None),
             Some(Head::Http)
         ));
-        assert!(matches!(inspect(b"\x16\x03\x01garbage"), Some(Head::Http)));
+        assert!(matches!(
+            inspect(b"\x16\x03\x01garbage", None),
+            Some(Head::Http)
+        ));
+    }
+
+    #[test]
+    fn permessage_deflate_is_accepted_when_offered_and_allowed() {
+        let ws = |ext: &str| {
+            format!("GET /app/k HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{ext}\r\n")
+        };
+        let deflate = |head: &str, compression| match inspect(head.as_bytes(), compression) {
+            Some(Head::Upgrade { deflate, .. }) => deflate.map(|a| a.header_value()),
+            _ => panic!("not seen as an upgrade"),
+        };
+        let offer = ws("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
+        let answer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+        assert_eq!(deflate(&offer, Some(false)).as_deref(), Some(answer));
+        assert_eq!(
+            deflate(&offer, Some(true)).as_deref(),
+            Some("permessage-deflate")
+        );
+        assert_eq!(deflate(&offer, None), None, "compression off");
+        assert_eq!(deflate(&ws(""), Some(false)), None, "not offered");
+        // Offers may come in several headers; a bad one is declined, the next one taken.
+        let two = ws("Sec-WebSocket-Extensions: permessage-deflate; foo\r\nsec-websocket-extensions: permessage-deflate\r\n");
+        assert_eq!(deflate(&two, Some(false)).as_deref(), Some(answer));
     }
 }

@@ -19,6 +19,7 @@ use crate::session::{self, ConnectParams, Session};
 use crate::sinks::metrics::ConnCounters;
 use crate::transport::stream::Transport;
 use herald_core::{clock_ms, Conn, Engine, Frame};
+use herald_protocol::wsdeflate::{Agreement, Deflater, InflateError, Inflater, RSV1};
 use herald_protocol::wsframe::{self, FrameError};
 use herald_protocol::{codes, encode, CloseCode};
 use std::collections::VecDeque;
@@ -47,6 +48,59 @@ const INVALID_UTF8: CloseCode = CloseCode {
     code: wsframe::CLOSE_INVALID_DATA,
     reason: "Text message is not valid UTF-8",
 };
+
+const INVALID_DEFLATE: CloseCode = CloseCode {
+    code: wsframe::CLOSE_INVALID_DATA,
+    reason: "Invalid compressed data",
+};
+
+/// `permessage-deflate` on a connection that negotiated it.
+struct Deflate {
+    agreement: Agreement,
+    /// Server messages of at least this many bytes are compressed.
+    threshold: usize,
+    /// With context takeover (server side): the connection's own compressor, made on first use.
+    deflater: Option<Deflater>,
+    /// With context takeover (client side): the connection's own inflater, made on first use.
+    inflater: Option<Inflater>,
+}
+
+impl Deflate {
+    /// Appends the bytes of `f` this connection gets.
+    fn put(&mut self, conn: &Conn, f: &Frame, out: &mut Vec<u8>) {
+        let json = f.json();
+        if self.agreement.server_no_context_takeover || f.is_rest() || json.len() < self.threshold {
+            // The shared compressed form (or the plain frame under the threshold).
+            out.extend_from_slice(conn.wire_of(f));
+            return;
+        }
+        // Compressed with the context of this connection's earlier messages: the client's
+        // inflater follows the same stream, so every compressed byte must go out.
+        let mut z = Vec::new();
+        self.deflater
+            .get_or_insert_with(Deflater::new)
+            .compress(json, false, &mut z);
+        let at = out.len();
+        herald_protocol::wsheader::put(out, wsframe::OP_TEXT, z.len());
+        out[at] |= RSV1;
+        out.extend_from_slice(&z);
+    }
+
+    /// Inflates a compressed client message of at most `max` bytes.
+    fn inflate(&mut self, payload: &[u8], max: usize) -> Result<Vec<u8>, CloseCode> {
+        let inflated = if self.agreement.client_no_context_takeover {
+            Inflater::inflate_alone(payload, max)
+        } else {
+            self.inflater
+                .get_or_insert_with(Inflater::new)
+                .inflate(payload, max, false)
+        };
+        inflated.map_err(|e| match e {
+            InflateError::TooBig => codes::MESSAGE_TOO_BIG,
+            InflateError::Invalid => INVALID_DEFLATE,
+        })
+    }
+}
 
 async fn write_out<S: Transport>(io: &mut S, buf: &[u8]) -> bool {
     io.write_all(buf).await.is_ok() && io.flush().await.is_ok()
@@ -151,15 +205,17 @@ async fn close_with<S: Transport>(io: &mut S, code: CloseCode, unfinished: &[u8]
     let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
 }
 
-/// Entry point once the upgrade was answered; `rbuf` holds bytes that came after the head.
+/// Entry point once the upgrade was answered (with `deflate`'s extension, if any); `rbuf` holds
+/// bytes that came after the head.
 pub async fn serve<S: Transport>(
     mut io: S,
     rbuf: Vec<u8>,
     ctx: Arc<session::Ctx>,
     params: ConnectParams,
+    deflate: Option<Agreement>,
 ) {
     match session::admit(&ctx, &params) {
-        Ok(conn) => run(io, rbuf, ctx, conn, ()).await,
+        Ok(conn) => run(io, rbuf, ctx, conn, (), deflate).await,
         Err(code) => boxed_close(&mut io, code, &[]).await,
     }
 }
@@ -172,22 +228,41 @@ pub async fn serve_refusal<S: Transport>(mut io: S, code: CloseCode) {
 /// Runs an admitted connection to its end. Meant to be its own task, so that the task holds
 /// only what a live connection needs; `guard` (the connection's place under the server's
 /// limit) is held to the end. Taken here rather than by a wrapping `async` block, whose
-/// captured values would stay in every connection's task beside this future.
+/// captured values would stay in every connection's task beside this future. `deflate`: the
+/// `permessage-deflate` agreement of the handshake, if any.
 pub async fn run<S: Transport, G: Send>(
     mut io: S,
     rbuf: Vec<u8>,
     ctx: Arc<session::Ctx>,
     conn: Arc<Conn>,
     guard: G,
+    deflate: Option<Agreement>,
 ) {
     // Shutdown waits for every session's cleanup.
     let _token = ctx.drain.session();
-    if let Some(sink) = io.sink() {
+    let deflate = deflate.map(|agreement| {
+        Box::new(Deflate {
+            agreement,
+            threshold: ctx.compression.unwrap_or(0),
+            deflater: None,
+            inflater: None,
+        })
+    });
+    let own_context = deflate
+        .as_ref()
+        .is_some_and(|d| !d.agreement.server_no_context_takeover);
+    if deflate.is_some() && !own_context {
+        conn.set_deflate();
+    }
+    // A connection that compresses with its own context writes every frame itself, in order:
+    // the engine's direct writes would bypass its compressor.
+    if let Some(sink) = io.sink().filter(|_| !own_context) {
         conn.attach(sink);
     }
     let mut socket = Socket {
         counters: ctx.metrics.conn_counters(&conn.app().id),
         session: Session::new(ctx, conn),
+        deflate,
     };
     let closing = socket.run(&mut io, rbuf).await;
     // Boxed: the ending is brief, and its state (the close frames, their timers) would
@@ -333,13 +408,15 @@ async fn write_batch<S: Transport>(
     .await
 }
 
-/// The queued frames' wire bytes, one after the other, with a pong in its place among them;
-/// returns (frames, bytes) without the pong.
+/// The queued frames' bytes as `put` writes them, one after the other, with a pong in its
+/// place among them; returns (frames, bytes) without the pong.
 fn encode_frames(
     frames: &VecDeque<Frame>,
     pong: Option<&(usize, Box<[u8]>)>,
     out: &mut Vec<u8>,
+    mut put: impl FnMut(&Frame, &mut Vec<u8>),
 ) -> (u64, u64) {
+    let start = out.len();
     let bytes: usize = frames.iter().map(|f| f.wire().len()).sum();
     out.reserve(bytes + pong.map_or(0, |(_, p)| p.len() + 2));
     // Never ahead of a direct write's tail (none is queued after a pong, but stay safe).
@@ -348,15 +425,23 @@ fn encode_frames(
         (*at).clamp(usize::from(first_is_rest), frames.len())
     });
     for f in frames.range(..at) {
-        out.extend_from_slice(f.wire());
+        put(f, out);
     }
+    let mut pong_len = 0;
     if let Some((_, payload)) = pong {
+        let before = out.len();
         wsframe::put_frame(out, wsframe::OP_PONG, payload);
+        pong_len = out.len() - before;
     }
     for f in frames.range(at..) {
-        out.extend_from_slice(f.wire());
+        put(f, out);
     }
-    (frames.len() as u64, bytes as u64)
+    (frames.len() as u64, (out.len() - start - pong_len) as u64)
+}
+
+/// `encode_frames` for a connection without `permessage-deflate`: the shared bytes as they are.
+fn plain(f: &Frame, out: &mut Vec<u8>) {
+    out.extend_from_slice(f.wire());
 }
 
 /// What reading the client's frames decided.
@@ -372,6 +457,8 @@ enum Flow {
 struct Socket {
     session: Session,
     counters: Arc<ConnCounters>,
+    /// Boxed: most connections have none, and this lives as long as the connection.
+    deflate: Option<Box<Deflate>>,
 }
 
 impl Socket {
@@ -422,6 +509,34 @@ impl Socket {
         }
     }
 
+    /// Counts the compressed frames among those written (`out`, which starts with the tail of
+    /// a frame `rest` bytes long when a direct write began one).
+    fn count_compressed(&self, out: &[u8], rest: Option<usize>) {
+        if self.deflate.is_none() {
+            return;
+        }
+        let mut at = rest.unwrap_or(0);
+        while let Some(len) = out.get(at..).and_then(server_frame_len) {
+            let end = (at + len).min(out.len());
+            self.counters.sent_frame(&out[at..end]);
+            at = end;
+        }
+    }
+
+    /// `encode_frames` with this connection's compression.
+    fn encode(
+        &mut self,
+        conn: &Conn,
+        frames: &VecDeque<Frame>,
+        pong: Option<&(usize, Box<[u8]>)>,
+        out: &mut Vec<u8>,
+    ) -> (u64, u64) {
+        match self.deflate.as_deref_mut() {
+            None => encode_frames(frames, pong, out, plain),
+            Some(d) => encode_frames(frames, pong, out, |f, out| d.put(conn, f, out)),
+        }
+    }
+
     /// Writes what the outbox holds; `Some` ends the session (with how to close, if the server
     /// closes).
     async fn write_pending<S: Transport>(
@@ -439,13 +554,14 @@ impl Socket {
             // must not lose accepted events); a slow consumer is closed as it stands.
             if code != codes::SLOW_CONSUMER && !pending.frames.is_empty() {
                 let mut out = Vec::new();
-                let (n, bytes) = encode_frames(&pending.frames, None, &mut out);
+                let (n, bytes) = self.encode(conn, &pending.frames, None, &mut out);
                 let mut done = 0;
                 let flush = tokio::time::timeout(CLOSE_FLUSH, write_counted(io, &out, &mut done));
                 match flush.await {
                     Ok(true) => {
                         self.counters.messages_out.inc_by(n);
                         self.counters.bytes_out.inc_by(bytes);
+                        self.count_compressed(&out, first_is_rest.then_some(first_len));
                     }
                     Ok(false) => return Some(None),
                     Err(_) => {
@@ -468,7 +584,7 @@ impl Socket {
             return None;
         }
         let mut out = Vec::new();
-        let (mut n, bytes) = encode_frames(&pending.frames, pending.pong.as_ref(), &mut out);
+        let (mut n, bytes) = self.encode(conn, &pending.frames, pending.pong.as_ref(), &mut out);
         // The first unit in `out`: a direct write's tail (always ahead of a pong), or a whole
         // frame (the pong maybe), whose length its header gives when needed.
         let rest_len = pending.frames.front().map_or(0, |f| f.wire().len());
@@ -502,6 +618,7 @@ impl Socket {
         conn.written();
         self.counters.messages_out.inc_by(n);
         self.counters.bytes_out.inc_by(bytes);
+        self.count_compressed(&out, first_is_rest.then_some(rest_len));
         None
     }
 
@@ -514,8 +631,15 @@ impl Socket {
         max: usize,
     ) -> Flow {
         let mut pos = 0;
+        let deflate = self.deflate.is_some();
+        // A compressed frame may take a little more than its inflated size.
+        let frame_max = if deflate {
+            wsframe::compressed_max(max)
+        } else {
+            max
+        };
         let flow = loop {
-            let h = match wsframe::parse_header(&rbuf[pos..], max) {
+            let h = match wsframe::parse_header_with(&rbuf[pos..], frame_max, deflate) {
                 Ok(Some(h)) if rbuf.len() - pos >= h.frame_len() => h,
                 Ok(_) => break Flow::Continue,
                 Err(e) => break Flow::Close(protocol_close(e)),
@@ -552,11 +676,22 @@ impl Socket {
                     break Flow::Closed;
                 }
                 // Text, binary or a continuation: a whole message once its last frame is in.
-                op => match wsframe::assemble(partial, h.fin, op, payload, max) {
-                    Ok(Some(message)) => message,
-                    Ok(None) => continue,
-                    Err(e) => break Flow::Close(protocol_close(e)),
+                op => {
+                    let op = if h.rsv1 { op | RSV1 } else { op };
+                    match wsframe::assemble(partial, h.fin, op, payload, max) {
+                        Ok(Some(message)) => message,
+                        Ok(None) => continue,
+                        Err(e) => break Flow::Close(protocol_close(e)),
+                    }
+                }
+            };
+            // A compressed message is inflated whole, to at most the maximum.
+            let (opcode, body) = match (opcode & RSV1 != 0, self.deflate.as_deref_mut()) {
+                (true, Some(d)) => match d.inflate(&body, max) {
+                    Ok(inflated) => (opcode & !RSV1, inflated.into()),
+                    Err(code) => break Flow::Close(code),
                 },
+                _ => (opcode, body),
             };
             let Ok(text) = std::str::from_utf8(&body) else {
                 if opcode == wsframe::OP_TEXT {
@@ -727,10 +862,12 @@ mod tests {
             activity_timeout: 120,
             max_ws_message_bytes: 10_000,
             write_timeout: STALL,
+            compression: None,
+            compression_context_takeover: false,
         });
         let c = engine.connect(Arc::new(App::default_app())).unwrap();
         let (server, mut client) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(run(server, Vec::new(), ctx, c.clone(), ()));
+        let task = tokio::spawn(run(server, Vec::new(), ctx, c.clone(), (), None));
         let mut pings = Vec::new();
         for i in 0..2000u32 {
             let payload = format!("ping {i}");
@@ -768,6 +905,222 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// A client's end of a socket, and what it read past the last frame it looked at.
+    type Client = (DuplexStream, Vec<u8>);
+
+    /// A session that negotiated `permessage-deflate` (with context takeover when `takeover`), its
+    /// client's end, its task and its connection.
+    fn deflating(takeover: bool) -> (Client, tokio::task::JoinHandle<()>, Arc<Conn>) {
+        let engine = Engine::new(
+            Arc::new(StaticAppStore::new(vec![App::default_app()]).unwrap()),
+            Cluster::local(),
+            vec![],
+            EngineConfig::default(),
+        );
+        let ctx = Arc::new(session::Ctx {
+            engine: engine.clone(),
+            metrics: Arc::new(crate::sinks::metrics::Metrics::new()),
+            cluster: None,
+            drain: crate::drain::Drain::new(),
+            activity_timeout: 120,
+            max_ws_message_bytes: 10_000,
+            write_timeout: STALL,
+            compression: Some(100),
+            compression_context_takeover: takeover,
+        });
+        // Process-wide, and the same in every test that sets it.
+        herald_core::set_deflate_threshold(Some(100));
+        let offer = b"permessage-deflate; client_max_window_bits";
+        let agreement = herald_protocol::wsdeflate::negotiate([&offer[..]], takeover);
+        let c = engine.connect(Arc::new(App::default_app())).unwrap();
+        let (server, client) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(run(server, Vec::new(), ctx, c.clone(), (), agreement));
+        ((client, Vec::new()), task, c)
+    }
+
+    /// A masked client frame.
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    fn compress(json: &[u8]) -> Vec<u8> {
+        let mut z = Vec::new();
+        herald_protocol::wsdeflate::Deflater::compress_alone(json, &mut z);
+        z
+    }
+
+    /// Reads server frames until one satisfies `stop`; returns every (first byte, payload).
+    /// Bytes read past that frame wait in `client`'s buffer for the next call.
+    async fn read_until(
+        (client, out): &mut Client,
+        mut stop: impl FnMut(u8, &[u8]) -> bool,
+    ) -> Vec<(u8, Vec<u8>)> {
+        let (mut pos, mut got) = (0, Vec::new());
+        loop {
+            while let Some(len) = server_frame_len(&out[pos..]).filter(|l| pos + l <= out.len()) {
+                let frame = &out[pos..pos + len];
+                let at = len - (frame[1] & 0x7F) as usize;
+                let at = match frame[1] & 0x7F {
+                    126 => 4,
+                    127 => 10,
+                    _ => at.min(2),
+                };
+                got.push((frame[0], frame[at..].to_vec()));
+                pos += len;
+                let (b0, p) = got.last().unwrap();
+                if stop(*b0, p) {
+                    out.drain(..pos);
+                    return got;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early; got {got:?}");
+            out.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn inflate(
+        b0: u8,
+        payload: &[u8],
+        inflater: &mut herald_protocol::wsdeflate::Inflater,
+    ) -> String {
+        let json = if b0 & RSV1 != 0 {
+            inflater.inflate(payload, 1 << 20, false).unwrap()
+        } else {
+            payload.to_vec()
+        };
+        String::from_utf8(json).unwrap()
+    }
+
+    #[tokio::test]
+    async fn compressed_client_messages_are_inflated_and_big_server_messages_compressed() {
+        for takeover in [false, true] {
+            let (mut client, task, c) = deflating(takeover);
+            let mut inflater = herald_protocol::wsdeflate::Inflater::new();
+            let hello = read_until(&mut client, |_, _| true).await;
+            let (b0, p) = &hello[0];
+            assert!(inflate(*b0, p, &mut inflater).contains("connection_established"));
+            // A compressed subscribe, in one frame, then in three fragments.
+            let sub = compress(br#"{"event":"pusher:subscribe","data":{"channel":"news"}}"#);
+            client.0.write_all(&client_frame(0xC1, &sub)).await.unwrap();
+            let sub2 = compress(br#"{"event":"pusher:subscribe","data":{"channel":"sport"}}"#);
+            let (a, rest) = sub2.split_at(5);
+            let (b, d) = rest.split_at(5);
+            let mut frags = client_frame(0x41, a);
+            frags.extend(client_frame(0x00, b));
+            frags.extend(client_frame(0x80, d));
+            client.0.write_all(&frags).await.unwrap();
+            // Up to the subscription count of the second channel (its compressed forms are
+            // inflated in order: with context takeover, each depends on those before).
+            let mut texts = Vec::new();
+            read_until(&mut client, |b0, p| {
+                texts.push(inflate(b0, p, &mut inflater));
+                texts.last().unwrap().contains("sport") && texts.last().unwrap().contains("count")
+            })
+            .await;
+            assert!(
+                texts[0].contains("subscription_succeeded") && texts[0].contains("news"),
+                "{texts:?}"
+            );
+            // A big event goes compressed, a small one plain, in order.
+            let big = format!(
+                r#"{{"event":"e","channel":"news","data":"{}"}}"#,
+                "lorem ipsum ".repeat(50)
+            );
+            for json in [
+                &big[..],
+                r#"{"event":"e","channel":"news","data":"{}"}"#,
+                &big[..],
+            ] {
+                assert!(c.send(&Frame::from(json)));
+            }
+            let got = read_until(&mut client, {
+                let mut n = 0;
+                move |_, _| {
+                    n += 1;
+                    n == 3
+                }
+            })
+            .await;
+            let firsts: Vec<u8> = got.iter().map(|(b0, _)| *b0).collect();
+            assert_eq!(firsts, [0xC1, 0x81, 0xC1], "takeover: {takeover}");
+            assert!(got[0].1.len() < big.len() / 4);
+            let texts: Vec<_> = got
+                .iter()
+                .map(|(b0, p)| inflate(*b0, p, &mut inflater))
+                .collect();
+            assert_eq!(texts[0], big, "takeover: {takeover}");
+            assert_eq!(texts[2], big);
+            if takeover {
+                assert!(
+                    got[2].1.len() < got[0].1.len(),
+                    "the second refers to the first"
+                );
+            }
+            let close = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8];
+            client.0.write_all(&close).await.unwrap();
+            task.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deflate_bomb_is_closed_with_1009() {
+        let (mut client, task, _c) = deflating(false);
+        read_until(&mut client, |_, _| true).await;
+        // 5 MB of zeros in a JSON string, for a limit of 10,000 bytes.
+        let mut json = br#"{"event":"client-x","channel":"private-a","data":""#.to_vec();
+        json.extend(std::iter::repeat_n(b'0', 5 << 20));
+        json.extend_from_slice(br#""}"#);
+        let z = compress(&json);
+        assert!(z.len() < 10_000, "{} bytes on the wire", z.len());
+        client.0.write_all(&client_frame(0xC1, &z)).await.unwrap();
+        let got = read_until(&mut client, |b0, _| b0 == 0x88).await;
+        let close = &got.last().unwrap().1;
+        assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1009);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn rsv1_without_deflate_or_on_a_continuation_is_a_protocol_error() {
+        let (mut client, task, _c) = deflating(false);
+        read_until(&mut client, |_, _| true).await;
+        let mut frames = client_frame(0x01, b"{");
+        frames.extend(client_frame(0xC0, b"}"));
+        client.0.write_all(&frames).await.unwrap();
+        let got = read_until(&mut client, |b0, _| b0 == 0x88).await;
+        let close = &got.last().unwrap().1;
+        assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1002);
+        task.await.unwrap();
+        // Broken compressed data: 1007.
+        let (mut client, task, _c) = deflating(false);
+        read_until(&mut client, |_, _| true).await;
+        client
+            .0
+            .write_all(&client_frame(0xC1, &[0xFF, 0xFF, 0xFF]))
+            .await
+            .unwrap();
+        let got = read_until(&mut client, |b0, _| b0 == 0x88).await;
+        let close = &got.last().unwrap().1;
+        assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1007);
+        task.await.unwrap();
+    }
+
     /// Server frames of these payload lengths, one after the other, and where each ends.
     fn frames(lens: &[usize]) -> (Vec<u8>, Vec<usize>) {
         let mut out = Vec::new();
@@ -784,7 +1137,7 @@ mod tests {
         let queue: VecDeque<Frame> = ["a", "bb", "ccc"].into_iter().map(Frame::from).collect();
         let pong = (1, Box::from(&b"p"[..]));
         let mut out = Vec::new();
-        assert_eq!(encode_frames(&queue, Some(&pong), &mut out), (3, 12));
+        assert_eq!(encode_frames(&queue, Some(&pong), &mut out, plain), (3, 12));
         let wire = |f: &Frame| f.wire().to_vec();
         let expected = [
             wire(&queue[0]),
@@ -795,7 +1148,7 @@ mod tests {
         assert_eq!(out, expected.concat());
         // First in the stream, then cut inside it: finished to its end only.
         let mut out = Vec::new();
-        encode_frames(&queue, Some(&(0, Box::from(&b"pq"[..]))), &mut out);
+        encode_frames(&queue, Some(&(0, Box::from(&b"pq"[..]))), &mut out, plain);
         assert_eq!(&out[..4], &[0x8A, 2, b'p', b'q']);
         let first = server_frame_len(&out).unwrap();
         assert_eq!(unfinished(&out, false, first, 1), &out[1..4]);

@@ -104,6 +104,7 @@ impl Sink for TcpSink {
         if matches!(r, Ok(n) if n == buf.len()) {
             self.counters.messages_out.inc();
             self.counters.bytes_out.inc_by(buf.len() as u64);
+            self.counters.sent_frame(buf);
         }
         r
     }
