@@ -274,7 +274,14 @@ pub async fn run_with(
         node.config.server.activity_timeout,
         node.config.server.pong_timeout,
     )));
+    let fallback = crate::transport::fallback::Sessions::new(
+        node.session.clone(),
+        node.config.server.fallback_session_timeout,
+        node.config.server.fallback_poll_timeout,
+    );
+    background.push(tokio::spawn(fallback.clone().reap()));
     let port = Port {
+        fallback,
         session: node.session.clone(),
         path_prefix: Arc::from(node.config.server.path_prefix.as_str()),
         tls,

@@ -166,6 +166,12 @@ pub struct ServerConfig {
     /// them (`listen` backlog); past it, connection attempts are dropped and retried by the
     /// client after 1, 3, 7 s. The kernel caps it at `net.core.somaxconn`.
     pub listen_backlog: u64,
+    /// Seconds an HTTP fallback session (`xhr_streaming`, `xhr_polling`) may go without a
+    /// receiving request open before it is ended as a client that went away.
+    pub fallback_session_timeout: u64,
+    /// Seconds an `xhr_polling` request is held open with nothing to deliver before it is
+    /// answered with a heartbeat (the client then polls again).
+    pub fallback_poll_timeout: u64,
 }
 
 /// Webhook delivery settings (`[webhooks]`, `HERALD_WEBHOOKS_*`); targets are set per app.
@@ -227,6 +233,8 @@ impl Default for ServerConfig {
             max_connections: 0,
             max_subscriptions: 200_000,
             listen_backlog: 4096,
+            fallback_session_timeout: 30,
+            fallback_poll_timeout: 25,
         }
     }
 }
@@ -532,6 +540,18 @@ impl Config {
         for (name, value, min, max) in [
             ("server.activity_timeout", s.activity_timeout, 1, SECS),
             ("server.pong_timeout", s.pong_timeout, 1, SECS),
+            (
+                "server.fallback_session_timeout",
+                s.fallback_session_timeout,
+                1,
+                SECS,
+            ),
+            (
+                "server.fallback_poll_timeout",
+                s.fallback_poll_timeout,
+                1,
+                SECS,
+            ),
             (
                 "server.max_ws_message_bytes",
                 size(s.max_ws_message_bytes),

@@ -4,6 +4,7 @@
 
 pub mod backlog;
 pub mod capacity;
+pub mod fallback;
 pub mod listener;
 pub mod socket;
 pub mod stream;
