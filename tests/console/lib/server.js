@@ -19,8 +19,11 @@ function heraldBin() {
   return process.env.HERALD_BIN || path.join(REPO_DIR, 'target', 'release', 'herald');
 }
 
-/** Starts a server; `token` is the console token (none: the console is off). */
-async function startServer({ token } = {}) {
+/**
+ * Starts a server; `token` is the console token (none: the console is off); `env` adds
+ * HERALD_* settings.
+ */
+async function startServer({ token, env: extra = {} } = {}) {
   const bin = heraldBin();
   if (!fs.existsSync(bin)) {
     throw new Error(`Herald binary not found at ${bin} (set HERALD_BIN or run cargo build --release -p herald)`);
@@ -32,6 +35,7 @@ async function startServer({ token } = {}) {
   env.HERALD_PORT = '0';
   env.HERALD_METRICS_PORT = '0';
   if (token) env.HERALD_CONSOLE_TOKEN = token;
+  Object.assign(env, extra);
 
   const proc = spawn(bin, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
