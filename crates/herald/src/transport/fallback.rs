@@ -296,6 +296,10 @@ impl Sessions {
         let Some(body) = read_body(io, buf, req.content_length).await else {
             return After::Close;
         };
+        if buf.is_empty() {
+            // A held request keeps no read buffer (most of an idle session's memory otherwise).
+            *buf = Vec::new();
+        }
         match req.target.kind {
             Kind::Send => self.send(io, &req, &cors, &body).await,
             Kind::Streaming | Kind::Polling => self.receive(io, &req, &cors, over_capacity).await,
