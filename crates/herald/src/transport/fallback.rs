@@ -175,6 +175,9 @@ pub struct Sessions {
     ended: Mutex<HashMap<Box<str>, u64>>,
     timeout_ms: u64,
     poll: Duration,
+    /// Most sessions at once (the server port's WebSocket limit): a session between two
+    /// requests holds no socket, so the socket count alone would not bound them.
+    max_sessions: usize,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -193,13 +196,19 @@ pub enum After {
 }
 
 impl Sessions {
-    pub fn new(ctx: Arc<session::Ctx>, timeout_s: u64, poll_s: u64) -> Arc<Self> {
+    pub fn new(
+        ctx: Arc<session::Ctx>,
+        timeout_s: u64,
+        poll_s: u64,
+        max_sessions: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             ctx,
             map: Mutex::new(HashMap::new()),
             ended: Mutex::new(HashMap::new()),
             timeout_ms: timeout_s.max(1).saturating_mul(1000),
             poll: Duration::from_secs(poll_s.max(1)),
+            max_sessions,
         })
     }
 
@@ -388,7 +397,7 @@ impl Sessions {
             protocol,
             tls: req.tls,
         };
-        if over_capacity {
+        if over_capacity || self.len() >= self.max_sessions {
             self.ctx.metrics.refused("server", "capacity");
             return Err(Refusal::Close(codes::OVER_CAPACITY));
         }
@@ -752,6 +761,110 @@ async fn read_body<S: Transport>(io: &mut S, buf: &mut Vec<u8>, len: usize) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_core::{App, Cluster, Engine, EngineConfig, StaticAppStore};
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    fn sessions(timeout_s: u64, max: usize) -> (Engine, Arc<Sessions>) {
+        let engine = Engine::new(
+            Arc::new(StaticAppStore::new(vec![App::default_app()]).unwrap()),
+            Cluster::local(),
+            vec![],
+            EngineConfig::default(),
+        );
+        let ctx = Arc::new(session::Ctx {
+            engine: engine.clone(),
+            metrics: Arc::new(crate::sinks::metrics::Metrics::new()),
+            cluster: None,
+            drain: crate::drain::Drain::new(),
+            activity_timeout: 120,
+            max_ws_message_bytes: 1000,
+            write_timeout: Duration::from_secs(5),
+        });
+        (engine, Sessions::new(ctx, timeout_s, 1, max))
+    }
+
+    fn poll(session: &str) -> Request {
+        Request {
+            method: "POST".into(),
+            target: parse_target(&format!("/pusher/app/app-key/{session}/xhr"), "").unwrap(),
+            query: "?protocol=7".into(),
+            origin: None,
+            request_headers: None,
+            content_length: 0,
+            chunked: false,
+            keep_alive: true,
+            tls: false,
+        }
+    }
+
+    /// Serves one request and returns the response's status and body.
+    async fn exchange(s: &Arc<Sessions>, req: Request) -> (u16, String) {
+        let (mut server, mut client) = tokio::io::duplex(1 << 16);
+        let mut buf = Vec::new();
+        s.serve(&mut server, &mut buf, req, false).await;
+        drop(server);
+        let mut text = String::new();
+        client.read_to_string(&mut text).await.unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (head[9..12].parse().unwrap(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_session_opens_once_and_is_reaped_when_no_request_holds_it() {
+        let (engine, s) = sessions(1, 100);
+        let reaper = tokio::spawn(s.clone().reap());
+        let (status, body) = exchange(&s, poll("1/abc")).await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("o\na["), "{body}");
+        assert!(body.contains("pusher:connection_established"), "{body}");
+        assert_eq!((s.len(), engine.connection_count("app-id")), (1, 1));
+        // The next poll has nothing to deliver: a heartbeat after the poll timeout, no second `o`.
+        let (status, body) = exchange(&s, poll("1/abc")).await;
+        assert_eq!((status, body.as_str()), (200, "h\n"));
+        // Nobody polls again: the session ends as a client that went away.
+        for _ in 0..100 {
+            if s.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!((s.len(), engine.connection_count("app-id")), (0, 0));
+        // Its name does not open a new session.
+        assert_eq!(exchange(&s, poll("1/abc")).await.0, 404);
+        reaper.abort();
+    }
+
+    #[tokio::test]
+    async fn sessions_past_the_limit_are_refused_with_4100() {
+        let (_, s) = sessions(30, 1);
+        assert_eq!(exchange(&s, poll("1/a")).await.0, 200);
+        let (status, body) = exchange(&s, poll("1/b")).await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("c[4100,"), "{body}");
+        assert_eq!(s.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_closes_the_session_with_1009() {
+        let (_, s) = sessions(30, 10);
+        exchange(&s, poll("1/big")).await;
+        let body = serde_json::to_string(&[format!(
+            "{{\"event\":\"client-x\",\"data\":\"{}\"}}",
+            "x".repeat(2000)
+        )])
+        .unwrap();
+        let (mut server, _client): (DuplexStream, DuplexStream) = tokio::io::duplex(1 << 16);
+        let mut buf = body.clone().into_bytes();
+        let mut req = poll("1/big");
+        req.target.kind = Kind::Send;
+        req.content_length = body.len();
+        s.serve(&mut server, &mut buf, req, false).await;
+        let (status, body) = exchange(&s, poll("1/big")).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("1009"), "pusher:error first: {body}");
+        assert!(body.ends_with("c[1009,\"Message too big\"]\n"), "{body}");
+        assert!(s.is_empty(), "the session ended");
+    }
 
     #[test]
     fn parses_the_paths_pusher_js_uses() {
