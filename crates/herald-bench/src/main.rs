@@ -15,6 +15,7 @@ mod schedule;
 mod sign;
 mod stats;
 mod tls;
+mod xhr;
 
 use clap::{Parser, Subcommand};
 use net::{ErrorLog, Target};
@@ -105,6 +106,10 @@ struct Common {
     /// --tls; the certificate must name --host.
     #[arg(long, global = true, value_name = "FILE")]
     tls_ca: Option<String>,
+    /// What client sessions run on: WebSocket, or one of the HTTP fallback transports as
+    /// pusher-js speaks them (`idle` and `fanout`; plain HTTP only).
+    #[arg(long, global = true, value_enum, default_value_t = xhr::Transport::Ws, conflicts_with = "tls")]
+    transport: xhr::Transport,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +159,7 @@ async fn run(cli: &Cli, nofile: Option<u64>) -> Result<report::Report, String> {
         Target::new(addr, &c.host, &c.app_id, &c.key, &c.secret, c.source_ips)
             .with_ws_addrs(ws_addrs)
             .with_api_addrs(api_addrs)
+            .with_transport(c.transport)
             .with_tls(match (c.tls, &c.tls_ca) {
                 (true, Some(ca)) => tls::Tls::new(&c.host, ca)?,
                 _ => tls::Tls::default(),

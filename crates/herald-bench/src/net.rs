@@ -88,6 +88,8 @@ pub struct Target {
     api_addrs: Vec<SocketAddr>,
     /// `--tls`: every connection inside TLS.
     tls: Tls,
+    /// `--transport`: WebSocket or one of the HTTP fallback transports.
+    pub transport: crate::xhr::Transport,
 }
 
 impl Target {
@@ -123,6 +125,7 @@ impl Target {
             next_ws: AtomicU32::new(0),
             api_addrs: Vec::new(),
             tls: Tls::default(),
+            transport: crate::xhr::Transport::Ws,
             ws_url: format!("ws://{host}:{port}/app/{key}?protocol=7&client=herald-bench&version=0.1&flash=false"),
         }
     }
@@ -133,6 +136,12 @@ impl Target {
             self.ws_url = self.ws_url.replacen("ws://", "wss://", 1);
         }
         self.tls = tls;
+        self
+    }
+
+    /// Sessions over this transport instead of WebSocket.
+    pub fn with_transport(mut self, transport: crate::xhr::Transport) -> Self {
+        self.transport = transport;
         self
     }
 
@@ -259,10 +268,18 @@ impl<'a> Frame<'a> {
 
 /// A Pusher protocol 7 client connection.
 pub struct Client {
-    ws: WebSocketStream<Wire<Stamped>>,
+    ws: Io,
     pub socket_id: String,
     /// How long the TCP connect took (a dropped SYN shows as 1 s, 3 s, 7 s: the retries).
     pub tcp_connect: Duration,
+}
+
+/// What a client's session runs on. The WebSocket stays inline: it is the common case, and the
+/// enum is no larger than the stream it holds.
+#[allow(clippy::large_enum_variant)]
+enum Io {
+    Ws(WebSocketStream<Wire<Stamped>>),
+    Http(Box<crate::xhr::Session>),
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -297,6 +314,15 @@ impl Client {
         recv_buffer: Option<u32>,
     ) -> Result<Client, BenchError> {
         let t0 = std::time::Instant::now();
+        if target.transport != crate::xhr::Transport::Ws {
+            let session = crate::xhr::Session::open(target, target.transport).await?;
+            let client = Client {
+                ws: Io::Http(Box::new(session)),
+                socket_id: String::new(),
+                tcp_connect: t0.elapsed(),
+            };
+            return Self::established(client).await;
+        }
         let tcp = match node {
             Some(n) => target.ws_tcp_at(n, recv_buffer).await?,
             None => target.ws_tcp(recv_buffer).await?,
@@ -310,11 +336,16 @@ impl Client {
         )
         .await
         .map_err(|e| BenchError::new("ws_handshake", e))?;
-        let mut client = Client {
-            ws,
+        let client = Client {
+            ws: Io::Ws(ws),
             socket_id: String::new(),
             tcp_connect,
         };
+        Self::established(client).await
+    }
+
+    /// Waits for `pusher:connection_established`.
+    async fn established(mut client: Client) -> Result<Client, BenchError> {
         let established = client
             .next(|f| match f.event.as_ref() {
                 "pusher:connection_established" => {
@@ -341,8 +372,11 @@ impl Client {
 
     /// From now on, note when each read's bytes reached the socket ([`Client::last_arrival_us`]).
     pub fn stamp_arrivals(&mut self) -> Result<(), BenchError> {
-        self.ws
-            .get_mut()
+        // Over HTTP there is no arrival stamp: the latency is taken when the frame is read.
+        let Io::Ws(ws) = &mut self.ws else {
+            return Ok(());
+        };
+        ws.get_mut()
             .inner_mut()
             .stamp_arrivals()
             .map_err(|e| BenchError::new("so_timestamp", e))
@@ -351,20 +385,30 @@ impl Client {
     /// When the bytes of the frame just returned by [`Client::next`] reached the socket (µs
     /// since the epoch), once [`Client::stamp_arrivals`] was called.
     pub fn last_arrival_us(&self) -> Option<u64> {
-        self.ws.get_ref().inner().last_arrival_us()
+        match &self.ws {
+            Io::Ws(ws) => ws.get_ref().inner().last_arrival_us(),
+            Io::Http(_) => None,
+        }
     }
 
     pub async fn send_text(&mut self, text: String) -> Result<(), BenchError> {
-        self.ws
-            .send(Message::text(text))
+        let ws = match &mut self.ws {
+            Io::Ws(ws) => ws,
+            Io::Http(s) => return s.send_text(&text).await,
+        };
+        ws.send(Message::text(text))
             .await
             .map_err(|e| BenchError::new("ws_send", e))
     }
 
     /// The next Pusher frame, given to `f` as soon as it is parsed. Answers `pusher:ping` itself.
     pub async fn next<R>(&mut self, mut f: impl FnMut(&Frame<'_>) -> R) -> Result<R, BenchError> {
+        let ws = match &mut self.ws {
+            Io::Ws(ws) => ws,
+            Io::Http(s) => return next_http(s, f).await,
+        };
         loop {
-            let msg = match self.ws.next().await {
+            let msg = match ws.next().await {
                 None => return Err(BenchError::new("closed", "connection ended")),
                 Some(Err(e)) => return Err(BenchError::new("ws_read", e)),
                 Some(Ok(m)) => m,
@@ -374,8 +418,9 @@ impl Client {
                     let frame: Frame<'_> = serde_json::from_str(text.as_str())
                         .map_err(|e| BenchError::new("protocol", format!("{e}: {text}")))?;
                     if frame.event == "pusher:ping" {
-                        self.send_text(r#"{"event":"pusher:pong","data":{}}"#.into())
-                            .await?;
+                        ws.send(Message::text(r#"{"event":"pusher:pong","data":{}}"#))
+                            .await
+                            .map_err(|e| BenchError::new("ws_send", e))?;
                         continue;
                     }
                     return Ok(f(&frame));
@@ -453,17 +498,22 @@ impl Client {
     /// Ok once the server has answered the close and ended the stream; `close_timeout` when it
     /// did not within the two seconds, `frame_after_close` when it sent anything after its close
     /// frame, `close_failed` when sending the close or reading up to the end failed otherwise.
-    pub async fn close(mut self) -> Result<(), BenchError> {
+    pub async fn close(self) -> Result<(), BenchError> {
+        let mut ws = match self.ws {
+            Io::Ws(ws) => ws,
+            // The fallback transports have no close: the session is abandoned, as pusher-js
+            // does, and the server reaps it after its timeout.
+            Io::Http(_) => return Ok(()),
+        };
         tokio::time::timeout(CLOSE_WAIT, async {
-            self.ws
-                .close(None)
+            ws.close(None)
                 .await
                 .map_err(|e| BenchError::new("close_failed", e))?;
             // What came in meanwhile, for the error's detail (the server's close frame and
             // what it sent around it say more than the protocol error alone).
             let mut seen: Vec<String> = Vec::new();
             loop {
-                match self.ws.next().await {
+                match ws.next().await {
                     // The stream ends once the close handshake is complete.
                     None => return Ok(()),
                     Some(Ok(m)) => {
@@ -496,6 +546,23 @@ impl Client {
                 format!("no close handshake within {CLOSE_WAIT:?}"),
             ))
         })
+    }
+}
+
+/// [`Client::next`] over an HTTP fallback session.
+async fn next_http<R>(
+    s: &mut crate::xhr::Session,
+    mut f: impl FnMut(&Frame<'_>) -> R,
+) -> Result<R, BenchError> {
+    loop {
+        let text = s.next_text().await?;
+        let frame: Frame<'_> = serde_json::from_str(&text)
+            .map_err(|e| BenchError::new("protocol", format!("{e}: {text}")))?;
+        if frame.event == "pusher:ping" {
+            s.send_text(r#"{"event":"pusher:pong","data":{}}"#).await?;
+            continue;
+        }
+        return Ok(f(&frame));
     }
 }
 
@@ -572,7 +639,7 @@ mod tests {
             }
         );
         let client = Client {
-            ws: client,
+            ws: Io::Ws(client),
             socket_id: String::new(),
             tcp_connect: Duration::ZERO,
         };

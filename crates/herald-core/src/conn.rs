@@ -383,6 +383,12 @@ impl Conn {
         drop(sink);
     }
 
+    /// Wakes the connection task without queueing anything (a transport that hands the
+    /// connection from one request to the next uses it to tell the old one to let go).
+    pub fn wake(&self) {
+        self.wake_task();
+    }
+
     fn wake_task(&self) {
         self.woken.store(true, Ordering::Release);
         self.wake.wake();

@@ -278,14 +278,22 @@ pub async fn run_with(
         node.config.server.activity_timeout,
         node.config.server.pong_timeout,
     )));
+    let capacity =
+        crate::transport::capacity::Capacity::from_settings(node.config.server.max_connections);
+    let fallback = crate::transport::fallback::Sessions::new(
+        node.session.clone(),
+        node.config.server.fallback_session_timeout,
+        node.config.server.fallback_poll_timeout,
+        capacity.limit(),
+    );
+    background.push(tokio::spawn(fallback.clone().reap()));
     let port = Port {
+        fallback,
         session: node.session.clone(),
         path_prefix: Arc::from(node.config.server.path_prefix.as_str()),
         tls,
         router: node.router(),
-        capacity: crate::transport::capacity::Capacity::from_settings(
-            node.config.server.max_connections,
-        ),
+        capacity,
     };
     let server = tokio::spawn(listener::serve(listener, port, stop_accepting.clone()));
     shutdown.await;

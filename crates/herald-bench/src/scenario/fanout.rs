@@ -126,6 +126,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Report {
     } else {
         4 * a.subscribers.max(250)
     };
+    r.param("transport", ctx.target.transport.name());
     r.param("subscribers", a.subscribers);
     r.param("channels", channels as u64);
     r.param("rate_per_s", super::rate_param(a.rate));

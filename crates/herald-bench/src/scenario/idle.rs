@@ -30,6 +30,7 @@ pub struct IdleArgs {
 
 pub async fn run(ctx: &Ctx, a: &IdleArgs) -> Report {
     let mut r = Report::new("idle");
+    r.param("transport", ctx.target.transport.name());
     r.param("connections", a.connections);
     r.param("channels", a.channels);
     r.param("duration_s", a.duration);

@@ -235,6 +235,12 @@ pub struct ServerConfig {
     /// similar events) at the cost of a compressor and an inflater per connection (hundreds of
     /// KB each) and one compression per recipient instead of one per event.
     pub websocket_compression_context_takeover: bool,
+    /// Seconds an HTTP fallback session (`xhr_streaming`, `xhr_polling`) may go without a
+    /// receiving request open before it is ended as a client that went away.
+    pub fallback_session_timeout: u64,
+    /// Seconds an `xhr_polling` request is held open with nothing to deliver before it is
+    /// answered with a heartbeat (the client then polls again).
+    pub fallback_poll_timeout: u64,
 }
 
 /// Webhook delivery settings (`[webhooks]`, `HERALD_WEBHOOKS_*`); targets are set per app.
@@ -298,6 +304,8 @@ impl Default for ServerConfig {
             listen_backlog: 4096,
             websocket_compression: WsCompression::Off,
             websocket_compression_context_takeover: false,
+            fallback_session_timeout: 30,
+            fallback_poll_timeout: 25,
         }
     }
 }
@@ -603,6 +611,18 @@ impl Config {
         for (name, value, min, max) in [
             ("server.activity_timeout", s.activity_timeout, 1, SECS),
             ("server.pong_timeout", s.pong_timeout, 1, SECS),
+            (
+                "server.fallback_session_timeout",
+                s.fallback_session_timeout,
+                1,
+                SECS,
+            ),
+            (
+                "server.fallback_poll_timeout",
+                s.fallback_poll_timeout,
+                1,
+                SECS,
+            ),
             (
                 "server.max_ws_message_bytes",
                 size(s.max_ws_message_bytes),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 pub struct Metrics {
     registry: Registry,
     connections: IntGaugeVec,
+    fallback_sessions: IntGaugeVec,
     channels: IntGaugeVec,
     subscriptions: IntGaugeVec,
     connections_opened: IntCounterVec,
@@ -139,8 +140,14 @@ impl Metrics {
             connections: gauge(
                 &r,
                 "herald_connections",
-                "Open WebSocket connections",
+                "Open connections (WebSocket and HTTP fallback sessions)",
                 &["app"],
+            ),
+            fallback_sessions: gauge(
+                &r,
+                "herald_fallback_sessions",
+                "Open sessions on the HTTP fallback transports, by transport (counted in herald_connections too)",
+                &["app", "transport"],
             ),
             channels: gauge(&r, "herald_channels", "Occupied channels", &["app"]),
             subscriptions: gauge(
@@ -293,6 +300,13 @@ impl Metrics {
 
     pub fn webhook(&self, app: &str, outcome: &str) {
         self.webhooks.with_label_values(&[app, outcome]).inc();
+    }
+
+    /// A session on an HTTP fallback transport opened (`+1`) or ended (`-1`).
+    pub fn fallback_session(&self, app: &str, transport: &str, delta: i64) {
+        self.fallback_sessions
+            .with_label_values(&[app, transport])
+            .add(delta);
     }
 
     pub fn slow_consumer(&self, app: &str) {

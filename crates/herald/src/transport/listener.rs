@@ -7,6 +7,7 @@
 use crate::session::{self, ConnectParams};
 use crate::sinks::metrics::Metrics;
 use crate::transport::capacity::{Capacity, Held};
+use crate::transport::fallback;
 use crate::transport::lean_tls::LeanTls;
 use crate::transport::socket;
 use crate::transport::stream::{IntoSession, Prefixed, Transport};
@@ -42,13 +43,18 @@ enum Head {
         forwarded_https: bool,
         used: usize,
     },
+    /// A request under the HTTP fallback transports; `used` bytes of the buffer were the head.
+    Fallback {
+        req: Box<fallback::Request>,
+        used: usize,
+    },
     /// Anything else, for the HTTP router.
     Http,
 }
 
 /// Reads the first request head. `compression`: whether the server accepts `permessage-deflate`
-/// (and with context takeover when `Some(true)`).
-fn inspect(buf: &[u8], compression: Option<bool>) -> Option<Head> {
+/// (and with context takeover when `Some(true)`); `prefix`: `server.path_prefix`.
+fn inspect(buf: &[u8], compression: Option<bool>, prefix: &str) -> Option<Head> {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
@@ -62,7 +68,13 @@ fn inspect(buf: &[u8], compression: Option<bool>) -> Option<Head> {
         req.headers.iter().map(|h| (h.name, h.value)),
     );
     Some(match upgrade {
-        Upgrade::No => Head::Http,
+        Upgrade::No => match fallback_request(&req, prefix) {
+            Some(req) => Head::Fallback {
+                req: Box::new(req),
+                used,
+            },
+            None => Head::Http,
+        },
         Upgrade::Yes { accept } => Head::Upgrade {
             accept,
             deflate: compression.and_then(|takeover| {
@@ -77,6 +89,47 @@ fn inspect(buf: &[u8], compression: Option<bool>) -> Option<Head> {
             forwarded_https: forwarded_https(req.headers.iter().map(|h| (h.name, h.value))),
             used,
         },
+    })
+}
+
+/// The parts of a request under the fallback transports' paths that serving it needs.
+fn fallback_request(req: &httparse::Request, prefix: &str) -> Option<fallback::Request> {
+    let target = req.path?;
+    let (path, query) = match target.find('?') {
+        Some(i) => target.split_at(i),
+        None => (target, ""),
+    };
+    let parsed = fallback::parse_target(path, prefix)?;
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+    };
+    let connection = header("connection")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    // HTTP/1.1 keeps the connection unless told otherwise; 1.0 only when asked.
+    let keep_alive = if req.version == Some(1) {
+        !connection.contains("close")
+    } else {
+        connection.contains("keep-alive")
+    };
+    let content_length = match header("content-length") {
+        None => 0,
+        // Unparseable: more than any limit, so it is refused.
+        Some(v) => v.parse().unwrap_or(usize::MAX),
+    };
+    Some(fallback::Request {
+        method: req.method.unwrap_or("").to_owned(),
+        target: parsed,
+        query: query.to_owned(),
+        origin: header("origin"),
+        request_headers: header("access-control-request-headers"),
+        content_length,
+        chunked: header("transfer-encoding").is_some(),
+        keep_alive,
+        tls: forwarded_https(req.headers.iter().map(|h| (h.name, h.value))),
     })
 }
 
@@ -116,6 +169,8 @@ pub struct Port {
     pub router: Router,
     /// Open sockets on this port and the limit past which upgrades are refused.
     pub capacity: Arc<Capacity>,
+    /// Sessions on the HTTP fallback transports.
+    pub fallback: Arc<fallback::Sessions>,
 }
 
 /// Everything an accepted connection needs, shared by all of them.
@@ -128,6 +183,7 @@ struct Ctx {
     stop: CancellationToken,
     http: TaskTracker,
     capacity: Arc<Capacity>,
+    fallback: Arc<fallback::Sessions>,
 }
 
 /// Accepts until `stop`, then lets open HTTP connections finish their request in flight.
@@ -148,6 +204,7 @@ pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
         tls,
         router,
         capacity,
+        fallback,
     } = port;
     let ctx = Ctx {
         session,
@@ -157,6 +214,7 @@ pub async fn serve(listener: TcpListener, port: Port, stop: CancellationToken) {
         stop: stop.clone(),
         http: TaskTracker::new(),
         capacity,
+        fallback,
     };
     tokio::task::unconstrained(accept_loop(listener, ctx.clone(), tls)).await;
     ctx.http.close();
@@ -211,32 +269,60 @@ async fn read_head<S: Transport>(
     io: &mut S,
     buf: &mut Vec<u8>,
     compression: Option<bool>,
+    prefix: &str,
 ) -> Option<Head> {
     loop {
+        // A request head may already be waiting (a second request on a kept connection).
+        if !buf.is_empty() {
+            if let Some(head) = inspect(buf, compression, prefix) {
+                return Some(head);
+            }
+        }
         match io.read_into(buf).await {
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
-        }
-        if let Some(head) = inspect(buf, compression) {
-            return Some(head);
         }
     }
 }
 
 async fn connection<S: IntoSession>(mut io: S, ctx: Ctx, held: Held) {
     let mut buf = Vec::new();
-    let head = match Box::pin(tokio::time::timeout(
-        HEAD_TIMEOUT,
-        read_head(&mut io, &mut buf, {
-            let s = &ctx.session;
-            s.compression.map(|_| s.compression_context_takeover)
-        }),
-    ))
-    .await
-    {
-        Ok(Some(h)) => h,
-        // Closed or silent before a whole request head: nothing to answer.
-        _ => return,
+    let compression = {
+        let s = &ctx.session;
+        s.compression.map(|_| s.compression_context_takeover)
+    };
+    let head = loop {
+        let head = match Box::pin(tokio::time::timeout(
+            HEAD_TIMEOUT,
+            read_head(&mut io, &mut buf, compression, &ctx.path_prefix),
+        ))
+        .await
+        {
+            Ok(Some(h)) => h,
+            // Closed or silent before a whole request head: nothing to answer.
+            _ => return,
+        };
+        let Head::Fallback { req, used } = head else {
+            break head;
+        };
+        // Served here, outside hyper, like upgrades: a held streaming request then costs its
+        // session and socket only. The connection may carry further requests.
+        buf.drain(..used);
+        let req = *req;
+        let tls = req.tls || ctx.tls;
+        let over = ctx.capacity.over_ws_limit();
+        let after =
+            Box::pin(
+                ctx.fallback
+                    .serve(&mut io, &mut buf, fallback::Request { tls, ..req }, over),
+            )
+            .await;
+        if matches!(after, fallback::After::Close) {
+            return;
+        }
+        if buf.is_empty() {
+            buf = Vec::new();
+        }
     };
     match head {
         Head::Upgrade {
@@ -298,7 +384,8 @@ async fn connection<S: IntoSession>(mut io: S, ctx: Ctx, held: Held) {
             }
         }
         // Boxed: hyper's connection state would otherwise be part of every WebSocket's task.
-        Head::Http => {
+        // (Fallback requests are served in the loop above and never get here.)
+        Head::Http | Head::Fallback { .. } => {
             Box::pin(http(io, buf, ctx)).await;
             drop(held);
         }
@@ -431,7 +518,7 @@ mod tests {
     #[test]
     fn inspects_heads() {
         let ws = b"GET /app/k?protocol=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-Proto: https\r\n\r\nEXTRA";
-        match inspect(ws, Some(false)) {
+        match inspect(ws, Some(false), "") {
             Some(Head::Upgrade {
                 accept,
                 deflate: None,
@@ -446,15 +533,27 @@ mod tests {
             }
             _ => panic!("not seen as an upgrade"),
         }
-        assert!(inspect(&ws[..20], None).is_none(), "partial head waits");
+        assert!(inspect(&ws[..20], None, "").is_none(), "partial head waits");
         assert!(matches!(
-            inspect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", None),
+            inspect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", None, ""),
             Some(Head::Http)
         ));
         assert!(matches!(
-            inspect(b"\x16\x03\x01garbage", None),
+            inspect(b"\x16\x03\x01garbage", None, ""),
             Some(Head::Http)
         ));
+        let xhr = b"POST /pusher/app/k/12/abcdefgh/xhr_send?t=1&n=2 HTTP/1.1\r\nHost: x\r\nOrigin: http://page\r\nContent-Length: 4\r\n\r\n[\"\"]";
+        match inspect(xhr, None, "") {
+            Some(Head::Fallback { req, used }) => {
+                assert_eq!(req.target.kind, fallback::Kind::Send);
+                assert_eq!(req.target.session, "12/abcdefgh");
+                assert_eq!(req.content_length, 4);
+                assert_eq!(req.origin.as_deref(), Some("http://page"));
+                assert!(req.keep_alive);
+                assert_eq!(&xhr[used..], b"[\"\"]");
+            }
+            _ => panic!("not seen as a fallback request"),
+        }
     }
 
     #[test]
@@ -462,7 +561,7 @@ mod tests {
         let ws = |ext: &str| {
             format!("GET /app/k HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{ext}\r\n")
         };
-        let deflate = |head: &str, compression| match inspect(head.as_bytes(), compression) {
+        let deflate = |head: &str, compression| match inspect(head.as_bytes(), compression, "") {
             Some(Head::Upgrade { deflate, .. }) => deflate.map(|a| a.header_value()),
             _ => panic!("not seen as an upgrade"),
         };

@@ -4,6 +4,7 @@
 
 pub mod backlog;
 pub mod capacity;
+pub mod fallback;
 pub mod lean_tls;
 pub mod listener;
 pub mod socket;
