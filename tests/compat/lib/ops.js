@@ -10,7 +10,7 @@ const https = require('node:https');
 const http = require('node:http');
 const { spawn, spawnSync, execFileSync } = require('node:child_process');
 const { renderToml, heraldBin, watchExit, DEFAULT_APP, TMP_DIR, COMPAT_DIR } = require('./server');
-const { withTimeout, waitFor, DEFAULT_TIMEOUT } = require('./wait');
+const { withTimeout, waitFor, pace, DEFAULT_TIMEOUT } = require('./wait');
 
 const COMPAT = COMPAT_DIR || path.resolve(__dirname, '..');
 
@@ -501,7 +501,34 @@ function tlsSdk(server, app = DEFAULT_APP) {
   });
 }
 
+/**
+ * Stops reading `socket` (a client's): frames pile up in the kernel buffers, then in the server's
+ * outbox. The server closes a slow consumer right after counting it and gives it the closing flush
+ * (2 s) to take what its socket holds and the 4100 frames after it, so the client reads again as
+ * soon as the counter shows the decision, as a client that is merely slow would. Returns
+ * { done (a promise that fails after 60 s without the decision), decided() }.
+ */
+function stallUntilSlowConsumer(server, socket, app = 'app-id') {
+  socket.pause();
+  let decided = false;
+  const until = Date.now() + 60000; // ends by itself if the test fails first
+  const done = (async () => {
+    while (Date.now() < until) {
+      const s = await scrape(server);
+      if (s.get('herald_slow_consumer_disconnects_total', { app }) === 1) {
+        socket.resume();
+        decided = true;
+        return;
+      }
+      await pace(10);
+    }
+    throw new Error('no slow-consumer disconnect counted within 60 s');
+  })();
+  return { done, decided: () => decided };
+}
+
 module.exports = {
+  stallUntilSlowConsumer,
   tmpPath,
   writeConfig,
   cleanEnv,

@@ -9,7 +9,7 @@ const assert = require('node:assert/strict');
 const WebSocket = require('ws');
 const Pusher = require('pusher');
 const ops = require('../lib/ops');
-const { withTimeout, waitFor, pace } = require('../lib/wait');
+const { withTimeout, waitFor } = require('../lib/wait');
 
 const SLOW = { code: 4100, message: 'Over capacity: client is not reading its messages fast enough' };
 
@@ -52,39 +52,20 @@ test('OPS-SLOW-1 a client that stops reading gets pusher:error 4100 and close 41
   const reader = subscriber(server, channel);
   const stalled = subscriber(server, channel);
   await Promise.all([reader.subscribed, stalled.subscribed]);
-  // Stop reading: frames pile up in the kernel buffers, then in the server's outbox.
-  stalled.ws._socket.pause();
-
-  // The server closes a slow consumer right after counting it, and gives it the closing flush
-  // (2 s) to take what its socket holds and the 4100 frames after it. This client reads again
-  // as soon as the counter shows the decision, as a client that is merely slow would.
-  let decided = false;
-  const watchUntil = Date.now() + 60000; // ends by itself if the test fails first
-  const watcher = (async () => {
-    while (Date.now() < watchUntil) {
-      const s = await ops.scrape(server);
-      if (s.get('herald_slow_consumer_disconnects_total', { app: 'app-id' }) === 1) {
-        stalled.ws._socket.resume();
-        decided = true;
-        return;
-      }
-      await pace(10);
-    }
-    throw new Error('no slow-consumer disconnect counted within 60 s');
-  })();
+  const stall = ops.stallUntilSlowConsumer(server, stalled.ws._socket);
 
   const api = new Pusher({ appId: 'app-id', key: 'app-key', secret: 'app-secret', host: '127.0.0.1', port: String(server.port), useTLS: false });
   const pad = 'x'.repeat(10000);
   const EVENTS = 2500; // 25 MB: more than loopback socket buffers plus the 4 MiB outbox
   let sent = 0;
-  for (let i = 0; i < EVENTS && !decided; i += 10) {
+  for (let i = 0; i < EVENTS && !stall.decided(); i += 10) {
     const batch = [];
     for (let j = i; j < Math.min(i + 10, EVENTS); j++) batch.push({ channel, name: 'bulk', data: `${j}:${pad}` });
     const res = await api.triggerBatch(batch);
     assert.equal(res.status, 200);
     sent += batch.length;
   }
-  await withTimeout(watcher, 15000, `one slow-consumer disconnect after ${sent} events`);
+  await withTimeout(stall.done, 15000, `one slow-consumer disconnect after ${sent} events`);
 
   // On the wire: the events it was sent, in order and whole, then pusher:error 4100, then the
   // close frame 4100 (a malformed frame or a close without these would fail here).

@@ -109,7 +109,7 @@ test('OPS-TLS-2 a missing or mismatched certificate stops startup, and fails che
 const https = require('node:https');
 const net = require('node:net');
 const WebSocket = require('ws');
-const { withTimeout, waitFor, pace } = require('../lib/wait');
+const { withTimeout, waitFor } = require('../lib/wait');
 
 async function tlsServer(t, opts = {}) {
   const { cert, key } = ops.selfSignedCert();
@@ -182,24 +182,10 @@ test('OPS-TLS-3 over wss://, bursts of 10 KB events arrive whole and in order, a
 
   // Then one stops reading: its TLS socket and the server's outbox fill, and it is closed as a
   // slow consumer; it reads again once the decision is counted, to see how the connection ends.
-  stalled.ws._socket.pause();
-  let decided = false;
-  const watchUntil = Date.now() + 60000;
-  const watcher = (async () => {
-    while (Date.now() < watchUntil) {
-      const s = await ops.scrape(server);
-      if (s.get('herald_slow_consumer_disconnects_total', { app: 'app-id' }) === 1) {
-        stalled.ws._socket.resume();
-        decided = true;
-        return;
-      }
-      await pace(10);
-    }
-    throw new Error('no slow-consumer disconnect counted within 60 s');
-  })();
+  const stall = ops.stallUntilSlowConsumer(server, stalled.ws._socket);
   let sent = 200;
-  for (; sent < 2700 && !decided; sent += 10) await triggerBulk(api, channel, sent, 10);
-  await withTimeout(watcher, 15000, `one slow-consumer disconnect after ${sent} events`);
+  for (; sent < 2700 && !stall.decided(); sent += 10) await triggerBulk(api, channel, sent, 10);
+  await withTimeout(stall.done, 15000, `one slow-consumer disconnect after ${sent} events`);
 
   const closed = await withTimeout(stalled.closedP, 10000, 'the stalled client to be closed');
   const last = stalled.frames[stalled.frames.length - 1];

@@ -48,6 +48,31 @@ pub struct Ctx {
     pub compression_context_takeover: bool,
 }
 
+#[cfg(test)]
+impl Ctx {
+    /// A context over an engine serving the default app, for the transports' tests.
+    pub(crate) fn for_tests(max_ws_message_bytes: usize, write_timeout: Duration) -> Self {
+        use herald_core::{App, Cluster, EngineConfig, StaticAppStore};
+        let engine = Engine::new(
+            Arc::new(StaticAppStore::new(vec![App::default_app()]).unwrap()),
+            Cluster::local(),
+            vec![],
+            EngineConfig::default(),
+        );
+        Self {
+            engine,
+            metrics: Arc::new(Metrics::new()),
+            cluster: None,
+            drain: Drain::new(),
+            activity_timeout: 120,
+            max_ws_message_bytes,
+            write_timeout,
+            compression: None,
+            compression_context_takeover: false,
+        }
+    }
+}
+
 /// What the upgrade request said that matters.
 #[derive(Debug, Default, Clone)]
 pub struct ConnectParams {

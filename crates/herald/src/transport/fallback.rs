@@ -761,28 +761,12 @@ async fn read_body<S: Transport>(io: &mut S, buf: &mut Vec<u8>, len: usize) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_core::{App, Cluster, Engine, EngineConfig, StaticAppStore};
+    use herald_core::Engine;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     fn sessions(timeout_s: u64, max: usize) -> (Engine, Arc<Sessions>) {
-        let engine = Engine::new(
-            Arc::new(StaticAppStore::new(vec![App::default_app()]).unwrap()),
-            Cluster::local(),
-            vec![],
-            EngineConfig::default(),
-        );
-        let ctx = Arc::new(session::Ctx {
-            engine: engine.clone(),
-            metrics: Arc::new(crate::sinks::metrics::Metrics::new()),
-            cluster: None,
-            drain: crate::drain::Drain::new(),
-            activity_timeout: 120,
-            max_ws_message_bytes: 1000,
-            write_timeout: Duration::from_secs(5),
-            compression: None,
-            compression_context_takeover: false,
-        });
-        (engine, Sessions::new(ctx, timeout_s, 1, max))
+        let ctx = Arc::new(session::Ctx::for_tests(1000, Duration::from_secs(5)));
+        (ctx.engine.clone(), Sessions::new(ctx, timeout_s, 1, max))
     }
 
     fn poll(session: &str) -> Request {

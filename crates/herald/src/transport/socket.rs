@@ -848,23 +848,8 @@ mod tests {
     async fn a_ping_flood_is_answered_with_bounded_pongs_and_events_still_flow() {
         // The client sends 2,000 pings at once; the server answers the latest ping of each read
         // (not each ping), and the event queued meanwhile goes out too.
-        let engine = Engine::new(
-            Arc::new(StaticAppStore::new(vec![App::default_app()]).unwrap()),
-            Cluster::local(),
-            vec![],
-            EngineConfig::default(),
-        );
-        let ctx = Arc::new(session::Ctx {
-            engine: engine.clone(),
-            metrics: Arc::new(crate::sinks::metrics::Metrics::new()),
-            cluster: None,
-            drain: crate::drain::Drain::new(),
-            activity_timeout: 120,
-            max_ws_message_bytes: 10_000,
-            write_timeout: STALL,
-            compression: None,
-            compression_context_takeover: false,
-        });
+        let ctx = Arc::new(session::Ctx::for_tests(10_000, STALL));
+        let engine = ctx.engine.clone();
         let c = engine.connect(Arc::new(App::default_app())).unwrap();
         let (server, mut client) = tokio::io::duplex(1 << 20);
         let task = tokio::spawn(run(server, Vec::new(), ctx, c.clone(), (), None));
@@ -911,23 +896,12 @@ mod tests {
     /// A session that negotiated `permessage-deflate` (with context takeover when `takeover`), its
     /// client's end, its task and its connection.
     fn deflating(takeover: bool) -> (Client, tokio::task::JoinHandle<()>, Arc<Conn>) {
-        let engine = Engine::new(
-            Arc::new(StaticAppStore::new(vec![App::default_app()]).unwrap()),
-            Cluster::local(),
-            vec![],
-            EngineConfig::default(),
-        );
         let ctx = Arc::new(session::Ctx {
-            engine: engine.clone(),
-            metrics: Arc::new(crate::sinks::metrics::Metrics::new()),
-            cluster: None,
-            drain: crate::drain::Drain::new(),
-            activity_timeout: 120,
-            max_ws_message_bytes: 10_000,
-            write_timeout: STALL,
             compression: Some(100),
             compression_context_takeover: takeover,
+            ..session::Ctx::for_tests(10_000, STALL)
         });
+        let engine = ctx.engine.clone();
         // Process-wide, and the same in every test that sets it.
         herald_core::set_deflate_threshold(Some(100));
         let offer = b"permessage-deflate; client_max_window_bits";
