@@ -502,6 +502,46 @@ function tlsSdk(server, app = DEFAULT_APP) {
 }
 
 /**
+ * A raw WebSocket subscriber to `channel` at `base` (`ws://` or `wss://` and the port), with
+ * `wsOptions` for the `ws` package. Events named `bulk` carry `N:` and 10,000 characters: their
+ * numbers are collected in `events`, and one that arrives cut is an error. `ws._socket.pause()`
+ * stops reading (the kernel buffers then fill).
+ */
+function bulkSubscriber(base, channel, wsOptions = {}) {
+  const WebSocket = require('ws');
+  const ws = new WebSocket(`${base}/app/app-key?protocol=7`, wsOptions);
+  const state = { ws, frames: [], events: [], errors: [], closed: null };
+  const subscribed = new Promise((resolve, reject) => {
+    ws.on('message', (data) => {
+      const f = JSON.parse(String(data));
+      state.frames.push(f);
+      if (f.event === 'pusher:connection_established') {
+        ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel } }));
+      } else if (f.event === 'pusher_internal:subscription_succeeded') {
+        resolve();
+      } else if (f.event === 'bulk') {
+        const at = f.data.indexOf(':');
+        state.events.push(Number(f.data.slice(0, at)));
+        if (f.data.length !== at + 1 + 10000) state.errors.push(`event ${f.data.slice(0, at)} cut to ${f.data.length} chars`);
+      }
+    });
+    ws.on('error', (e) => {
+      // A malformed frame (e.g. a close written into the middle of a frame) lands here.
+      state.errors.push(String(e && e.message));
+      reject(e);
+    });
+  });
+  state.closedP = new Promise((resolve) =>
+    ws.on('close', (code, reason) => {
+      state.closed = { code, reason: String(reason) };
+      resolve(state.closed);
+    }),
+  );
+  state.subscribed = withTimeout(subscribed, 5000, `subscription to ${channel}`);
+  return state;
+}
+
+/**
  * Stops reading `socket` (a client's): frames pile up in the kernel buffers, then in the server's
  * outbox. The server closes a slow consumer right after counting it and gives it the closing flush
  * (2 s) to take what its socket holds and the 4100 frames after it, so the client reads again as
@@ -528,6 +568,7 @@ function stallUntilSlowConsumer(server, socket, app = 'app-id') {
 }
 
 module.exports = {
+  bulkSubscriber,
   stallUntilSlowConsumer,
   tmpPath,
   writeConfig,

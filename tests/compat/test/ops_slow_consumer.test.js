@@ -13,44 +13,12 @@ const { withTimeout, waitFor } = require('../lib/wait');
 
 const SLOW = { code: 4100, message: 'Over capacity: client is not reading its messages fast enough' };
 
-/** A raw subscriber; `pause()` stops reading from the socket (the kernel buffers then fill). */
-function subscriber(server, channel) {
-  const ws = new WebSocket(`${server.wsBase}/app/app-key?protocol=7`);
-  const state = { ws, frames: [], events: [], errors: [], closed: null };
-  const subscribed = new Promise((resolve, reject) => {
-    ws.on('message', (data) => {
-      const f = JSON.parse(String(data));
-      state.frames.push(f);
-      if (f.event === 'pusher:connection_established') {
-        ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel } }));
-      } else if (f.event === 'pusher_internal:subscription_succeeded') {
-        resolve();
-      } else if (f.event === 'bulk') {
-        state.events.push(Number(f.data.slice(0, f.data.indexOf(':'))));
-      }
-    });
-    ws.on('error', (e) => {
-      // A malformed frame (e.g. a close written into the middle of a frame) lands here.
-      state.errors.push(String(e && e.message));
-      reject(e);
-    });
-  });
-  state.closedP = new Promise((resolve) =>
-    ws.on('close', (code, reason) => {
-      state.closed = { code, reason: String(reason) };
-      resolve(state.closed);
-    }),
-  );
-  state.subscribed = withTimeout(subscribed, 5000, `subscription to ${channel}`);
-  return state;
-}
-
 test('OPS-SLOW-1 a client that stops reading gets pusher:error 4100 and close 4100 on the wire, is counted, and readers lose nothing', { timeout: 120000 }, async (t) => {
   const server = await ops.startOps({});
   t.after(() => server.stop());
   const channel = `slow-${process.pid}-${Date.now()}`;
-  const reader = subscriber(server, channel);
-  const stalled = subscriber(server, channel);
+  const reader = ops.bulkSubscriber(server.wsBase, channel);
+  const stalled = ops.bulkSubscriber(server.wsBase, channel);
   await Promise.all([reader.subscribed, stalled.subscribed]);
   const stall = ops.stallUntilSlowConsumer(server, stalled.ws._socket);
 

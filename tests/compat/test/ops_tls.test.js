@@ -108,7 +108,6 @@ test('OPS-TLS-2 a missing or mismatched certificate stops startup, and fails che
 
 const https = require('node:https');
 const net = require('node:net');
-const WebSocket = require('ws');
 const { withTimeout, waitFor } = require('../lib/wait');
 
 async function tlsServer(t, opts = {}) {
@@ -122,37 +121,9 @@ async function tlsServer(t, opts = {}) {
   return server;
 }
 
-/** A raw wss:// subscriber to `channel` (through `port`, a proxy maybe); `bulk` events are numbered. */
+/** A raw wss:// subscriber to `channel` through `port` (a proxy's maybe). */
 function wssSubscriber(port, channel) {
-  const ws = new WebSocket(`wss://127.0.0.1:${port}/app/app-key?protocol=7`, { rejectUnauthorized: false, perMessageDeflate: false });
-  const state = { ws, frames: [], events: [], errors: [], closed: null };
-  const subscribed = new Promise((resolve, reject) => {
-    ws.on('message', (data) => {
-      const f = JSON.parse(String(data));
-      state.frames.push(f);
-      if (f.event === 'pusher:connection_established') {
-        ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel } }));
-      } else if (f.event === 'pusher_internal:subscription_succeeded') {
-        resolve();
-      } else if (f.event === 'bulk') {
-        const at = f.data.indexOf(':');
-        state.events.push(Number(f.data.slice(0, at)));
-        if (f.data.length !== at + 1 + 10000) state.errors.push(`event ${f.data.slice(0, at)} cut to ${f.data.length} chars`);
-      }
-    });
-    ws.on('error', (e) => {
-      state.errors.push(String(e && e.message));
-      reject(e);
-    });
-  });
-  state.closedP = new Promise((resolve) =>
-    ws.on('close', (code, reason) => {
-      state.closed = { code, reason: String(reason) };
-      resolve(state.closed);
-    }),
-  );
-  state.subscribed = withTimeout(subscribed, 5000, `wss subscription to ${channel}`);
-  return state;
+  return ops.bulkSubscriber(`wss://127.0.0.1:${port}`, channel, { rejectUnauthorized: false, perMessageDeflate: false });
 }
 
 async function triggerBulk(api, channel, from, count) {
