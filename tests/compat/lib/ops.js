@@ -405,19 +405,21 @@ function selfSignedCert() {
 
 /**
  * A pusher-js client in a child node process (so NODE_TLS_REJECT_UNAUTHORIZED=0
- * stays out of the test process) that connects to `wss://127.0.0.1:port`,
+ * stays out of the test process) that connects to `wss://127.0.0.1:port` (or over
+ * `transports`, e.g. ['xhr_streaming'], to `https://` on the same port),
  * subscribes to `channel` and reports, one JSON line each on stdout:
  *   {type:'state', current}  {type:'subscribed'}  {type:'event', event, data}
  *   {type:'error', error}
  * Returns { lines, waitLine(pred, ms, what), kill(), exited }.
  */
-function childPusher({ port, app = DEFAULT_APP, channel, forceTLS = true, env = {} }) {
+function childPusher({ port, app = DEFAULT_APP, channel, forceTLS = true, transports = ['ws', 'wss'], env = {} }) {
   const code = `
     const Pusher = require('pusher-js');
     const out = (o) => process.stdout.write(JSON.stringify(o) + '\\n');
     const p = new Pusher(${JSON.stringify(app.key)}, {
       cluster: 'mt1', wsHost: '127.0.0.1', wsPort: ${Number(port)}, wssPort: ${Number(port)},
-      forceTLS: ${forceTLS ? 'true' : 'false'}, enabledTransports: ['ws', 'wss'], disableStats: true,
+      httpHost: '127.0.0.1', httpPort: ${Number(port)}, httpsPort: ${Number(port)},
+      forceTLS: ${forceTLS ? 'true' : 'false'}, enabledTransports: ${JSON.stringify(transports)}, disableStats: true,
     });
     p.connection.bind('state_change', (s) => out({ type: 'state', current: s.current, socket_id: p.connection.socket_id }));
     p.connection.bind('error', (e) => out({ type: 'error', error: String(e && (e.error ? JSON.stringify(e.error) : e.type || e)) }));

@@ -285,3 +285,20 @@ test('OPS-TLS-5 TLS 1.2 clients, records arriving a byte at a time, and handshak
   const hz = await ops.httpGet(`${server.httpBase}/healthz`, { insecure: true });
   assert.equal(hz.status, 200);
 });
+
+test('OPS-TLS-6 pusher-js over https:// with only the HTTP fallback transports (xhr_streaming, xhr_polling) subscribes and receives', { timeout: 60000 }, async (t) => {
+  const server = await tlsServer(t);
+  const api = ops.tlsSdk(server);
+  for (const transport of ['xhr_streaming', 'xhr_polling']) {
+    const channel = h.uid(`tls-${transport}-`);
+    const child = ops.childPusher({ port: server.port, channel, transports: [transport] });
+    t.after(() => child.kill());
+    await child.waitLine((l) => l.type === 'subscribed', 15000, `pusher-js subscribed over https ${transport}`);
+    const r = await h.sdkCall(() => api.trigger(channel, 'over-https', { transport }));
+    assert.equal(r.status, 200, r.text);
+    const ev = await child.waitLine((l) => l.type === 'event' && l.event === 'over-https', 10000, `event over https ${transport}`);
+    assert.deepEqual(ev.data, { transport });
+    const s = await ops.scrape(server);
+    assert.equal(s.get('herald_fallback_sessions', { app: 'app-id', transport }), 1, `one ${transport} session counted`);
+  }
+});
