@@ -2,7 +2,8 @@
 // FALLBACK-WEB-*: pusher-js in headless Chromium on a page without WebSocket falls back to the
 // HTTP transports by itself (xhr_streaming first) and works against Herald across origins
 // (the page is served from another port, so every request is a CORS request with a preflight):
-// subscribe, receive, client events and presence with a WebSocket client in Node.
+// subscribe, receive, client events and presence with a WebSocket client in Node, and a
+// reconnect after the server closed the session.
 
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -121,5 +122,28 @@ describe('pusher-js in Chromium without WebSocket', () => {
     const removed = nextEvent(wsCh, 'pusher:member_removed');
     await p.close();
     assert.deepEqual(await within(removed, 'member_removed after the page closed', 15000), { id: 'browser', info: { via: 'chromium' } });
+  });
+
+  it('FALLBACK-WEB-2 after the server closes the session (a message over the size limit: 1009), pusher-js reconnects over xhr_streaming and resubscribes', async () => {
+    const p = await browser.page();
+    await p.goto(`http://127.0.0.1:${web.address().port}/`);
+    await p.waitForFunction(() => window.pusher.connection.state === 'connected', null, { timeout: 15000 });
+    const first = await p.evaluate(() => window.pusher.connection.socket_id);
+    const name = `web-reconnect-${Date.now()}`;
+    await p.evaluate((n) => window.subscribe(n), name);
+    // A message over server.max_ws_message_bytes (64 KiB): the server closes the session.
+    await p.evaluate(() => window.pusher.send_event('client-too-big', 'x'.repeat(70000)));
+    await p.waitForFunction(
+      (old) => window.pusher.connection.state === 'connected' && window.pusher.connection.socket_id !== old,
+      first,
+      { timeout: 20000 },
+    );
+    const transport = await p.evaluate(() => window.pusher.connection.connection.transport.name);
+    assert.equal(transport, 'xhr_streaming');
+    // Resubscribed on the new session: an API event reaches it.
+    await p.waitForFunction((n) => window.pusher.channel(n).subscribed, name, { timeout: 10000 });
+    await sdk(server).trigger(name, 'after-reconnect', { n: 2 });
+    await p.waitForFunction(() => window.events.some((e) => e.event === 'after-reconnect'), null, { timeout: 10000 });
+    await p.close();
   });
 });
