@@ -33,6 +33,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+/// The tests run one at a time: the live-heap count is the whole process's.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     configs_with(&[&rustls::version::TLS13, &rustls::version::TLS12])
 }
@@ -166,6 +169,7 @@ const SIZES: &[usize] = &[
 
 #[tokio::test]
 async fn data_of_every_size_both_ways_tls13() {
+    let _serial = SERIAL.lock().await;
     let (server, client) = configs();
     let (mut s, mut c) = pair(&server, &client, false).await;
     assert_eq!(
@@ -177,6 +181,7 @@ async fn data_of_every_size_both_ways_tls13() {
 
 #[tokio::test]
 async fn data_of_every_size_both_ways_tls12() {
+    let _serial = SERIAL.lock().await;
     let (server, client) = configs_with(&[&rustls::version::TLS12]);
     let (mut s, mut c) = pair(&server, &client, false).await;
     assert_eq!(
@@ -188,6 +193,7 @@ async fn data_of_every_size_both_ways_tls12() {
 
 #[tokio::test]
 async fn records_split_into_single_bytes() {
+    let _serial = SERIAL.lock().await;
     let (server, client) = configs();
     let (mut s, mut c) = pair(&server, &client, true).await;
     both_ways(&mut s, &mut c, &[1, 1000, 20_000]).await;
@@ -195,6 +201,7 @@ async fn records_split_into_single_bytes() {
 
 #[tokio::test]
 async fn the_client_closing_ends_the_stream_and_the_server_closes_with_close_notify() {
+    let _serial = SERIAL.lock().await;
     let (server, client) = configs();
     let (mut s, mut c) = pair(&server, &client, false).await;
     both_ways(&mut s, &mut c, &[10]).await;
@@ -214,6 +221,7 @@ async fn the_client_closing_ends_the_stream_and_the_server_closes_with_close_not
 
 #[tokio::test]
 async fn plain_http_is_not_a_handshake() {
+    let _serial = SERIAL.lock().await;
     let (server, _) = configs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -234,6 +242,7 @@ async fn plain_http_is_not_a_handshake() {
 
 #[tokio::test]
 async fn garbage_after_the_handshake_is_an_error() {
+    let _serial = SERIAL.lock().await;
     let (server, client) = configs();
     let (mut s, mut c) = pair(&server, &client, false).await;
     both_ways(&mut s, &mut c, &[10]).await;
@@ -251,6 +260,7 @@ async fn garbage_after_the_handshake_is_an_error() {
 /// What the server side of an idle connection holds: its TLS state and no buffer.
 #[tokio::test(flavor = "current_thread")]
 async fn an_idle_connection_holds_its_tls_state_only() {
+    let _serial = SERIAL.lock().await;
     const N: usize = 200;
     let (server, client) = configs();
     let mut servers = Vec::new();
